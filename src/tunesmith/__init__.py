@@ -1,0 +1,17 @@
+"""tunesmith: fine-tune a language model on your organisation's own material, and prove it pays."""
+
+import os
+
+# Nothing in tunesmith downloads at run time. These switches make transformers and huggingface_hub
+# fail at once on a missing file instead of trying the network (and hanging on a closed one).
+# Set before transformers is imported anywhere in the package.
+for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_switch, "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+__version__ = "0.1.0"
+
+
+class UserError(Exception):
+    """An error the user can fix: the CLI prints its message, without a traceback, and exits 2."""

