@@ -72,14 +72,14 @@ class TrainConfig:
     output_dir: str = opt("runs/run", "run directory: config, metrics, checkpoints, final model")
     epochs: float = opt(1.0, "passes over the training data (ignored when max_steps > 0)")
     max_steps: int = opt(0, "optimizer steps to run; 0: derive from epochs")
-    batch_size: int = opt(4, "examples per micro-batch (with packing: rows of max_len tokens)")
+    batch_size: int = opt(4, "examples per micro-batch, per process (global batch = batch_size x grad_accum x processes)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     lr: float = opt(2e-4, "peak learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     schedule: str = opt("cosine", "constant, linear or cosine")
     warmup_steps: int = opt(0, "linear warmup steps")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables")
-    packing: bool = opt(True, "pack examples into rows (no cross-attention between them); false: length-bucketed padding")
+    packing: bool = opt(True, "a micro-batch is one row of examples back to back, no padding, no attention between them; false: length-bucketed padding")
     train_on_prompt: bool = opt(False, "also put loss on system/user tokens")
     eval_every: int = opt(0, "held-out loss every N steps; 0: only at the end")
     save_every: int = opt(0, "checkpoint every N steps; 0: only at the end")
@@ -90,6 +90,8 @@ class TrainConfig:
     seed: int = opt(0, "seed for initialisation, dropout and data order")
     trackers: str = opt("", "comma-separated accelerate trackers: tensorboard, mlflow, wandb")
     device: str = opt("auto", "auto, cpu or cuda")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, about a third more compute")
+    log_examples: bool = opt(False, "write the example ids of every step to RUN/examples.jsonl (audit the data order)")
 
 
 @dataclass
@@ -253,6 +255,8 @@ def _set_field(target, section: str, name: str, value, where: str) -> None:
 
 def _suggest(name: str, choices: list[str], section: str | None = None) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if not close:  # `rank` for `r`, `target` for `target_modules`
+        close = [c for c in choices if name.startswith(c) or c.startswith(name)][:1]
     if not close:
         return ""
     return f" Did you mean '{section + '.' if section else ''}{close[0]}'?"

@@ -166,7 +166,7 @@ def _hub_cache_dir(repo_id: str) -> Path | None:
     from huggingface_hub import snapshot_download
 
     try:
-        path = Path(snapshot_download(repo_id, local_files_only=True))
+        path = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=_hub_cache_root()))
     except Exception:  # not cached (LocalEntryNotFoundError and friends): the caller explains
         return None
     return path if (path / "config.json").exists() else None
