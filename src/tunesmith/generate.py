@@ -88,10 +88,13 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
 
 
 def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float = 1.0, stop_event: threading.Event | None = None) -> Iterator[str]:
+           top_p: float = 1.0, stop_event: threading.Event | None = None,
+           usage: dict | None = None) -> Iterator[str]:
     """Yield the reply to one conversation piece by piece as it is generated.
 
-    Setting `stop_event` (a client went away) ends generation at the next token.
+    Setting `stop_event` (a client went away) ends generation at the next token. A `usage` dict is
+    filled, once the reply is complete, with prompt_tokens, completion_tokens (stop token excluded,
+    as in `generate`) and finish_reason: "stop" (EOS), "length" (max_new_tokens) or "cancelled".
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -106,11 +109,18 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
                   streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()]),
                   **_decoding(tok, max_new_tokens, temperature, top_p))
     errors = []
+    stop = set(_stop_ids(tok))
 
     def run():
         try:
             with torch.inference_mode():
-                model.generate(**kwargs)
+                out = model.generate(**kwargs)
+            if usage is not None:
+                new = out[0, len(prompt):].tolist()
+                cut = next((j for j, t in enumerate(new) if t in stop), None)
+                cancelled = stop_event is not None and stop_event.is_set()
+                usage.update(prompt_tokens=len(prompt), completion_tokens=len(new) if cut is None else cut,
+                             finish_reason="stop" if cut is not None else "cancelled" if cancelled else "length")
         except Exception as exc:  # surfaced in the caller's thread below
             errors.append(exc)
             streamer.end()
