@@ -16,6 +16,11 @@ import sys
 
 from tunesmith import UserError, __version__
 
+DESCRIPTION = (
+    "Fine-tune a language model on your organisation's own material, and prove on held-out data "
+    "whether it beats prompting, few-shot and RAG — then export and serve the winner."
+)
+
 # verb -> (module, one-line help). A dict literal, not a registry.
 VERBS = {
     "demo": ("tunesmith.demo", "the whole pipeline on the bundled example and the embedded model"),
@@ -33,7 +38,7 @@ VERBS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tunesmith", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="tunesmith", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     v = {name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in VERBS.items()}
