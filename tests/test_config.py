@@ -36,7 +36,7 @@ def test_unknown_key_names_file_line_and_closest_key(tmp_path):
     with pytest.raises(UserError) as err:
         load_config(p)
     msg = str(err.value)
-    assert f"{p}:5" in msg and "unknown key 'train.learning_rate'" in msg
+    assert f"{p}:5" in msg and "unknown key 'train.learning_rate'" in msg and "Did you mean 'train.lr'" in msg
 
 
 def test_unknown_key_suggests_a_close_one(tmp_path):

@@ -253,8 +253,18 @@ def _set_field(target, section: str, name: str, value, where: str) -> None:
     setattr(target, name, _coerce(value, hints[name], f"{where}: {section}.{name}"))
 
 
+# Names people bring from transformers/TRL/peft configs, and ours.
+_ALIASES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "schedule",
+    "max_seq_length": "max_len", "max_length": "max_len", "lora_r": "r", "rank": "r", "lora_alpha": "alpha",
+    "lora_dropout": "dropout", "output": "output_dir", "model_name_or_path": "name", "model": "name",
+}
+
+
 def _suggest(name: str, choices: list[str], section: str | None = None) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    alias = _ALIASES.get(name)
+    close = [alias] if alias in choices else difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     if not close:  # `rank` for `r`, `target` for `target_modules`
         close = [c for c in choices if name.startswith(c) or c.startswith(name)][:1]
     if not close:
