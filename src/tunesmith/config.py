@@ -119,6 +119,10 @@ class CompareConfig:
     bootstrap: int = opt(2000, "paired bootstrap resamples")
     learning_curve: bool = opt(False, "also train on 25 / 50 % of the data to see whether more data helps")
     requests_per_month: int = opt(10000, "request volume used for the cost comparison")
+    max_prompt_tokens: int = opt(2048, "prompt budget: few-shot examples and RAG passages are added while the prompt fits")
+    passage_words: int = opt(120, "RAG passages: whole paragraphs of the corpus, up to this many words each")
+    price_per_1k_tokens: float = opt(0.0002, "assumed serving price in $ per 1,000 tokens (prompt or completion), for the cost comparison")
+    train_cost_per_hour: float = opt(1.0, "assumed price in $ per hour of the machine that trained, for the one-off training cost")
 
 
 @dataclass

@@ -1,0 +1,93 @@
+"""BM25 retrieval for the few-shot-retrieved and RAG arms: a small wrapper around `bm25s`.
+
+    from tunesmith.retrieval import BM25Index, read_corpus
+    index = BM25Index([p.text for p in read_corpus("data/corpus")])
+    hits = index.search("why do planners drop the weekly plan?", k=3)   # [(position, score), ...]
+
+Tokenization is ours (lowercase words, English stop words out, a plural "s" folded) so queries and
+documents are cut the same way and an unknown query word simply scores nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith import UserError
+
+_WORD = re.compile(r"\w\w+", re.UNICODE)
+
+
+def tokenize(text: str) -> list[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    words = []
+    for w in _WORD.findall(text.lower()):
+        if w in STOPWORDS_EN:
+            continue
+        # "baskets" and "basket" should meet; no stemmer dependency for that
+        if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+            w = w[:-1]
+        words.append(w)
+    return words
+
+
+class BM25Index:
+    """A BM25 index over a fixed list of texts; `search` returns positions into that list."""
+
+    def __init__(self, texts: list[str]):
+        import bm25s
+
+        self.size = len(texts)
+        self._bm25 = bm25s.BM25()
+        if self.size:
+            # bm25s wants at least one token per document; "" stands in for an empty one
+            self._bm25.index([tokenize(t) or [""] for t in texts], show_progress=False)
+
+    def search(self, query: str, k: int, allowed: list[int] | None = None) -> list[tuple[int, float]]:
+        """The k best (position, score) pairs, best first; ties keep corpus order (deterministic).
+        `allowed` restricts the result to those positions (e.g. examples of the same task)."""
+        import numpy as np
+
+        if not self.size or k <= 0:
+            return []
+        scores = self._bm25.get_scores(tokenize(query) or [""])  # (N,)
+        pool = np.arange(self.size) if allowed is None else np.asarray(sorted(allowed), dtype=int)
+        if pool.size == 0:
+            return []
+        order = pool[np.argsort(-scores[pool], kind="stable")][:k]
+        return [(int(i), float(scores[i])) for i in order]
+
+
+@dataclass
+class Passage:
+    source: str  # file name inside the corpus directory
+    text: str
+
+
+def read_corpus(directory: str | Path, max_words: int = 120) -> list[Passage]:
+    """Every .md/.txt file under `directory`, cut into passages of whole paragraphs of at most
+    ~max_words words (a longer single paragraph is its own passage). Front matter is dropped."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise UserError(f"{root}: corpus directory not found. fix: set data.corpus to the directory `tunesmith import` wrote (OUT/corpus).")
+    passages = []
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".md", ".txt") and p.is_file()):
+        text = path.read_text(encoding="utf-8-sig", errors="replace").replace("\r\n", "\n")
+        if text.startswith("---\n"):
+            end = text.find("\n---", 4)
+            if end != -1:
+                text = text[end + 4:]
+        name = str(path.relative_to(root))
+        current: list[str] = []
+        for para in (p.strip() for p in re.split(r"\n\s*\n", text)):
+            if not para:
+                continue
+            if current and len(" ".join(current).split()) + len(para.split()) > max_words:
+                passages.append(Passage(name, "\n\n".join(current)))
+                current = []
+            current.append(para)
+        if current:
+            passages.append(Passage(name, "\n\n".join(current)))
+    return passages

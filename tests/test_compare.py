@@ -1,0 +1,185 @@
+"""End to end on a tiny random model: every arm runs, the report is written, skips are explained.
+Also the BM25 wrapper the retrieval arms use."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tunesmith.compare import arms as A
+from tunesmith.config import Config, save_config
+from tunesmith.retrieval import BM25Index, read_corpus
+
+PANTRY = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry"
+
+INSIGHT = "**We saw** {n} planners left the basket open on day two.\n**Because** the weekly plan felt {w}.\n**So** the first-week experience should {s}.\n**Signal:** moderate — {n} of 9 participants"
+
+
+def _ex(task, user, reply, i, group):
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+            "meta": {"source": f"studies/{group}.md", "id": f"{task}:{i}", "group": group, "task": task}}
+
+
+def _examples(start, count, group):
+    out = []
+    for i in range(start, start + count):
+        if i % 3 == 0:
+            out.append(_ex("insight", f"Write an insight from these highlights: H-{i} the cart was left open, planner {i} gave up.",
+                           INSIGHT.format(n=i % 9 + 1, w=["long", "vague", "fixed"][i % 3], s="show a sample plan"), i, group))
+        elif i % 3 == 1:
+            out.append(_ex("definition", f"Define the glossary term basket number {i}.",
+                           f"The groceries a planner is about to buy, item {i}, until checkout.", i, group))
+        else:
+            out.append(_ex("insight-title", f"Write a title for insight {i} about delivery windows.",
+                           f"Planners pick a delivery window {i} days ahead", i, group))
+    return out
+
+
+def _write(path, examples):
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    _write(d / "train.jsonl", _examples(0, 12, "S01"))
+    _write(d / "heldout.jsonl", _examples(100, 6, "S09"))
+    (d / "corpus").mkdir()
+    (d / "corpus" / "S01-report.md").write_text("---\ntype: report\n---\n## What we saw\n\nPlanners left the basket open.\n\n"
+                                                "## What we recommend\n\nShow a sample weekly plan first.\n")
+    (d / "corpus" / "S02-notes.md").write_text("Delivery windows fill up on Saturday mornings.\n")
+    (d / "glossary.yaml").write_text("terms:\n  - term: basket\n    rejected: [cart]\n    definition: groceries\n"
+                                     "  - term: planner\n    rejected: [user]\n    definition: the one who plans\n")
+    shutil.copy(PANTRY / "style.md", d / "style.md")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory, tiny_model_dir):
+    """A run directory as tunesmith.train writes it: a LoRA adapter on the tiny model in RUN/final,
+    with non-zero B matrices so the fine-tuned arm really differs from its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path_factory.mktemp("run")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(run / "final")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(run / "final")
+    cfg_path = run / "final" / "adapter_config.json"
+    adapter = json.loads(cfg_path.read_text())
+    adapter["base_model_name_or_path"] = str(tiny_model_dir)
+    cfg_path.write_text(json.dumps(adapter))
+    (run / "summary.json").write_text(json.dumps({"steps": 3, "train_seconds": 360.0, "tokens": 1200, "device": "cpu"}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 - 0.5 * s}) + "\n" for s in (1, 2, 3))
+                                       + json.dumps({"step": 3, "eval_loss": 2.2, "eval_ppl": 9.0}) + "\n")
+    return run
+
+
+def _config(data_dir, tiny_model_dir, out, **data):
+    cfg = Config()
+    cfg.model.name = str(tiny_model_dir)
+    cfg.data.train, cfg.data.heldout = str(data_dir / "train.jsonl"), str(data_dir / "heldout.jsonl")
+    cfg.data.corpus, cfg.data.glossary, cfg.data.style = str(data_dir / "corpus"), str(data_dir / "glossary.yaml"), str(data_dir / "style.md")
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    cfg.generate.max_new_tokens, cfg.generate.batch_size = 6, 4
+    cfg.compare.output_dir, cfg.compare.k_shots, cfg.compare.rag_k, cfg.compare.bootstrap = str(out), 2, 2, 200
+    cfg.compare.train_cost_per_hour = 1.0
+    return cfg
+
+
+def test_compare_end_to_end_every_arm(data_dir, tiny_model_dir, tuned_run, tmp_path, capsys):
+    from tunesmith.compare.run import compare
+
+    out = compare(_config(data_dir, tiny_model_dir, tmp_path / "report"), run=tuned_run)
+    for name in ("report.html", "report.md", "results.json", "samples.jsonl"):
+        assert (out / name).stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["arms"]) == list(A.ARMS)
+    assert all(a["status"] == "ok" for a in results["arms"].values())
+    cost = {n: a["cost"]["prompt_tokens"] for n, a in results["arms"].items()}
+    # the fine-tuned arm sees exactly the zero-shot prompts; everything else adds to them
+    assert cost["fine-tuned"] == cost["zero-shot"] and cost["fine-tuned+rag"] == cost["rag"]
+    for arm in ("engineered-prompt", "few-shot-fixed", "few-shot-retrieved", "rag"):
+        assert cost[arm] > cost["zero-shot"] + 10, arm
+    # one-off training: 360 s at $1/hour
+    assert results["training"]["train_cost"] == pytest.approx(0.1)
+    assert {r["against"] for r in results["break_even"]} == {"zero-shot", "engineered-prompt", "few-shot-fixed", "few-shot-retrieved", "rag"}
+    assert results["verdict"]["recommend"] in A.ARMS and results["verdict"]["reference"] in ("zero-shot", "engineered-prompt", "few-shot-fixed", "few-shot-retrieved", "rag")
+    assert results["arms"]["zero-shot"]["metrics"]["template"]["n"] == 2  # the two insights of six held-out examples
+
+    samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(set(s["outputs"]) == set(A.ARMS) for s in samples)
+    # the adapter is really applied: its outputs differ from the base model's on the same prompts
+    assert any(s["outputs"]["fine-tuned"]["text"] != s["outputs"]["zero-shot"]["text"] for s in samples)
+
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 8  # six metric bar charts, quality vs cost, the loss curve
+    assert all(name in page for name in A.ARMS)
+    assert not any(ref in page for ref in ("src=", "href=", "<link", "<script"))  # self-contained
+    assert "Verdict:" in (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert "few-shot-retrieved" in printed and "Δ" in printed
+
+
+def test_compare_skips_arms_that_cannot_run(data_dir, tiny_model_dir, tmp_path):
+    from tunesmith.compare.run import compare
+
+    empty_run = tmp_path / "unfinished-run"
+    empty_run.mkdir()
+    cfg = _config(data_dir, tiny_model_dir, tmp_path / "report", corpus="", style="", glossary="")
+    cfg.compare.arms = "zero-shot,engineered-prompt,rag,fine-tuned"
+    results = json.loads((compare(cfg, run=empty_run) / "results.json").read_text())
+    arms = results["arms"]
+    assert arms["zero-shot"]["status"] == "ok"
+    assert arms["rag"]["status"] == "skipped" and "data.corpus" in arms["rag"]["reason"]
+    assert arms["engineered-prompt"]["status"] == "skipped" and "data.style" in arms["engineered-prompt"]["reason"]
+    assert arms["fine-tuned"]["status"] == "skipped" and "RUN/final" in arms["fine-tuned"]["reason"]
+    assert results["verdict"]["recommend"] == "zero-shot"
+
+
+def test_prompt_budget_limits_shots(data_dir, tiny_model_dir):
+    from tunesmith.data import load_examples
+    from tunesmith.generate import encode_prompts
+    from tunesmith.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    train = load_examples(data_dir / "train.jsonl")
+    example = load_examples(data_dir / "heldout.jsonl")[0]
+    size = lambda m: len(encode_prompts(tok, [m])[0])  # noqa: E731
+    ctx = A.Context(train=train, k_shots=3)
+    full = A.few_shot_retrieved(example, ctx)
+    assert sum(m["role"] == "assistant" for m in full) == 3
+    ctx.fits = lambda m: size(m) <= size(full) - 1  # one token short of three shots: two fit
+    assert sum(m["role"] == "assistant" for m in A.few_shot_retrieved(example, ctx)) == 2
+    # retrieved shots are of the held-out example's own task, and its prompt comes last
+    assert all(A.task_of(train[i]) == "insight" for i in A._same_task(ctx, "insight"))
+    assert full[-1] == A.prompt_of(example)[-1]
+
+
+def test_bm25_ranks_and_filters():
+    docs = ["the basket total surprised the planner at checkout", "delivery windows on saturday",
+            "baskets of staples added twice", "nothing in common here"]
+    index = BM25Index(docs)
+    hits = index.search("basket staples", k=2)
+    assert [i for i, _ in hits] == [2, 0]  # two matching words (plural folded) beat one
+    assert hits[0][1] > hits[1][1] > 0
+    assert [i for i, _ in index.search("basket", k=5, allowed=[1, 3])] == [1, 3]  # only allowed positions
+    assert index.search("zebra", k=1)[0][1] == 0.0  # unknown words score nothing, no error
+    assert BM25Index([]).search("anything", k=3) == []
+
+
+def test_read_corpus_cuts_paragraphs_and_drops_front_matter(tmp_path):
+    (tmp_path / "a.md").write_text("---\ntype: study\n---\n" + "\n\n".join(" ".join(["word"] * 50) for _ in range(5)))
+    passages = read_corpus(tmp_path, max_words=120)
+    assert [len(p.text.split()) for p in passages] == [100, 100, 50]  # two 50-word paragraphs fit in 120
+    assert all("type: study" not in p.text for p in passages) and passages[0].source == "a.md"

@@ -1,0 +1,96 @@
+"""Paired bootstrap against known differences, and the decision rule on constructed results."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tunesmith.compare.stats import bootstrap_mean, decide, paired, paired_bootstrap
+
+
+def test_constant_difference_has_a_zero_width_interval():
+    a = [10.0, 20.0, 35.0, 40.0]
+    b = [x - 1.5 for x in a]
+    assert paired_bootstrap(a, b) == pytest.approx((1.5, 1.5, 1.5))
+
+
+def test_bootstrap_recovers_a_known_difference():
+    # differences drawn around a true mean of 2.0 with sd 1.0: the interval should hold 2.0 and be
+    # about 2 * 1.96 * 1.0 / sqrt(400) = 0.196 wide
+    rng = np.random.default_rng(7)
+    base = rng.uniform(20, 60, 400)
+    other = base + rng.normal(2.0, 1.0, 400)
+    d, lo, hi = paired_bootstrap(list(other), list(base), resamples=4000)
+    assert lo < 2.0 < hi
+    assert d == pytest.approx(2.0, abs=0.15)
+    assert hi - lo == pytest.approx(2 * 1.96 / math.sqrt(400), rel=0.2)
+
+
+def test_pairing_removes_between_example_variance():
+    # examples differ a lot (20..60) but arm a is always 1 point above b: paired, the difference is
+    # certain; an unpaired view would drown it in the spread between examples
+    rng = np.random.default_rng(0)
+    b = rng.uniform(20, 60, 50)
+    a = b + 1.0 + rng.normal(0, 0.1, 50)
+    d, lo, hi = paired_bootstrap(list(a), list(b))
+    assert lo > 0.9 and hi < 1.1
+
+
+def test_bootstrap_mean_and_paired_subset():
+    mean, lo, hi = bootstrap_mean([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0) and 1.0 <= lo <= mean <= hi <= 3.0
+    a, b = paired({"0": 1.0, "1": None, "2": 3.0}, {"0": 0.5, "1": 2.0, "3": 9.0})
+    assert (a, b) == ([1.0], [0.5])  # only examples both arms have a score for
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 2.0])
+
+
+def _arms(tuned_shift: float, noise: float = 1.0, n: int = 60, seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(20, 50, n)
+    make = lambda vals: {str(i): float(v) for i, v in enumerate(vals)}  # noqa: E731
+    return {
+        "zero-shot": {"scores": make(base - 6), "tuned": False, "cost": 100},
+        "few-shot-retrieved": {"scores": make(base), "tuned": False, "cost": 900},
+        "fine-tuned": {"scores": make(base + tuned_shift + rng.normal(0, noise, n)), "tuned": True, "cost": 100},
+    }
+
+
+def test_decision_fine_tune_clearly_better():
+    v = decide(_arms(tuned_shift=8.0), "chrf", margin=2.0)
+    assert v["reference"] == "few-shot-retrieved"
+    assert v["fine_tune"] is True and v["recommend"] == "fine-tuned"
+    d, lo, hi = v["diffs"]["fine-tuned"]
+    assert d == pytest.approx(8.0, abs=0.5) and lo > 2.0
+    assert "more than the 2-point margin" in v["paragraph"]
+
+
+def test_decision_fine_tune_clearly_not():
+    v = decide(_arms(tuned_shift=-5.0), "chrf", margin=2.0)
+    assert v["fine_tune"] is False
+    # zero-shot is 6 points below the best cheaper arm: outside the margin, so few-shot it is
+    assert v["recommend"] == "few-shot-retrieved"
+    assert v["diffs"]["fine-tuned"][2] < 0
+    assert "did not beat" in v["paragraph"]
+
+
+def test_decision_too_close_to_call():
+    v = decide(_arms(tuned_shift=1.0, noise=0.5), "chrf", margin=2.0)
+    assert v["fine_tune"] is False and v["recommend"] == "few-shot-retrieved"
+    assert 0 < v["diffs"]["fine-tuned"][0] < 2.0
+    assert "within the 2-point margin" in v["paragraph"]
+
+
+def test_decision_large_but_noisy_gain_is_not_enough():
+    # mean gain above the margin, but 8 examples with sd 15 put the interval across zero
+    v = decide(_arms(tuned_shift=4.0, noise=15.0, n=8, seed=3), "chrf", margin=2.0)
+    d, lo, hi = v["diffs"]["fine-tuned"]
+    assert d > 2.0 and lo < 0
+    assert v["fine_tune"] is False and "more held-out examples" in v["paragraph"]
+
+
+def test_decision_prefers_the_cheapest_arm_within_the_margin():
+    arms = _arms(tuned_shift=-5.0)
+    arms["zero-shot"]["scores"] = {k: v - 1.0 for k, v in arms["few-shot-retrieved"]["scores"].items()}
+    assert decide(arms, "chrf", margin=2.0)["recommend"] == "zero-shot"  # 1 point worse, 9x cheaper
+    assert decide(arms, "chrf", margin=0.5)["recommend"] == "few-shot-retrieved"  # margin too tight for it
