@@ -1,0 +1,390 @@
+"""Readers and writers for the dataset formats people bring, into one conversation record.
+
+    from tunesmith.data.formats import FORMATS, read_records, to_record
+    for line, record, problem in read_records("data.jsonl"): ...
+    example, problems = FORMATS["alpaca"](record)   # {"messages": [...], "meta": {...}}, [(code, text)]
+
+The record every stage uses is `{"messages": [{"role", "content", "weight"?}], "meta": {...}}`.
+A reader here only reshapes: it reports keys that are missing, unknown or of the wrong type for
+its format. Whether the conversation itself makes sense (roles, order, empty text) is
+validate.py's business, the same for every format.
+
+Formats (one per line of a JSONL file, or rows of a CSV file):
+  chat               {"messages": [{"role", "content", "weight"?}], "system"?, "meta"?, "id"?}
+  prompt-completion  {"prompt", "completion", "system"?}   (strings, or lists of messages as in TRL)
+  alpaca             {"instruction", "input"?, "output", "system"?}
+  sharegpt           {"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}
+  csv                columns mapped to system / user / assistant (`csv:user=Question,assistant=Answer`)
+Plain text and markdown files are the retrieval corpus (`read_corpus`), not training examples.
+Files are UTF-8 with or without a BOM, LF or CRLF.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from tunesmith import UserError
+
+BOM = b"\xef\xbb\xbf"
+
+# ------------------------------------------------------------------------------------ raw lines
+
+
+def read_records(path: str | Path):
+    """Yield (line, record, problem) for each non-blank record of a JSONL (or JSON array) file.
+
+    `record` is the parsed JSON value (any type) or None; `problem` is None or (code, text) for a
+    line that is not UTF-8 (`bad-encoding`), not JSON (`invalid-json`), or a last line cut short
+    (`truncated`). Line numbers are 1-based and count every line, blank ones included.
+    """
+    data = Path(path).read_bytes()
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    if data.lstrip()[:1] == b"[":
+        yield from _json_array(data)
+        return
+    lines = data.split(b"\n")
+    complete = data.endswith(b"\n")
+    if complete:
+        lines.pop()  # the empty piece after the final newline
+    last = len(lines)
+    for n, raw in enumerate(lines, 1):
+        raw = raw.removesuffix(b"\r")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield n, None, ("bad-encoding", f"not UTF-8 text (byte {exc.start + 1} is 0x{raw[exc.start]:02x}; binary data?)")
+            continue
+        if not text.strip():
+            continue
+        try:
+            yield n, json.loads(text), None
+        except json.JSONDecodeError as exc:
+            if n == last and not complete:
+                yield n, None, ("truncated", f"the file ends in the middle of this record ({exc.msg} at column {exc.colno})")
+            else:
+                yield n, None, ("invalid-json", f"{exc.msg} at column {exc.colno}")
+
+
+def _json_array(data: bytes):
+    """Records of a file holding one JSON array, each with the line it starts on."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield data[: exc.start].count(b"\n") + 1, None, ("bad-encoding", "not UTF-8 text (binary data?)")
+        return
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        line = text.count("\n", 0, pos) + 1
+        if pos >= len(text):
+            yield line, None, ("truncated", "the JSON array is not closed with ']'")
+            return
+        if text[pos] == "]":
+            return
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            code = "truncated" if exc.pos >= len(text.rstrip()) else "invalid-json"
+            yield exc.lineno, None, (code, f"{exc.msg} at column {exc.colno}; the rest of the array is not read")
+            return
+        yield line, value, None
+
+
+# ---------------------------------------------------------------------------------- to messages
+
+ROLE_ALIASES = {  # sharegpt's `from` values -> roles
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+    "bot": "assistant", "model": "assistant", "system": "system",
+}
+
+
+def from_chat(rec: dict):
+    problems = _unknown_keys(rec, ("messages", "system", "meta", "id"))
+    if "messages" not in rec:
+        return None, problems + [("missing-messages", f"no 'messages' key (keys: {', '.join(map(str, rec)) or 'none'})")]
+    msgs = rec["messages"]
+    if not isinstance(msgs, list):
+        return None, problems + [("wrong-type", f"'messages' must be a list, got {_kind(msgs)}")]
+    out = _system(rec, problems)
+    for i, m in enumerate(msgs, 1):
+        if not isinstance(m, dict):
+            problems.append(("wrong-type", f"message {i} must be an object, got {_kind(m)}"))
+            continue
+        problems += _unknown_keys(m, ("role", "content", "weight", "name"), where=f"message {i}: ")
+        missing = [k for k in ("role", "content") if k not in m]
+        if missing:
+            problems.append(("missing-field", f"message {i} has no {' or '.join(repr(k) for k in missing)}"))
+            continue
+        out.append({k: m[k] for k in ("role", "content", "weight", "name") if k in m})
+    return _example(rec, out), problems
+
+
+def from_prompt_completion(rec: dict):
+    problems = _unknown_keys(rec, ("prompt", "completion", "system", "meta", "id"))
+    missing = [k for k in ("prompt", "completion") if k not in rec]
+    if missing:
+        return None, problems + [("missing-field", f"no {' or '.join(repr(k) for k in missing)}")]
+    out = _system(rec, problems)
+    for key, role in (("prompt", "user"), ("completion", "assistant")):
+        value = rec[key]
+        if isinstance(value, list):  # TRL's conversational form: lists of messages
+            chat, more = from_chat({"messages": value})
+            problems += more
+            out += (chat or {"messages": []})["messages"]
+        else:
+            out.append({"role": role, "content": value})
+    return _example(rec, out), problems
+
+
+def from_alpaca(rec: dict):
+    problems = _unknown_keys(rec, ("instruction", "input", "output", "system", "meta", "id"))
+    missing = [k for k in ("instruction", "output") if k not in rec]
+    if missing:
+        return None, problems + [("missing-field", f"no {' or '.join(repr(k) for k in missing)}")]
+    user, extra = rec["instruction"], rec.get("input") or ""
+    if not isinstance(extra, str):
+        problems.append(("wrong-type", f"'input' must be a string, got {_kind(extra)}"))
+        extra = ""
+    if extra.strip() and isinstance(user, str):
+        user = f"{user}\n\n{extra}"
+    return _example(rec, _system(rec, problems) + [{"role": "user", "content": user},
+                                                   {"role": "assistant", "content": rec["output"]}]), problems
+
+
+def from_sharegpt(rec: dict):
+    problems = _unknown_keys(rec, ("conversations", "system", "meta", "id"))
+    if "conversations" not in rec:
+        return None, problems + [("missing-messages", "no 'conversations' key")]
+    turns = rec["conversations"]
+    if not isinstance(turns, list):
+        return None, problems + [("wrong-type", f"'conversations' must be a list, got {_kind(turns)}")]
+    out = _system(rec, problems)
+    for i, t in enumerate(turns, 1):
+        if not isinstance(t, dict):
+            problems.append(("wrong-type", f"turn {i} must be an object, got {_kind(t)}"))
+            continue
+        problems += _unknown_keys(t, ("from", "value", "weight"), where=f"turn {i}: ")
+        missing = [k for k in ("from", "value") if k not in t]
+        if missing:
+            problems.append(("missing-field", f"turn {i} has no {' or '.join(repr(k) for k in missing)}"))
+            continue
+        # An unknown `from` stays as it is, so validation reports it as an unknown role.
+        role = ROLE_ALIASES.get(str(t["from"]).lower(), t["from"])
+        out.append({"role": role, "content": t["value"], **({"weight": t["weight"]} if "weight" in t else {})})
+    return _example(rec, out), problems
+
+
+# format name -> reader of one parsed record: (example or None, [(code, text)])
+FORMATS = {
+    "chat": from_chat,
+    "prompt-completion": from_prompt_completion,
+    "alpaca": from_alpaca,
+    "sharegpt": from_sharegpt,
+}
+
+
+def detect_format(records: list) -> str | None:
+    """The format most of the first records look like, from their keys."""
+    votes: dict[str, int] = {}
+    for rec in records:
+        if not isinstance(rec, dict):
+            continue
+        for fmt, keys in (("chat", {"messages"}), ("sharegpt", {"conversations"}), ("alpaca", {"instruction"}),
+                          ("prompt-completion", {"prompt", "completion"})):
+            if keys <= rec.keys():
+                votes[fmt] = votes.get(fmt, 0) + 1
+                break
+    return max(votes, key=votes.get) if votes else None
+
+
+def _system(rec: dict, problems: list) -> list[dict]:
+    """A top-level `system` string becomes the first message."""
+    if "system" not in rec or rec["system"] in (None, ""):
+        return []
+    if not isinstance(rec["system"], str):
+        problems.append(("wrong-type", f"'system' must be a string, got {_kind(rec['system'])}"))
+        return []
+    return [{"role": "system", "content": rec["system"]}]
+
+
+def _example(rec: dict, messages: list[dict]) -> dict:
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    if "id" in rec and "id" not in meta:
+        meta = {**meta, "id": rec["id"]}
+    return {"messages": messages, "meta": meta}
+
+
+def _unknown_keys(obj: dict, allowed: tuple, where: str = "") -> list:
+    return [("unknown-key", f"{where}unknown key '{k}' (allowed: {', '.join(allowed)})") for k in obj if k not in allowed]
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(value), "a number")
+
+
+# ------------------------------------------------------------------------------------------ CSV
+
+# field -> header names recognised without a map (lowercased)
+CSV_COLUMNS = {
+    "system": ("system", "system_prompt"),
+    "user": ("user", "prompt", "instruction", "question", "input"),
+    "assistant": ("assistant", "completion", "output", "response", "answer"),
+    "id": ("id",),
+    "group": ("group",),
+}
+
+
+def parse_map(text: str) -> dict[str, str]:
+    """'user=Question,assistant=Answer' -> {"user": "Question", "assistant": "Answer"}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        field, sep, column = part.partition("=")
+        if not sep or not field.strip() or not column.strip():
+            raise UserError(f"column map '{text}': '{part}' is not field=Column. fix: e.g. user=Question,assistant=Answer")
+        out[field.strip()] = column.strip()
+    return out
+
+
+def read_csv(path: str | Path, mapping: dict[str, str] | None = None, fields=CSV_COLUMNS):
+    """Yield (line, {field: value}) for each row of a CSV file, with columns renamed by `mapping`
+    (field -> column header), or found by the usual header names in `fields` when no map is given.
+    `line` is the 1-based line the row starts on (a quoted cell may span lines)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text. fix: export the file as UTF-8 CSV.") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header:
+        raise UserError(f"{path}:1: the CSV file is empty (no header row).")
+    header = [h.strip() for h in header]
+    if mapping:
+        missing = [c for c in mapping.values() if c not in header]
+        if missing:
+            raise UserError(f"{path}:1: no column {', '.join(repr(c) for c in missing)} "
+                            f"(columns: {', '.join(header)}). fix: correct the column map.")
+        columns = {f: header.index(c) for f, c in mapping.items()}
+    else:
+        lower = [h.lower() for h in header]
+        columns = {}
+        for f, names in fields.items():
+            hit = next((lower.index(n) for n in names if n in lower), None)
+            if hit is not None:
+                columns[f] = hit
+    start = reader.line_num + 1
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            yield start, {f: (row[i] if i < len(row) else "") for f, i in columns.items()}
+        start = reader.line_num + 1
+
+
+def from_csv_row(row: dict):
+    """A CSV row mapped to system/user/assistant -> an example."""
+    missing = [k for k in ("user", "assistant") if k not in row]
+    if missing:
+        return None, [("missing-field", f"no {' or '.join(missing)} column. fix: --format 'csv:user=COLUMN,assistant=COLUMN'")]
+    messages = [{"role": "system", "content": row["system"]}] if row.get("system", "").strip() else []
+    messages += [{"role": "user", "content": row["user"]}, {"role": "assistant", "content": row["assistant"]}]
+    meta = {k: row[k] for k in ("id", "group") if row.get(k)}
+    return {"messages": messages, "meta": meta}, []
+
+
+# -------------------------------------------------------------------------------------- writers
+
+
+def to_record(example: dict, fmt: str) -> dict:
+    """An example in the shape of `fmt` (the inverse of FORMATS[fmt]); single-turn formats need
+    exactly one user and one assistant message (after an optional system message)."""
+    msgs, meta = example["messages"], example.get("meta") or {}
+    system = [m["content"] for m in msgs if m["role"] == "system"]
+    turns = [m for m in msgs if m["role"] != "system"]
+    if fmt == "chat":
+        return {"messages": msgs, **({"meta": meta} if meta else {})}
+    if fmt == "sharegpt":
+        names = {"user": "human", "assistant": "gpt", "system": "system"}
+        return {"conversations": [{"from": names[m["role"]], "value": m["content"],
+                                   **({"weight": m["weight"]} if "weight" in m else {})} for m in msgs],
+                **({"meta": meta} if meta else {})}
+    if [m["role"] for m in turns] != ["user", "assistant"]:
+        raise ValueError(f"format {fmt} holds one user and one assistant message, not {[m['role'] for m in turns]}")
+    user, assistant = turns[0]["content"], turns[1]["content"]
+    head = {"system": system[0]} if system else {}
+    tail = {"meta": meta} if meta else {}
+    if fmt == "prompt-completion":
+        return {**head, "prompt": user, "completion": assistant, **tail}
+    if fmt == "alpaca":
+        return {**head, "instruction": user, "input": "", "output": assistant, **tail}
+    raise ValueError(f"unknown format {fmt}")
+
+
+def write_jsonl(path: str | Path, records: list) -> None:
+    """One JSON object per line, UTF-8, LF; byte-identical for equal input."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def write_csv(path: str | Path, examples: list[dict]) -> None:
+    """Single-turn examples as a system,user,assistant CSV."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["system", "user", "assistant"])
+        for ex in examples:
+            rec = to_record(ex, "prompt-completion")
+            w.writerow([rec.get("system", ""), rec["prompt"], rec["completion"]])
+
+
+# ------------------------------------------------------------------- markdown and plain text
+
+
+def split_front_matter(text: str, path: str | Path = "") -> tuple[dict | None, str, int]:
+    """(front matter or None, body, 1-based line where the body starts) of a markdown file.
+
+    Front matter is YAML between a first line `---` and the next line `---`.
+    """
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    if not text.startswith("---\n"):
+        return None, text, 1
+    end = text.find("\n---", 3)
+    while end != -1 and text[end + 4: end + 5] not in ("\n", ""):
+        end = text.find("\n---", end + 4)
+    if end == -1:
+        raise UserError(f"{path}:1: front matter opened with '---' is never closed. fix: add a line '---' after it.")
+    head = text[4:end + 1]
+    try:
+        meta = yaml.safe_load(head) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 2 if mark else 1
+        raise UserError(f"{path}:{line}: front matter is not valid YAML ({getattr(exc, 'problem', exc)}). "
+                        f"fix: quote values that contain a colon.") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}:2: front matter must be key: value lines.")
+    body = text[end + 5:]
+    stripped = body.lstrip("\n")
+    return meta, stripped, head.count("\n") + 3 + len(body) - len(stripped)
+
+
+def read_corpus(path: str | Path) -> list[dict]:
+    """The retrieval corpus: every .md/.txt file under `path` (or the one file) as
+    {"id": relative path, "title", "text"}, front matter removed, in sorted order."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".md", ".txt") and p.is_file())
+    docs = []
+    for f in files:
+        meta, body, _ = split_front_matter(f.read_text(encoding="utf-8-sig", errors="replace"), f)
+        title = (meta or {}).get("title") or next((ln.lstrip("# ").strip() for ln in body.splitlines() if ln.strip()), f.stem)
+        rel = f.name if f == path else f.relative_to(path).as_posix()
+        docs.append({"id": rel, "title": str(title), "text": body.strip()})
+    return docs
