@@ -57,13 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     v["import"].add_argument("--csv-map", default="", help="generic CSV column map, e.g. id=ID,text=Note,group=Study")
 
     # --- check
-    v["check"].add_argument("data", nargs="+", help="dataset file(s); with two, the second is the held-out split")
-    v["check"].add_argument("--model", default=None, help="model whose chat template and tokenizer count tokens")
-    v["check"].add_argument("--max-len", type=int, default=1024, help="maximum tokens per example")
-    v["check"].add_argument("--too-long", default="drop", choices=["drop", "truncate", "error"], help="policy for longer examples")
-    v["check"].add_argument("--format", default="auto", help="auto, chat, prompt-completion, alpaca, sharegpt, csv")
+    v["check"].add_argument("data", nargs="+", help="dataset file(s), or a config.yaml; with two, the second is the held-out split")
+    v["check"].add_argument("--model", default=None, help="model whose chat template and tokenizer count tokens (default: embedded)")
+    v["check"].add_argument("--max-len", type=int, default=None, help="maximum tokens per example (default 1024, or the config's)")
+    v["check"].add_argument("--too-long", default=None, choices=["drop", "truncate", "error"], help="policy for longer examples (default drop)")
+    v["check"].add_argument("--format", default=None, help="auto, chat, prompt-completion, alpaca, sharegpt, csv, csv:user=COL,assistant=COL")
     v["check"].add_argument("--heldout", default=None, help="held-out file, checked for overlap with the training data")
     v["check"].add_argument("--no-probe", action="store_true", help="skip the measured speed probe (estimate from a model only)")
+    v["check"].add_argument("--method", default="lora", choices=["lora", "dora", "full"], help="training method the estimate is for")
+    v["check"].add_argument("--gpu-price", type=float, default=2.50, help="$/hour of the reference GPU (H100) for the cost estimate")
     v["check"].add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     # --- train
