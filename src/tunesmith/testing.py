@@ -37,3 +37,25 @@ def make_tiny_model(path: str | Path, layers: int = 2, hidden: int = 64, heads: 
     finally:
         tok.chat_template = saved_template
     return path
+
+
+def make_tiny_lora_run(run: str | Path, base_dir: str | Path, tokenizer, r: int = 4, seed: int = 0) -> Path:
+    """Write RUN/final as the trainer does for LoRA: a peft adapter on `base_dir` (its B matrices random,
+    not zero, so it changes the logits) plus the tokenizer. Returns RUN."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                             init_lora_weights=False, task_type="CAUSAL_LM"))
+    final = Path(run) / "final"
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    cfg = json.loads((final / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(base_dir)
+    (final / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    return Path(run)
