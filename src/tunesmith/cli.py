@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     v["serve"].add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (or env TUNESMITH_API_KEY)")
     v["serve"].add_argument("--max-concurrency", type=int, default=4, help="requests generated at once; more get 429")
     v["serve"].add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
+    v["serve"].add_argument("--default-max-tokens", type=int, default=512, help="reply length when a request sets no max_tokens")
 
     # --- chat / generate / models / config
     for name in ("chat", "generate"):

@@ -134,6 +134,7 @@ class ServeConfig:
     api_key: str = opt("", "if set, every route but /health needs `Authorization: Bearer KEY`")
     max_body_bytes: int = opt(1_000_000, "largest request body accepted (413 above)")
     max_concurrency: int = opt(4, "requests generated at once (429 above)")
+    default_max_tokens: int = opt(512, "reply length when a request sets no max_tokens (capped by the context length)")
 
 
 @dataclass

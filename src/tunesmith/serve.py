@@ -1,0 +1,475 @@
+"""An OpenAI-compatible HTTP API (and a small web UI) for a run or any model tunesmith can load.
+
+    tunesmith serve runs/pantry                       # http://127.0.0.1:8000, the run's adapter on its base
+    tunesmith serve smollm2-135m-instruct --port 8001 --api-key "$KEY"
+    from tunesmith.serve import create_app
+    app = create_app("runs/pantry", api_key="secret")  # any ASGI server runs it
+
+Routes: POST /v1/chat/completions (streamed over SSE or not), GET /v1/models, GET /health, and the
+web UI at /. Every answer a client can cause is a 4xx in OpenAI's error shape
+{"error": {"message", "type", "param", "code"}}: 401 without the key, 413 for a large body, 400 for
+bad parameters or a prompt + max_tokens past the context length, 429 (with Retry-After) when every
+generation slot is busy. Generation runs in worker threads; the event loop only moves bytes. A client
+that goes away mid-reply stops its generation at the next token and frees its slot.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
+import asyncio
+import base64
+import hmac
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith import UserError
+from tunesmith.config import ServeConfig
+
+# OpenAI's roles; "developer" is the newer name for "system".
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+# Parameters a client may send that this server cannot honour: refused (400), never silently ignored,
+# unless they carry the value that means "off".
+_UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (None, "none"),
+                "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+                "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0)}
+
+_CFG = ServeConfig()
+
+
+class ApiError(Exception):
+    """An answer in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def response(self):
+        from fastapi.responses import JSONResponse
+
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    stream: bool
+    include_usage: bool
+    stop: list[str]
+
+
+# ------------------------------------------------------------------------------- the app
+
+
+def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_key: str | None = None,
+               max_concurrency: int = _CFG.max_concurrency, max_body_bytes: int = _CFG.max_body_bytes,
+               default_max_tokens: int = _CFG.default_max_tokens):
+    """A FastAPI app serving one model: a spec (run dir, model dir, embedded name) or a (model, tok) pair."""
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.responses import HTMLResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    if isinstance(model_spec_or_loaded, tuple):
+        model, tok = model_spec_or_loaded
+    else:
+        from tunesmith.models import load
+
+        model, tok = load(model_spec_or_loaded, merge_adapter=True)
+    name = model_name or _served_name(model_spec_or_loaded)
+    context = int(getattr(model.config, "max_position_embeddings", 0) or tok.model_max_length)
+    slots = _Slots(max_concurrency)
+    created = int(time.time())
+
+    def authorize(request: Request):
+        if api_key and request.url.path != "/health" and not _key_matches(request, api_key):
+            # Browsers answer a Basic challenge with a login box, so the web UI works with a key too.
+            headers = {"WWW-Authenticate": 'Basic realm="tunesmith"'} if request.url.path == "/" else {}
+            raise ApiError(401, "Incorrect or missing API key. Send `Authorization: Bearer KEY`.",
+                           code="invalid_api_key", headers=headers)
+
+    app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(authorize)])
+    app.state.slots = slots
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):
+        return ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None).response()
+
+    @app.exception_handler(Exception)
+    async def _our_bug(request, exc: Exception):
+        return ApiError(500, f"internal error ({type(exc).__name__}); see the server log", type="server_error").response()
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "busy": slots.busy, "max_concurrency": slots.limit}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(name, created)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model_card(model_id: str):
+        if model_id != name:
+            raise ApiError(404, f"The model `{model_id}` does not exist; this server serves `{name}`.",
+                           param="model", code="model_not_found")
+        return _model_card(name, created)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def ui():
+        return HTMLResponse((Path(__file__).parent / "ui" / "index.html").read_text(encoding="utf-8"))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await _read_json(request, max_body_bytes)
+        req = parse_chat_request(body, name)
+        prompt_tokens = await asyncio.to_thread(_count_prompt, tok, req.messages)
+        max_tokens = _fit_context(prompt_tokens, req.max_tokens, context, default_max_tokens)
+        if not slots.try_acquire():
+            raise ApiError(429, f"All {slots.limit} generation slots are busy; retry shortly.",
+                           type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        gen = _Generation(model, tok, req, max_tokens, slots)  # owns the slot from here on
+        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            return StreamingResponse(_sse(gen, rid, now, name, req), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        text, finish = await _collect(gen, request)
+        return {"id": rid, "object": "chat.completion", "created": now, "model": name, "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "logprobs": None, "finish_reason": finish}],
+                "usage": _usage(gen.usage, prompt_tokens)}
+
+    return app
+
+
+# ------------------------------------------------------------------------- request checks
+
+
+async def _read_json(request, limit: int) -> dict:
+    """The body as a JSON object, refusing more than `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"Request body is {int(declared)} bytes; this server accepts at most {limit}.",
+                       code="request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"Request body is over {limit} bytes, the most this server accepts.",
+                           code="request_too_large")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"Request body is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "Request body must be a JSON object.")
+    return data
+
+
+def parse_chat_request(body: dict, served: str) -> ChatRequest:
+    """Check a chat completion request; every problem is a 400 naming the parameter."""
+    model = body.get("model")
+    if model is not None and model != served:
+        raise ApiError(404, f"The model `{model}` does not exist; this server serves `{served}`.",
+                       param="model", code="model_not_found")
+    for key, off in _UNSUPPORTED.items():
+        if key in body and body[key] not in off:
+            raise ApiError(400, f"`{key}` is not supported by this server.", param=key, code="unsupported_parameter")
+    fmt = body.get("response_format")
+    if fmt not in (None, {"type": "text"}):
+        raise ApiError(400, "Only response_format {\"type\": \"text\"} is supported.", param="response_format")
+    n = _number(body, "n", 1, int, lo=1)
+    if n != 1:
+        raise ApiError(400, f"n={n}: this server returns one choice per request; send n=1.", param="n")
+    max_tokens = _number(body, "max_completion_tokens", None, int, lo=1)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", None, int, lo=1)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise ApiError(400, "`stream` must be true or false.", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "`stream_options` must be an object.", param="stream_options")
+    stop = body.get("stop")
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise ApiError(400, "`stop` must be a non-empty string or a list of up to 4 of them.", param="stop")
+    return ChatRequest(
+        messages=_messages(body.get("messages")), max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 0.0, float, lo=0.0, hi=2.0),
+        top_p=_number(body, "top_p", 1.0, float, lo=0.0, hi=1.0, lo_open=True),
+        stream=bool(stream), include_usage=bool(options.get("include_usage")), stop=stop)
+
+
+def _number(body: dict, key: str, default, kind, lo=None, hi=None, lo_open=False):
+    value = body.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and kind is int:
+        ok = float(value).is_integer()
+    if not ok:
+        raise ApiError(400, f"`{key}` must be {'an integer' if kind is int else 'a number'}, got {value!r}.", param=key)
+    value = kind(value)
+    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+        bounds = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise ApiError(400, f"`{key}` must be {bounds}, got {value}.", param=key)
+    return value
+
+
+def _messages(messages) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "`messages` must be a non-empty list of {role, content} objects.", param="messages")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"{where} must be an object with role and content.", param=where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise ApiError(400, f"{where}.role {role!r} is not supported; use one of {', '.join(ROLES)}.",
+                           param=f"{where}.role")
+        content = m.get("content")
+        if content is None and role == "assistant":
+            content = ""
+        if isinstance(content, list):  # content parts: text only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise ApiError(400, f"{where}.content: only text parts ({{\"type\": \"text\", \"text\": ...}}) are supported.",
+                               param=f"{where}.content")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"{where}.content must be a string.", param=f"{where}.content")
+        out.append({"role": ROLES[role], "content": content})
+    return out
+
+
+def _count_prompt(tok, messages: list[dict]) -> int:
+    from tunesmith.generate import encode_prompts
+
+    try:
+        return len(encode_prompts(tok, [messages])[0])
+    except Exception as exc:  # the chat template refused this conversation (e.g. roles must alternate)
+        raise ApiError(400, f"The model's chat template rejected these messages: {exc}", param="messages") from None
+
+
+def _fit_context(prompt_tokens: int, max_tokens: int | None, context: int, default: int) -> int:
+    if max_tokens is None:
+        if prompt_tokens >= context:
+            raise ApiError(400, f"This model's maximum context length is {context} tokens. However, your messages "
+                                f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+                           param="messages", code="context_length_exceeded")
+        return min(default, context - prompt_tokens)
+    if prompt_tokens + max_tokens > context:
+        raise ApiError(400, f"This model's maximum context length is {context} tokens. However, you requested "
+                            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in "
+                            f"max_tokens). Please reduce the length of the messages or max_tokens.",
+                       param="messages", code="context_length_exceeded")
+    return max_tokens
+
+
+def _key_matches(request, api_key: str) -> bool:
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() == "basic":  # the browser's login box: any user name, the key as password
+        try:
+            credential = base64.b64decode(credential).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credential.encode(), api_key.encode())
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+class _Slots:
+    """At most `limit` generations at once; a full house is answered 429, not queued."""
+
+    def __init__(self, limit: int):
+        self.limit, self.busy, self._lock = limit, 0, threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self.busy >= self.limit:
+                return False
+            self.busy += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.busy -= 1
+
+
+class _Generation:
+    """One reply generated in a worker thread, handed to the event loop piece by piece.
+
+    The worker owns the slot and frees it when generation has really ended, so a slot is never free
+    while its tokens are still being computed. `cancel()` ends generation at the next token.
+    """
+
+    def __init__(self, model, tok, req: ChatRequest, max_tokens: int, slots: _Slots):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.stop_event = threading.Event()
+        self.usage: dict = {}
+        self.stops = req.stop
+        self.finish: str | None = None
+        args = (model, tok, req.messages, max_tokens, req.temperature, req.top_p)
+        threading.Thread(target=self._work, args=(args, slots), daemon=True, name="tunesmith-generate").start()
+
+    def _work(self, args, slots: _Slots) -> None:
+        from tunesmith.generate import stream
+
+        end: object = None
+        try:
+            for piece in stream(*args, stop_event=self.stop_event, usage=self.usage):
+                self._put(piece)
+        except Exception as exc:  # reported to the client by the event loop
+            end = exc
+        finally:
+            slots.release()
+            self._put(end if end is not None else StopIteration())
+
+    def _put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            pass
+
+    async def pieces(self):
+        """Text as it comes, cut at the first stop string; sets self.finish at the end."""
+        hold = max((len(s) for s in self.stops), default=1) - 1
+        buffer = ""
+        try:
+            while True:
+                item = await self.queue.get()
+                if isinstance(item, StopIteration):
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                buffer += item
+                cut = min((i for i in (buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    if buffer[:cut]:
+                        yield buffer[:cut]
+                    self.finish = "stop"
+                    self.cancel()
+                    await self._drain()
+                    return
+                if len(buffer) > hold:  # keep back what could be the start of a stop string
+                    yield buffer[:len(buffer) - hold]
+                    buffer = buffer[len(buffer) - hold:]
+            if buffer:
+                yield buffer
+            self.finish = "stop" if self.usage.get("finish_reason") in ("stop", "cancelled") else "length"
+        finally:
+            self.cancel()  # the consumer is gone (client disconnect): stop at the next token
+
+    async def _drain(self) -> None:
+        """Wait for the worker to finish, so usage counts every token it generated."""
+        while not isinstance(item := await self.queue.get(), (StopIteration, Exception)):
+            pass
+
+    def cancel(self) -> None:
+        self.stop_event.set()
+
+
+async def _collect(gen: _Generation, request) -> tuple[str, str]:
+    """The whole reply; a client that hangs up stops generation (watched every 0.25 s)."""
+
+    async def watch():
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.25)
+        gen.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        text = "".join([piece async for piece in gen.pieces()])
+    finally:
+        watcher.cancel()
+    return text, gen.finish
+
+
+async def _sse(gen: _Generation, rid: str, created: int, name: str, req: ChatRequest):
+    """OpenAI's chat.completion.chunk events, then `data: [DONE]`."""
+
+    def event(choices, **extra) -> str:
+        chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                 "system_fingerprint": None, "choices": choices, **extra}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    def choice(delta, finish=None):
+        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+    yield event(choice({"role": "assistant", "content": ""}))
+    try:
+        async for piece in gen.pieces():
+            yield event(choice({"content": piece}))
+    except Exception as exc:  # headers are sent: report in-band, and end without [DONE]
+        yield f"data: {json.dumps({'error': {'message': f'generation failed ({type(exc).__name__})', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        return
+    yield event(choice({}, gen.finish))
+    if req.include_usage:
+        yield event([], usage=_usage(gen.usage, gen.usage.get("prompt_tokens", 0)))
+    yield "data: [DONE]\n\n"
+
+
+def _usage(usage: dict, prompt_tokens: int) -> dict:
+    prompt = usage.get("prompt_tokens", prompt_tokens)
+    completion = usage.get("completion_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _model_card(name: str, created: int) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "tunesmith"}
+
+
+def _served_name(spec) -> str:
+    """What /v1/models calls the model: the run or directory name, or the embedded name."""
+    from tunesmith.models import DEFAULT_MODEL
+
+    if spec is None or isinstance(spec, tuple):
+        return DEFAULT_MODEL if spec is None else "tunesmith-model"
+    path = Path(str(spec))
+    if not path.exists():
+        return str(spec)
+    path = path.resolve()
+    return path.parent.name if path.name == "final" else path.name
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+
+def cli_serve(args) -> int:
+    import uvicorn
+
+    api_key = args.api_key or os.environ.get("TUNESMITH_API_KEY") or None
+    if args.max_concurrency < 1:
+        raise UserError(f"--max-concurrency {args.max_concurrency}: must be at least 1.")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use "
+              f"the model. Add --api-key KEY (or set TUNESMITH_API_KEY).", flush=True)
+    t0 = time.perf_counter()
+    app = create_app(args.model, api_key=api_key, max_concurrency=args.max_concurrency,
+                     max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens)
+    name = _served_name(args.model)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"tunesmith serve: {name} loaded in {time.perf_counter() - t0:.1f} s\n"
+          f"  API     http://{host}:{args.port}/v1  (model id \"{name}\"{', API key required' if api_key else ''})\n"
+          f"  web UI  http://{host}:{args.port}/\n"
+          f"  limits  {args.max_concurrency} concurrent generations, {args.max_body_bytes} byte bodies", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    return 0
