@@ -29,7 +29,7 @@ REFERENCE_GPU = {"name": "H100 SXM", "peak_flops": 989e12, "mfu": 0.40, "precisi
 # gradients). LoRA freezes the base weights, so their weight gradients (2) are never computed.
 FLOPS_PER_PARAM_TOKEN = {"full": 6, "lora": 4, "dora": 4, "qlora": 4}
 DEFAULT_GPU_PRICE = 2.50  # $/hour for one reference GPU, on demand
-PROBE = {"steps": 3, "budget_s": 15.0, "cpu_row": 128, "gpu_rows": 4}
+PROBE = {"steps": 2, "budget_s": 20.0, "cpu_row": 256, "gpu_rows": 4}
 
 
 # ------------------------------------------------------------------------------------ tokens
@@ -208,8 +208,9 @@ def count_params(spec) -> int:
 
 
 def probe(spec, tok, texts: list[str], max_len: int, method: str = "lora") -> dict:
-    """Measure training tokens/s here: warm-up, then up to PROBE['steps'] timed forward + backward +
-    optimizer steps on real rows of the data, stopped early by PROBE['budget_s']."""
+    """Training tokens/s here: after a warm-up, PROBE['steps'] timed forward + backward + optimizer
+    steps on real (packed) rows of the data, as many as PROBE['budget_s'] allows. On a CPU the rows
+    are short and the rate is extrapolated to rows of max_len; on a GPU they are max_len long."""
     import torch
 
     from tunesmith.models import default_device, load
@@ -229,7 +230,8 @@ def probe(spec, tok, texts: list[str], max_len: int, method: str = "lora") -> di
             model = get_peft_model(model, LoraConfig(r=d.r, lora_alpha=d.alpha, target_modules=d.target_modules,
                                                      use_dora=method == "dora", task_type="CAUSAL_LM"))
     model.train()
-    # CPU: one short row (a step takes seconds); GPU: a few full rows (it needs work to be busy).
+    # CPU: one row of at most cpu_row tokens (a step takes seconds); GPU: a few full rows (it needs
+    # work to be busy).
     rows, width = (1, min(max_len, PROBE["cpu_row"])) if device == "cpu" else (PROBE["gpu_rows"], max_len)
     ids = []
     for t in texts:
@@ -252,20 +254,27 @@ def probe(spec, tok, texts: list[str], max_len: int, method: str = "lora") -> di
         return time.perf_counter() - t0
 
     start = time.perf_counter()
-    # Warm up (allocations, kernel choice) on a short row; on a slow or busy CPU its time also
-    # picks a row short enough for the timed steps to fit the budget.
-    warm = step(min(width, 32))
+    # Warm up (allocations, kernel choice) on a short row, then time one more: on a slow or busy
+    # CPU that time picks a row short enough for the timed steps to fit the budget.
+    short = min(width, 32)
+    step(short)
+    small = step(short)
     if device == "cpu":
-        fit = PROBE["budget_s"] / (PROBE["steps"] + 1) / warm * min(width, 32)
-        width = max(min(width, 32), min(width, int(fit) // 16 * 16))
-    times = []
+        fit = PROBE["budget_s"] / PROBE["steps"] / small * short
+        width = max(short, min(width, int(fit) // 16 * 16))
+    times = [small] if width == short else []
     while len(times) < PROBE["steps"] and (not times or time.perf_counter() - start < PROBE["budget_s"]):
         times.append(step(width))
-    timed = sorted(times)
-    step_s = timed[len(timed) // 2]
+    step_s = sorted(times)[len(times) // 2]
+    tokens_per_s = rows * width / step_s
+    if device == "cpu" and short < width < max_len and step_s > small:
+        # A CPU step costs a fixed part (optimizer, Python) plus a part per token: fit both from the
+        # two row lengths, and quote the rate for rows as long as training packs them (max_len).
+        per_token = (step_s - small) / (width - short)
+        tokens_per_s = max_len / (small - per_token * short + per_token * max_len)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    return {"device": name, "tokens_per_step": rows * width, "steps": len(timed), "step_s": round(step_s, 4),
-            "tokens_per_s": round(rows * width / step_s, 1)}
+    return {"device": name, "tokens_per_step": rows * width, "steps": len(times), "step_s": round(step_s, 4),
+            "row": max_len, "tokens_per_s": round(tokens_per_s, 1)}
 
 
 def estimate(epoch_tokens: int, params: int, method: str, gpu_price: float, measured: dict | None) -> dict:
@@ -390,8 +399,8 @@ def format_report(r: dict, per_code: int = 10) -> str:
     out.append(f"\none epoch: {e['epoch_tokens']:,} tokens, {e['method']} on {e['params'] / 1e6:.1f}M parameters")
     if e["here"]:
         h = e["here"]
-        out.append(f"  here ({h['device']}, measured {h['tokens_per_s']:,.0f} tokens/s over {h['steps']} steps "
-                   f"of {h['tokens_per_step']} tokens): "
+        out.append(f"  here ({h['device']}, {h['tokens_per_s']:,.0f} tokens/s in rows of {h['row']}, measured over "
+                   f"{h['steps']} step{'s' * (h['steps'] != 1)} of {h['tokens_per_step']} tokens): "
                    f"{_duration(h['seconds_per_epoch'])} per epoch")
     else:
         out.append("  here: not measured (--no-probe)")

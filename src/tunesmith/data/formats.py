@@ -66,9 +66,9 @@ def read_records(path: str | Path):
             yield n, json.loads(text), None
         except json.JSONDecodeError as exc:
             if n == last and not complete:
-                yield n, None, ("truncated", f"the file ends in the middle of this record ({exc.msg} at column {exc.colno})")
+                yield n, None, ("truncated", f"the file ends in the middle of this record ({exc.msg}, column {exc.colno})")
             else:
-                yield n, None, ("invalid-json", f"{exc.msg} at column {exc.colno}")
+                yield n, None, ("invalid-json", f"{exc.msg} (column {exc.colno})")
 
 
 def _json_array(data: bytes):
@@ -93,7 +93,7 @@ def _json_array(data: bytes):
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             code = "truncated" if exc.pos >= len(text.rstrip()) else "invalid-json"
-            yield exc.lineno, None, (code, f"{exc.msg} at column {exc.colno}; the rest of the array is not read")
+            yield exc.lineno, None, (code, f"{exc.msg} (column {exc.colno}); the rest of the array is not read")
             return
         yield line, value, None
 
