@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,13 +47,17 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps({"messages": msgs}) + "\n")
 
 
-def run(cmd: list[str]) -> tuple[float, dict]:
+def run(cmd: list[str]) -> tuple[float, float, dict]:
+    """Wall time, CPU time (what the run costs on an otherwise idle machine) and the JSON report."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
-    return wall, json.loads(proc.stdout)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu, json.loads(proc.stdout)
 
 
 def main() -> None:
@@ -65,14 +71,15 @@ def main() -> None:
         path = Path(tmp) / "big.jsonl"
         t0 = time.perf_counter()
         generate(path, args.n)
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other processes share them)")
         print(f"generated {args.n:,} examples ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
         base = [tunesmith, "check", str(path), "--json"] + (["--model", args.model] if args.model else [])
         runs = [("--no-probe", base + ["--no-probe"])] + ([] if args.no_probe_only else [("with probe", base)])
         for label, cmd in runs:
-            wall, report = run(cmd)
+            wall, cpu, report = run(cmd)
             f = report["files"][0]
             here = report["estimate"]["here"]
-            print(f"tunesmith check {label}: {wall:.1f} s wall ({report['seconds']['validate_and_count']:.1f} s reading, "
+            print(f"tunesmith check {label}: {wall:.1f} s wall, {cpu:.1f} s CPU ({report['seconds']['validate_and_count']:.1f} s wall reading, "
                   f"validating and counting {f['tokens']['sum']:,} tokens); {report['errors']} errors, "
                   f"{report['warnings']} warnings" + (f"; probe {here['tokens_per_s']:,.0f} tokens/s on {here['device']}" if here else ""))
             print(f"  {'PASS' if wall < 60 else 'FAIL'}: under a minute")

@@ -29,7 +29,7 @@ REFERENCE_GPU = {"name": "H100 SXM", "peak_flops": 989e12, "mfu": 0.40, "precisi
 # gradients). LoRA freezes the base weights, so their weight gradients (2) are never computed.
 FLOPS_PER_PARAM_TOKEN = {"full": 6, "lora": 4, "dora": 4, "qlora": 4}
 DEFAULT_GPU_PRICE = 2.50  # $/hour for one reference GPU, on demand
-PROBE = {"steps": 2, "budget_s": 20.0, "cpu_row": 256, "gpu_rows": 4}
+PROBE = {"steps": 2, "budget_s": 10.0, "cpu_row": 256, "gpu_rows": 4}
 
 
 # ------------------------------------------------------------------------------------ tokens

@@ -32,7 +32,7 @@ CODES = {
     "system-not-first": ("error", "put the system message first, once"),
     "same-role-twice": ("error", "merge the two messages, or add the missing turn between them"),
     "bad-weight": ("error", "weight is 0 or 1, and only on assistant messages"),
-    "too-long": ("error", "raise --max-len, shorten the example, or choose --too-long drop|truncate"),
+    "too-long": ("error", "raise --max-len or shorten the example; --too-long drop|truncate|error decides what training does"),
     "duplicate": ("warning", "remove the copy; duplicates are dropped from training"),
     "overlap": ("error", "remove the example from one side: held-out results are only honest on unseen data"),
     "too-few": ("error", "collect at least 10 examples; 100s make a fine-tune worth measuring"),
