@@ -144,7 +144,9 @@ def tiny_repo(root: Path) -> None:
 
 def test_csv_highlights_take_their_study_from_the_folder(tmp_path):
     tiny_repo(tmp_path / "repo")
+    write(tmp_path / "repo", "tool-settings.json", '{"theme": "dark"}')  # not a dataset: skipped inside a folder
     s = import_repository([tmp_path / "repo"], tmp_path / "out", heldout_fraction=0.3)
+    assert s["skipped"] == ["repo/tool-settings.json"]
     assert s["read"]["highlights"] == 3 and s["heldout"] == 3 and s["train"] == 7  # 3 tasks × 1 study held out
     by_id = {e["meta"]["id"]: e for name in ("train", "heldout") for e in load_examples(tmp_path / "out" / f"{name}.jsonl")}
     assert "Study S02: Study 2\nMethod: 5 participants\n\nHighlights:\n- H-2-1 (P1): said, 2" in by_id["insight:INS-2"]["messages"][0]["content"]

@@ -81,7 +81,9 @@ def read_repository(sources: list, csv_preset: str = "highlights", csv_map: str 
                 _read_markdown(repo, f, label)
             elif suffix == ".csv":
                 csv_files.append((f, label))
-            elif suffix in (".jsonl", ".json"):
+            elif suffix == ".jsonl" or (suffix == ".json" and not src.is_dir()):
+                # A .json file inside a folder is more often tool metadata than a dataset: only
+                # one named on the command line is read as examples.
                 _read_examples(repo, f, label)
             else:
                 repo.skipped.append(label)
