@@ -183,3 +183,12 @@ def test_read_corpus_cuts_paragraphs_and_drops_front_matter(tmp_path):
     passages = read_corpus(tmp_path, max_words=120)
     assert [len(p.text.split()) for p in passages] == [100, 100, 50]  # two 50-word paragraphs fit in 120
     assert all("type: study" not in p.text for p in passages) and passages[0].source == "a.md"
+
+
+def test_demo_profiles_are_valid_config_overrides():
+    from tunesmith.config import load_config
+    from tunesmith.demo import PROFILES
+
+    full, quick = load_config(None, PROFILES["full"]), load_config(None, PROFILES["quick"])
+    assert quick.train.max_steps < full.train.max_steps and quick.compare.max_examples < full.compare.max_examples
+    assert full.compare.max_examples >= 30  # enough held-out examples for an interval worth reading

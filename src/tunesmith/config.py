@@ -114,6 +114,7 @@ class CompareConfig:
     k_shots: int = opt(3, "examples in the few-shot arms")
     rag_k: int = opt(3, "corpus passages in the RAG arms")
     max_examples: int = opt(0, "held-out examples to score; 0: all")
+    tasks: str = opt("", "comma-separated meta.task values to score (e.g. insight,recommendation); empty: all")
     primary_metric: str = opt("chrf", "metric the decision is made on")
     margin: float = opt(2.0, "how much better (in primary-metric points) fine-tuning must be to be recommended")
     bootstrap: int = opt(2000, "paired bootstrap resamples")

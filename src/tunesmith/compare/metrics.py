@@ -164,7 +164,8 @@ def load_templates(style: str | Path | None = None, templates_dir: str | Path | 
                 heading = m.group(1).lower()
                 continue
             labels = _labels(m.group(2))
-            name = re.search(r"the (\w+) template", heading)
+            # "## The insight template" in a guide, or "### insight" above a template copied verbatim
+            name = re.search(r"the (\w+) template", heading) or re.fullmatch(r"#+ (\w+)", heading.strip())
             if len(labels) >= 2 and name:
                 found.setdefault(name.group(1), labels)
     return found

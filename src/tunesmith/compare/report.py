@@ -139,8 +139,10 @@ def markdown(results: dict) -> str:
     ref = v["reference"]
     out = [f"# Verdict: {v['recommend']}", "", v["paragraph"], "", f"> **Decision rule.** {v['rule']} "
            f"Primary score: {METRICS[key][0]}; margin: {results['margin']:g} points.", ""]
+    tasks = ", ".join(f"{t or 'no task'} {n}" for t, n in results.get("tasks_scored", {}).items())
     out += [f"## Quality on {results['examples']} held-out examples", "",
-            "Mean with 95 % bootstrap interval. chrF and ROUGE-L are 0–100 against the team's own text; glossary "
+            (f"A fixed subset of the {results['heldout_total']} held-out examples" if results.get("heldout_total", 0) > results["examples"]
+             else "Every held-out example") + f", by task: {tasks}. Mean with 95 % bootstrap interval. chrF and ROUGE-L are 0–100 against the team's own text; glossary "
             "adherence is the share of the reference's preferred terms the output uses; rejected terms are retired "
             "variants per 100 words (lower is better); template conformance is the share of template-bound outputs with "
             "every required label in order; length is output words per reference word.", "",

@@ -30,6 +30,9 @@ from tunesmith.config import Config, load_config, to_dict
 
 
 def cli_compare(args) -> int:
+    from tunesmith.demo import quiet_threads
+
+    quiet_threads()
     cfg = load_config(args.config, args.overrides)
     out = compare(cfg, run=args.run)
     print(f"\nreport: {out / 'report.html'}  (also report.md, results.json, samples.jsonl)")
@@ -44,14 +47,19 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     t_start = time.time()
     names = arm_names(c.arms)
     train_examples, heldout = load_split(cfg)
-    examples = select_examples(heldout, c.max_examples, cfg.data.seed)
+    scored = filter_tasks(heldout, c.tasks)
+    examples = select_examples(scored, c.max_examples, cfg.data.seed)
     if not examples:
         raise UserError("no held-out examples with an assistant reply to score. fix: set data.heldout to a non-empty chat JSONL file.")
-    log(f"compare: {len(examples)} of {len(heldout)} held-out examples, arms: {', '.join(names)}")
+    log(f"compare: {len(examples)} of {len(heldout)} held-out examples"
+        + (f" (tasks {c.tasks})" if c.tasks else "") + f", arms: {', '.join(names)}")
 
     skipped: dict[str, str] = {}
     tuned_wanted = [n for n in names if n in A.TUNED]
-    if tuned_wanted and run is None:
+    if tuned_wanted and run is None and not cfg.data.train:
+        for n in tuned_wanted:
+            skipped[n] = "no run and no training data to make one. fix: pass --run RUN, or set data.train."
+    elif tuned_wanted and run is None:
         log("compare: no --run given, so training one first (tunesmith.train)")
         from tunesmith.train import train
 
@@ -88,6 +96,8 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     if c.learning_curve and run is not None and "fine-tuned" in outputs:
         results["learning_curve"] = learning_curve(cfg, train_examples, heldout, examples, results, out_dir, log,
                                                    glossary, templates)
+    results["heldout_total"] = len(heldout)
+    results["tasks_scored"] = {t: sum(A.task_of(ex) == t for ex in examples) for t in sorted({A.task_of(ex) for ex in examples})}
     results["seconds"] = round(time.time() - t_start, 1)
 
     from tunesmith.compare.report import print_summary, write_report
@@ -127,6 +137,18 @@ def load_split(cfg: Config) -> tuple[list[dict], list[dict]]:
         raise UserError("neither data.heldout nor data.train is set. fix: point them at the files `tunesmith import` wrote (OUT/heldout.jsonl, OUT/train.jsonl).")
     has_reply = lambda ex: any(m.get("role") == "assistant" for m in ex["messages"])  # noqa: E731
     return [ex for ex in train if has_reply(ex)], [ex for ex in heldout if has_reply(ex)]
+
+
+def filter_tasks(examples: list[dict], tasks: str) -> list[dict]:
+    """Only the examples whose meta.task is in the comma-separated list (all when it is empty)."""
+    wanted = {t.strip() for t in tasks.split(",") if t.strip()}
+    if not wanted:
+        return examples
+    present = {A.task_of(ex) for ex in examples}
+    if not wanted & present:
+        raise UserError(f"compare.tasks={tasks}: no held-out example has one of these tasks. "
+                        f"fix: use some of {', '.join(sorted(present))}, or leave it empty for all.")
+    return [ex for ex in examples if A.task_of(ex) in wanted]
 
 
 def select_examples(heldout: list[dict], limit: int, seed: int) -> list[dict]:
@@ -400,7 +422,8 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
         tick.close()
         del model
         vals = [M.score(o.text, A.reference_of(ex), A.task_of(ex), glossary, templates)[key] for o, ex in zip(outs, examples)]
-        points.append({"fraction": fraction, "examples": len(subset), key: sum(vals) / len(vals)})
+        vals = [v for v in vals if v is not None]
+        points.append({"fraction": fraction, "examples": len(subset), key: sum(vals) / len(vals) if vals else None})
     full = results["arms"]["fine-tuned"]["metrics"][key]["mean"]
     points.append({"fraction": 1.0, "examples": len(train_examples), key: full})
     return points
