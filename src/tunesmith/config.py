@@ -82,7 +82,7 @@ class TrainConfig:
     packing: bool = opt(True, "a micro-batch is one row of examples back to back, no padding, no attention between them; false: length-bucketed padding")
     train_on_prompt: bool = opt(False, "also put loss on system/user tokens")
     eval_every: int = opt(0, "held-out loss every N steps; 0: only at the end")
-    save_every: int = opt(0, "checkpoint every N steps; 0: only at the end")
+    save_every: int = opt(0, "checkpoint every N steps; 0: only at the end; -1: never (the final model is still saved)")
     keep_last: int = opt(2, "checkpoints to keep")
     log_every: int = opt(1, "write metrics every N steps")
     on_nonfinite: str = opt("stop", "stop or skip a batch whose loss or gradient is NaN/inf")

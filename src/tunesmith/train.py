@@ -18,6 +18,7 @@ The run directory:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import math
@@ -68,6 +69,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     t = cfg.train
     _check_options(cfg)
+    _return_freed_memory()
     device = _pick_device(t.device)
     weight_dtype, precision = _precision(cfg, device)
     run = Path(t.output_dir).expanduser().resolve()
@@ -81,9 +83,10 @@ def train(cfg: Config, resume: bool = False) -> Path:
         ckpt = latest_checkpoint(run)
         if ckpt is None:
             raise UserError(f"{run}: no complete checkpoint to resume from. fix: run without --resume.")
-    elif main and run.exists() and any((run / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
+    elif run.exists() and any((run / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
         raise UserError(f"{run} already holds a run. fix: add --resume to continue it, or set "
                         f"train.output_dir to a new directory.")
+    accelerator.wait_for_everyone()  # every process has looked before any writes
     train_examples, heldout_examples, data_info = load_data(cfg)
     tok = _tokenizer(cfg)
     encoded, train_report = encode_examples(tok, train_examples, cfg.data.max_len, cfg.data.too_long,
@@ -114,16 +117,17 @@ def train(cfg: Config, resume: bool = False) -> Path:
     say(f"model {cfg.model.name}: {t.method}, {n_trainable:,} trainable of "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, weights {str(weight_dtype).replace('torch.', '')}"
         f"{', autocast ' + precision if precision != 'no' else ''}")
-    optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay, fused=device == "cuda")
     loss_model, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
 
     state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "skipped": 0, "best_eval": None, "best_step": None,
              "evals_without_improvement": 0}
     best = None  # trainable weights at the best held-out loss, when early stopping is on
+    last = {}  # the latest metrics record, for the summary
     if resume:
         state, best = load_checkpoint(ckpt, accelerator.unwrap_model(loss_model), optimizer, rank)
         if main:
-            _truncate_jsonl(run / "metrics.jsonl", state["step"])
+            last = _truncate_jsonl(run / "metrics.jsonl", state["step"])
             _truncate_jsonl(run / "examples.jsonl", state["step"])
             _remove_unfinished(run / "checkpoints")
         say(f"resumed from {ckpt} at step {state['step']}")
@@ -149,7 +153,6 @@ def train(cfg: Config, resume: bool = False) -> Path:
                dynamic_ncols=True)
     metrics_file = open(run / "metrics.jsonl", "a") if main else None
     examples_file = open(run / "examples.jsonl", "a") if main and t.log_examples else None
-    last = {}
     loss_model.train()
     try:
         while state["step"] < total_steps:
@@ -237,7 +240,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
             sigterm = stop["sigterm"]
             if world > 1:  # every process must agree, or one would wait forever in the next collective
                 sigterm = accelerator.reduce(torch.tensor(float(sigterm), device=accelerator.device), "sum").item() > 0
-            if (t.save_every and state["step"] % t.save_every == 0) or sigterm or early or done:
+            if (t.save_every > 0 and state["step"] % t.save_every == 0) or sigterm or (t.save_every >= 0 and (early or done)):
                 save_checkpoint(run, state, accelerator.unwrap_model(loss_model), optimizer, best, accelerator, t.keep_last)
             if sigterm:
                 bar.close()
@@ -275,7 +278,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         }
         (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         say(f"done: {state['step']} steps in {state['train_seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} tokens/s; "
-            f"train loss {last.get('loss')}, held-out loss {last.get('eval_loss')}; final model in {run / 'final'}")
+            f"train loss {_fmt(last.get('loss'))}, held-out loss {_fmt(last.get('eval_loss'))}; final model in {run / 'final'}")
     if t.trackers:
         accelerator.end_training()
     accelerator.wait_for_everyone()
@@ -590,10 +593,11 @@ def _remove_unfinished(root: Path) -> None:
                 shutil.rmtree(d, ignore_errors=True)
 
 
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Forget what was logged after the checkpoint: those steps are about to run again."""
+def _truncate_jsonl(path: Path, step: int) -> dict:
+    """Forget what was logged after the checkpoint (those steps are about to run again); return
+    the last record kept."""
     if not path.exists():
-        return
+        return {}
     keep = []
     for line in path.read_text().splitlines():
         try:
@@ -602,6 +606,7 @@ def _truncate_jsonl(path: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a kill
             pass
     path.write_text("".join(k + "\n" for k in keep))
+    return json.loads(keep[-1]) if keep else {}
 
 
 # --------------------------------------------------------------------------------------- final model
@@ -639,6 +644,21 @@ def _check_options(cfg: Config) -> None:
     for key in ("batch_size", "grad_accum", "log_every", "keep_last"):
         if getattr(t, key) < 1:
             raise UserError(f"train.{key} must be at least 1, got {getattr(t, key)}.")
+
+
+def _return_freed_memory() -> None:
+    """Give freed activation memory back to the OS at once.
+
+    glibc serves blocks below its mmap threshold from its heap, and raises that threshold (up to
+    32 MiB) as big blocks are freed, so activation-sized tensors end up in a heap that keeps every
+    page it ever touched: peak RSS became twice the live tensors (a 1,171-token LoRA step of the
+    135M model: 4.9 GB; with a fixed 128 KiB threshold 2.5 GB, at the same speed).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        except (OSError, AttributeError):  # not glibc: nothing to tune
+            pass
 
 
 def _pick_device(device: str) -> str:
@@ -692,6 +712,10 @@ def _dropped(report: dict) -> str:
                                                      ("truncated", "truncated"),
                                                      ("no_loss_tokens", "dropped with no loss tokens")) if report[k]]
     return ", ".join(parts) or "none dropped"
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def _describe_device(device) -> str:
