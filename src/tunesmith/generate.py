@@ -10,6 +10,7 @@ prompts, records prompt and completion tokens and the latency per example.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass
@@ -54,29 +55,44 @@ def encode_prompts(tok, conversations: list[list[dict]]) -> list[list[int]]:
 
 @torch.inference_mode()
 def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float = 1.0, batch_size: int = 8, seed: int = 0, progress=None) -> list[Completion]:
-    """Reply to each conversation. Prompts are sorted by length so a batch wastes little on padding."""
+             top_p: float = 1.0, batch_size: int = 8, seed: int = 0, progress=None,
+             reuse_prefix: bool = False) -> list[Completion]:
+    """Reply to each conversation. Prompts are sorted by length so a batch wastes little on padding.
+
+    reuse_prefix: the token prefix every prompt shares (a long common system prompt) is run through
+    the model once and its KV cache reused by every batch, as a serving stack's prompt cache does.
+    The replies are the same; prompt_tokens still counts the whole prompt.
+    """
     prompts = encode_prompts(tok, conversations)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Completion | None] = [None] * len(prompts)
     stop = set(_stop_ids(tok))
     device = next(model.parameters()).device
     torch.manual_seed(seed)
+    shared, prefix_cache = _prefix_cache(model, prompts, device) if reuse_prefix else (0, None)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        # (B, T) left-padded so every row's next token is at the same position
-        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        width = max(len(prompts[i]) - shared for i in idx)
+        # (B, shared + T): the shared prefix, then each row's own part left-padded so every row's next
+        # token is at the same position (positions come from the mask, so the padding in the middle
+        # of a row changes nothing)
+        ids = torch.full((len(idx), shared + width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
         for row, i in enumerate(idx):
-            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]):] = 1
+            ids[row, :shared], mask[row, :shared] = torch.tensor(prompts[i][:shared]), 1
+            own = prompts[i][shared:]
+            ids[row, shared + width - len(own):] = torch.tensor(own)
+            mask[row, shared + width - len(own):] = 1
+        cache = {}
+        if prefix_cache is not None:
+            cache["cache"] = copy.deepcopy(prefix_cache)
+            cache["cache"].batch_repeat_interleave(len(idx))  # (1, H, P, D) -> (B, H, P, D) per layer
         t0 = time.perf_counter()
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **cache,
                              **_decoding(tok, max_new_tokens, temperature, top_p))
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
-            new = out[row, width:].tolist()
+            new = out[row, shared + width:].tolist()
             cut = next((j for j, t in enumerate(new) if t in stop), None)
             reason = "stop" if cut is not None else "length"
             new = new[:cut] if cut is not None else new
@@ -85,6 +101,18 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
         if progress is not None:
             progress(len(idx))
     return results
+
+
+def _prefix_cache(model, prompts: list[list[int]], device, at_least: int = 64):
+    """(length, KV cache) of the token prefix all prompts share; (0, None) when it is short.
+    Every prompt keeps at least one token of its own, so generation starts from a real input."""
+    shared = min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        shared = next((j for j in range(shared) if p[j] != prompts[0][j]), shared)
+    if shared < at_least:
+        return 0, None
+    out = model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True)
+    return shared, out.cache
 
 
 def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
