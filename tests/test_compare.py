@@ -192,3 +192,19 @@ def test_demo_profiles_are_valid_config_overrides():
     full, quick = load_config(None, PROFILES["full"]), load_config(None, PROFILES["quick"])
     assert quick.train.max_steps < full.train.max_steps and quick.compare.max_examples < full.compare.max_examples
     assert full.compare.max_examples >= 30  # enough held-out examples for an interval worth reading
+
+
+def test_reused_prefix_gives_the_same_replies(tiny_model):
+    """The engineered arm's long shared system prompt is computed once; nothing else changes."""
+    from tunesmith.generate import _prefix_cache, encode_prompts, generate
+
+    model, tok = tiny_model
+    guide = (PANTRY / "style.md").read_text()
+    convs = [[{"role": "system", "content": guide}, {"role": "user", "content": "why? " * (i % 4 + 1)}] for i in range(5)]
+    plain = generate(model, tok, convs, max_new_tokens=8, batch_size=2)
+    reused = generate(model, tok, convs, max_new_tokens=8, batch_size=2, reuse_prefix=True)
+    assert [c.text for c in reused] == [c.text for c in plain]
+    assert [c.prompt_tokens for c in reused] == [c.prompt_tokens for c in plain]
+    shared, cache = _prefix_cache(model, encode_prompts(tok, convs), "cpu")
+    assert shared > 500 and cache.get_seq_length() == shared  # the whole guide, computed once
+    assert _prefix_cache(model, encode_prompts(tok, [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]), "cpu") == (0, None)

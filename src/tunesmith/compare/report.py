@@ -99,7 +99,7 @@ def print_summary(results: dict) -> None:
 def summary_table(results: dict) -> str:
     key = results["primary_metric"]
     ref = results["verdict"]["reference"]
-    head = ["arm", "chrF", "ROUGE-L", "glossary", "rejected", "template", "len", f"Δ{METRICS[key][0]} vs {ref} [95% CI]",
+    head = ["arm", "chrF", "ROUGE-L", "glossary", "rej/100w", "template", "length", f"Δ{METRICS[key][0]} vs {ref} [95% CI]",
             "prompt tok", "p50 s"]
     rows = []
     for name, arm in results["arms"].items():

@@ -227,8 +227,11 @@ def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx
             log(f"[{done}/{total}] {name}: skipped — {exc}")
             continue
         tick = _Ticker(f"[{done}/{total}] {name}", len(convs))
+        # a prefix every prompt shares (the engineered arm's style guide) is computed once, as a
+        # serving stack's prompt cache would; token counts and replies are unchanged
         out[name] = generate(model, tok, convs, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                             top_p=g.top_p, batch_size=g.batch_size, seed=cfg.data.seed, progress=tick)
+                             top_p=g.top_p, batch_size=g.batch_size, seed=cfg.data.seed, progress=tick,
+                             reuse_prefix=True)
         tick.close()
     del model
     return out
@@ -363,6 +366,8 @@ def _cost_sentence(verdict: dict, arms: dict, training: dict | None, break_even:
     text = f" Training took {minutes:.1f} minutes (${training['train_cost']:.2f} at ${c.train_cost_per_hour:g}/hour)"
     row = next((r for r in break_even if r["against"] == verdict["recommend"]), None) or \
         next((r for r in break_even if r["against"] == verdict["reference"]), None)
+    if row and verdict["diffs"][row["tuned"]][0] <= -c.margin:
+        return text + "."  # serving savings of an arm that scores clearly worse are beside the point
     if row and row["requests"] is not None:
         text += (f"; {row['tuned']}'s shorter prompts save {row['tokens_saved_per_request']:.0f} tokens per request against "
                  f"{row['against']}, which repays training after {row['requests']:,.0f} requests "
@@ -394,6 +399,7 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
                    results: dict, out_dir: Path, log, glossary: list, templates: dict) -> list[dict]:
     """Train on 25 % and 50 % of the training examples (same settings, same held-out split) and
     score the fine-tuned arm on the same examples: does the primary score still rise at 100 %?"""
+    from tunesmith.data.formats import write_jsonl
     from tunesmith.generate import generate
     from tunesmith.models import load
     from tunesmith.train import train
@@ -402,14 +408,15 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
     folder = out_dir / "learning-curve"
     folder.mkdir(parents=True, exist_ok=True)
     heldout_path = folder / "heldout.jsonl"
-    _write_jsonl(heldout_path, heldout)
+    write_jsonl(heldout_path, heldout)
     order = list(range(len(train_examples)))
     random.Random(cfg.data.seed).shuffle(order)
     points = []
     for fraction in (0.25, 0.5):
         subset = [train_examples[i] for i in sorted(order[:max(1, round(fraction * len(order)))])]
         sub_cfg = copy.deepcopy(cfg)
-        sub_cfg.data.train = str(_write_jsonl(folder / f"train-{int(fraction * 100)}.jsonl", subset))
+        sub_cfg.data.train = str(folder / f"train-{int(fraction * 100)}.jsonl")
+        write_jsonl(sub_cfg.data.train, subset)
         sub_cfg.data.heldout = str(heldout_path)
         sub_cfg.train.output_dir = str(folder / f"run-{int(fraction * 100)}")
         log(f"learning curve: training on {len(subset)} examples ({fraction:.0%})")
@@ -427,11 +434,6 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
     full = results["arms"]["fine-tuned"]["metrics"][key]["mean"]
     points.append({"fraction": 1.0, "examples": len(train_examples), key: full})
     return points
-
-
-def _write_jsonl(path: Path, examples: list[dict]) -> Path:
-    path.write_text("".join(json.dumps({"messages": ex["messages"], "meta": ex.get("meta") or {}}) + "\n" for ex in examples))
-    return path
 
 
 def _say(*parts):
