@@ -208,3 +208,20 @@ def test_reused_prefix_gives_the_same_replies(tiny_model):
     shared, cache = _prefix_cache(model, encode_prompts(tok, convs), "cpu")
     assert shared > 500 and cache.get_seq_length() == shared  # the whole guide, computed once
     assert _prefix_cache(model, encode_prompts(tok, [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]), "cpu") == (0, None)
+
+
+def test_compare_trains_first_and_draws_the_learning_curve(data_dir, tiny_model_dir, tmp_path):
+    """Without --run, compare trains one (tunesmith.train) and, asked to, trains on 25 % and 50 %."""
+    from tunesmith.compare.run import compare
+
+    cfg = _config(data_dir, tiny_model_dir, tmp_path / "report")
+    cfg.train.output_dir, cfg.train.max_steps, cfg.train.batch_size = str(tmp_path / "run"), 2, 2
+    cfg.data.max_len = 256
+    cfg.compare.arms, cfg.compare.learning_curve = "zero-shot,fine-tuned", True
+    results = json.loads((compare(cfg) / "results.json").read_text())
+    assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+    assert results["run"] == str(tmp_path / "run") and results["training"]["steps"] == 2
+    assert [p["fraction"] for p in results["learning_curve"]] == [0.25, 0.5, 1.0]
+    assert [p["examples"] for p in results["learning_curve"]] == [3, 6, 12]  # of 12 training examples
+    assert results["learning_curve"][-1]["chrf"] == pytest.approx(results["arms"]["fine-tuned"]["metrics"]["chrf"]["mean"])
+    assert "Learning curve" in (tmp_path / "report" / "report.md").read_text()
