@@ -24,11 +24,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from tunesmith import UserError, __version__
+from tunesmith.fsutil import atomic_dir
 
 FORMATS = ("adapter", "merged", "gguf")
 
@@ -77,20 +77,12 @@ def export(run: str | os.PathLike, fmt: str, quant: str = "f16", out: str | os.P
     _check_out(out)
 
     t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         writer = {"adapter": _export_adapter, "merged": _export_merged, "gguf": _export_gguf}[fmt]
         report = writer(source, tmp, quant)
         report.update(format=fmt, source=str(run), resolved=source.describe(), tunesmith=__version__,
                       seconds=round(time.perf_counter() - t0, 1))
         (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

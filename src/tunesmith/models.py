@@ -21,13 +21,12 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith import UserError
+from tunesmith.fsutil import atomic_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -220,19 +219,11 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model.generation_config.pad_token_id = tok.pad_token_id
     ensure_chat_template(tok)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "tunesmith-source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
         (tmp / ".complete").write_text("ok\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     print(f"tunesmith: converted in {time.time() - t0:.0f} s", flush=True)
 
 
