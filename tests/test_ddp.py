@@ -24,7 +24,7 @@ def _free_port() -> int:
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
     data = make_chats(tmp_path / "train.jsonl", n=40)
     common = [f"model.name={tiny_model_dir}", f"data.train={data}", "train.max_steps=4", "lora.r=4", "train.lr=1e-2",
-              "data.heldout_fraction=0.2", "train.log_examples=true"]
+              "data.heldout_fraction=0.2", "train.log_examples=true", "train.threads=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     two = subprocess.run(

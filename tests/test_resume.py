@@ -38,7 +38,7 @@ def setup(tmp_path_factory, tiny_model_dir):
     data = make_chats(root / "train.jsonl", n=50)
     overrides = [f"model.name={tiny_model_dir}", f"data.train={data}", f"train.max_steps={STEPS}", "train.batch_size=2",
                  "train.save_every=2", "train.keep_last=3", "lora.r=4", "lora.dropout=0.1", "train.lr=1e-2",
-                 "train.log_examples=true", "train.eval_every=6", "data.heldout_fraction=0.1"]
+                 "train.log_examples=true", "train.eval_every=6", "data.heldout_fraction=0.1", "train.threads=1"]
     return root, overrides
 
 

@@ -46,7 +46,7 @@ def chats(tmp_path_factory):
 def config(model_dir, data, out, *overrides):
     return load_config(None, [f"model.name={model_dir}", f"data.train={data}", f"train.output_dir={out}",
                               "train.max_steps=6", "train.batch_size=4", "train.lr=1e-2", "lora.r=4",
-                              "data.heldout_fraction=0.2", *overrides])
+                              "data.heldout_fraction=0.2", "train.threads=1", *overrides])
 
 
 def trained(run):
@@ -284,3 +284,16 @@ def _pantry_chats(path):
                     {"role": "assistant", "content": body.strip()}]
             f.write(json.dumps({"messages": chat, "meta": {"id": meta["id"], "group": meta["study"]}}) + "\n")
     return path
+
+
+def test_cpu_threads_leave_busy_cores_to_other_processes(monkeypatch):
+    from tunesmith.train import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for load, own, expected in [(0.0, 0.0, 4), (1.2, 0.0, 3), (3.6, 0.0, 1), (9.0, 0.0, 1), (4.0, 3.9, 4), (4.0, 2.0, 2)]:
+        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
+        assert cpu_threads(0, own_load=own) == expected, (load, own)
+    assert cpu_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads(0) == 2

@@ -90,6 +90,7 @@ class TrainConfig:
     seed: int = opt(0, "seed for initialisation, dropout and data order")
     trackers: str = opt("", "comma-separated accelerate trackers: tensorboard, mlflow, wandb")
     device: str = opt("auto", "auto, cpu or cuda")
+    threads: int = opt(0, "CPU threads; 0: the cores other processes leave free, rechecked as their load changes")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, about a third more compute")
     log_examples: bool = opt(False, "write the example ids of every step to RUN/examples.jsonl (audit the data order)")
 

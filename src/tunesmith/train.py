@@ -71,6 +71,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
     _check_options(cfg)
     _return_freed_memory()
     device = _pick_device(t.device)
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads(t.threads))
     weight_dtype, precision = _precision(cfg, device)
     run = Path(t.output_dir).expanduser().resolve()
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision, log_with=_trackers(t.trackers),
@@ -107,7 +109,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
         (run / "data.json").write_text(json.dumps(data_info, indent=2) + "\n")
     say(f"tunesmith train: {len(encoded)} examples ({train_report['tokens']:,} tokens, "
         f"{train_report['loss_tokens']:,} with loss; {_dropped(train_report)}), {len(held)} held out; "
-        f"{total_steps} steps of {global_batch} examples; {world} process(es) on {device}")
+        f"{total_steps} steps of {global_batch} examples; {world} process(es) on {device}"
+        f"{f' ({torch.get_num_threads()} threads)' if device == 'cpu' else ''}")
 
     # ------------------------------------------------------------------ model and optimizer
     set_seed(t.seed)
@@ -154,6 +157,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     metrics_file = open(run / "metrics.jsonl", "a") if main else None
     examples_file = open(run / "examples.jsonl", "a") if main and t.log_examples else None
     loss_model.train()
+    clock = (time.time(), time.process_time())  # for re-deciding CPU threads as the machine's load changes
     try:
         while state["step"] < total_steps:
             step = state["step"]
@@ -236,6 +240,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{state['tokens'] / state['train_seconds']:.0f}",
                             **({"eval": f"{record['eval_loss']:.4f}"} if "eval_loss" in record else {}))
+
+            if device == "cpu" and not t.threads and time.time() - clock[0] > 30:
+                own = (time.process_time() - clock[1]) / (time.time() - clock[0])  # cores we kept busy
+                torch.set_num_threads(cpu_threads(0, own_load=own))
+                clock = (time.time(), time.process_time())
 
             sigterm = stop["sigterm"]
             if world > 1:  # every process must agree, or one would wait forever in the next collective
@@ -659,6 +668,23 @@ def _return_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
         except (OSError, AttributeError):  # not glibc: nothing to tune
             pass
+
+
+def cpu_threads(configured: int = 0, own_load: float = 0.0) -> int:
+    """Threads for torch on a CPU: train.threads, else OMP_NUM_THREADS, else the cores that other
+    processes leave free (1-minute load average minus our own share, rounded), at least one.
+
+    Every op waits for its slowest thread, so a thread that shares its core with another process
+    stalls the whole pool: on 2 cores with a load of 3, a 135M forward pass took 13 s with 2
+    threads and 4.5 s with 1. On an idle machine, every core.
+    """
+    if configured > 0:
+        return configured
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    others = max(0.0, os.getloadavg()[0] - own_load) if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, math.floor(cores - others + 0.5)))
 
 
 def _pick_device(device: str) -> str:
