@@ -97,8 +97,8 @@ def check_packing(work: Path) -> None:
     examples = [{"ids": [rng.randrange(6, 4000) for _ in range(n)], "targets": [1] * n, "index": i}
                 for i, n in enumerate((37, 200, 5, 90))]
     batch = collate(examples, packing=True)
-    print(f"torch varlen kernel available: {_cuda_varlen()}")
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+    print(f"torch varlen kernel: {_cuda_varlen()}")
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).cuda().eval()
         use_varlen(model)
         with torch.no_grad():

@@ -20,7 +20,9 @@ Three ideas make training fast and exact:
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
+import inspect
 import json
 import random
 
@@ -244,14 +246,19 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
                                              dropout_p=dropout, enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None
-    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and dropout == 0.0 and _cuda_varlen():
-        from torch.nn.attention.varlen import varlen_attn
-
+    kernel = _cuda_varlen() if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and not dropout else None
+    if kernel is not None:
+        fn, params = kernel
         cu = _device_cu(tuple(cu_seqlens), query.device)
         longest = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
-        # (T, H, D) layout for the kernel; window (-1, 0) is causal.
-        out = varlen_attn(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu, cu,
-                          longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=True)
+        q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # (T, heads, D)
+        extra = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}  # newer / older torch
+        if k.shape[1] != q.shape[1]:
+            if "enable_gqa" in params:
+                extra["enable_gqa"] = True
+            else:
+                k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+        out = fn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
         return out.unsqueeze(0), None
     # split, not slicing: its backward is one concatenation, where each slice's backward would
     # write into a zero-filled copy of the whole row
@@ -271,10 +278,15 @@ def _device_cu(cu: tuple, device) -> torch.Tensor:
     return _CU["value"]
 
 
-def _cuda_varlen() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+@functools.cache
+def _cuda_varlen():
+    """torch's fused varlen attention and its parameter names, or None where this torch lacks it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = set(inspect.signature(varlen_attn).parameters)
+    return (varlen_attn, params) if params & {"window_size", "is_causal"} else None  # causal, or not at all
 
 
 def use_varlen(model) -> None:
