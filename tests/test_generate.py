@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from tunesmith.generate import encode_prompts, generate, stream
+from tunesmith.generate import _newline_ids, encode_prompts, generate, repeat_start, stream
 
 
 def conv(text):
@@ -22,7 +22,7 @@ def test_batched_equals_one_by_one(tiny_model):
     for out, c in zip(batched, convs):
         assert out.prompt_tokens == len(encode_prompts(tok, [c])[0])
         assert 0 < out.completion_tokens <= 12 and out.latency_s > 0
-        assert out.finish_reason in ("stop", "length")
+        assert out.finish_reason in ("stop", "length", "repeat")
 
 
 def test_stops_at_eos(tiny_model):
@@ -68,3 +68,63 @@ def test_chat_session_through_stdin(tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("model> ") == 2
     assert "(conversation cleared)" in proc.stdout and "(system prompt set" in proc.stdout
+
+
+NL = 10  # a stand-in newline id for the pure tests
+
+
+def test_repeat_start_finds_a_repeated_line_and_keeps_its_first_copy():
+    line = [1, 2, 3, 4, 5, NL]
+    new = line + [7, NL] + line
+    assert repeat_start(new, {NL}) == 8  # the second copy starts at 8; everything before stays
+    assert repeat_start(new[:-1], {NL}) is None  # the line has not ended yet
+    short = [1, 2, 3, NL]  # under five tokens: a short line may well repeat ("- yes")
+    assert repeat_start(short + short, {NL}) is None
+
+
+def test_repeat_start_finds_a_periodic_tail():
+    unit = [21, 22, 23, 24, 25, 26]
+    assert repeat_start([9, 9] + unit * 3, {NL}) == 8  # three copies: keep the first
+    assert repeat_start([9, 9] + unit * 5, {NL}) == 8  # however many there were
+    assert repeat_start([9, 9] + unit * 2, {NL}) is None
+    assert repeat_start([30] * 15, {NL}) is None  # a one-token unit must cover 16 tokens
+    assert repeat_start([31] + [30] * 16, {NL}) == 2
+    assert repeat_start(list(range(40, 100)), {NL}) is None
+
+
+def _force_cycle(model, cycle):
+    """Make the model's next token a function of its last one: cycle[i] -> cycle[i + 1]."""
+    nxt = torch.full((model.config.vocab_size,), cycle[0])
+    for a, b in zip(cycle, cycle[1:] + cycle[:1]):
+        nxt[a] = b
+
+    def hook(module, args, kwargs, output):
+        last = kwargs["input_ids"][:, -1]
+        logits = torch.full_like(output.logits[:, -1, :], -1e4)
+        logits[torch.arange(len(last)), nxt[last]] = 0.0
+        output.logits[:, -1, :] = logits
+        return output
+
+    return model.register_forward_hook(hook, with_kwargs=True)
+
+
+def test_a_looping_reply_stops_at_the_repeat_and_loses_it(tiny_model):
+    model, tok = tiny_model
+    newline = min(_newline_ids(tok))
+    words = tok(" alpha beta gamma delta epsilon", add_special_tokens=False)["input_ids"]
+    cycle = words + [newline]
+    handle = _force_cycle(model, cycle)
+    try:
+        guarded = generate(model, tok, [conv("hi")], max_new_tokens=40)[0]
+        unguarded = generate(model, tok, [conv("hi")], max_new_tokens=40, stop_on_repeat=False)[0]
+        streamed_usage = {}
+        streamed = "".join(stream(model, tok, conv("hi"), max_new_tokens=40, usage=streamed_usage))
+        assert guarded.text.startswith(streamed.strip()[:10])  # the same reply, streamed
+    finally:
+        handle.remove()
+    assert unguarded.finish_reason == "length" and unguarded.completion_tokens == 40
+    assert guarded.finish_reason == "repeat"
+    assert unguarded.text.startswith(guarded.text) and len(guarded.text) < len(unguarded.text)
+    assert guarded.text.count(tok.decode(words[-1:]).strip()) == 1  # the repeat is gone
+    assert guarded.completion_tokens < 3 * len(cycle)  # stopped at the second copy, not at 40
+    assert streamed_usage["finish_reason"] == "repeat" and streamed_usage["completion_tokens"] == guarded.completion_tokens

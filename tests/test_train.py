@@ -287,13 +287,35 @@ def _pantry_chats(path):
 
 
 def test_cpu_threads_leave_busy_cores_to_other_processes(monkeypatch):
-    from tunesmith.train import cpu_threads
+    from tunesmith import cpu
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    for load, own, expected in [(0.0, 0.0, 4), (1.2, 0.0, 3), (3.6, 0.0, 1), (9.0, 0.0, 1), (4.0, 3.9, 4), (4.0, 2.0, 2)]:
-        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
-        assert cpu_threads(0, own_load=own) == expected, (load, own)
-    assert cpu_threads(3) == 3
+    for others, expected in [(0.0, 4), (0.3, 4), (1.2, 3), (3.6, 1), (9.0, 1), (2.0, 2)]:
+        assert cpu.threads(0, others=others) == expected, others
+    assert cpu.threads(3) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert cpu_threads(0) == 2
+    assert cpu.threads(0) == 2
+
+
+def test_others_meter_sees_another_process_and_not_ourselves():
+    import subprocess
+    import sys
+    import time
+
+    from tunesmith import cpu
+
+    meter = cpu.OthersMeter()
+    end = time.process_time() + 0.5
+    while time.process_time() < end:  # our own work is not "others"
+        pass
+    mine = meter.read()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        meter.read()
+        time.sleep(1.0)
+        theirs = meter.read()
+    finally:
+        spinner.kill()
+    assert theirs - mine > 0.5, (mine, theirs)  # one spinning process: about one core more

@@ -62,7 +62,8 @@ def cli_chat(args) -> int:
         print("model> ", end="", flush=True)
         reply = []
         try:
-            for piece in stream(model, tok, _messages(system, turns), args.max_new_tokens, args.temperature, args.top_p):
+            for piece in stream(model, tok, _messages(system, turns), args.max_new_tokens, args.temperature, args.top_p,
+                                stop_on_repeat=not args.keep_repeats):
                 reply.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:
@@ -79,7 +80,8 @@ def cli_generate(args) -> int:
         raise UserError("nothing to answer. fix: pass --prompt TEXT or pipe the prompt on stdin.")
     model, tok, _ = _load(args)
     out = generate(model, tok, [_messages(args.system, [{"role": "user", "content": prompt.strip()}])],
-                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)[0]
+                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                   stop_on_repeat=not args.keep_repeats)[0]
     if args.json:
         print(json.dumps({"text": out.text, "prompt_tokens": out.prompt_tokens,
                           "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason,

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         v[name].add_argument("--max-new-tokens", type=int, default=256)
         v[name].add_argument("--temperature", type=float, default=0.0, help="0: greedy")
         v[name].add_argument("--top-p", type=float, default=1.0)
+        v[name].add_argument("--keep-repeats", action="store_true",
+                             help="let a reply that loops run on to --max-new-tokens (default: it stops where the loop began)")
     v["generate"].add_argument("--prompt", default=None, help="the user message (default: read stdin)")
     v["generate"].add_argument("--json", action="store_true", help="print text and token counts as JSON")
     return p

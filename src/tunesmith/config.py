@@ -103,6 +103,7 @@ class GenerateConfig:
     temperature: float = opt(0.0, "0: greedy")
     top_p: float = opt(1.0, "nucleus sampling (only with temperature > 0)")
     batch_size: int = opt(8, "prompts generated together")
+    stop_on_repeat: bool = opt(True, "stop a reply where it starts to loop (a repeated line or phrase) and drop the repeat; every arm alike")
     system: str = opt("", "system prompt for chat and generate")
 
 

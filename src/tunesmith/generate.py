@@ -27,7 +27,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float  # wall time of the batch this example was generated in
-    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
+    finish_reason: str  # "stop" (EOS), "length" (max_new_tokens) or "repeat" (LoopGuard)
 
 
 def _decoding(tok, max_new_tokens: int, temperature: float, top_p: float) -> dict:
@@ -56,13 +56,17 @@ def encode_prompts(tok, conversations: list[list[dict]]) -> list[list[int]]:
 @torch.inference_mode()
 def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 8, seed: int = 0, progress=None,
-             reuse_prefix: bool = False) -> list[Completion]:
+             reuse_prefix: bool = False, stop_on_repeat: bool = True) -> list[Completion]:
     """Reply to each conversation. Prompts are sorted by length so a batch wastes little on padding.
 
     reuse_prefix: the token prefix every prompt shares (a long common system prompt) is run through
     the model once and its KV cache reused by every batch, as a serving stack's prompt cache does.
     The replies are the same; prompt_tokens still counts the whole prompt.
+    stop_on_repeat: a reply that starts to loop stops there and loses the repeat (LoopGuard);
+    finish_reason "repeat", completion_tokens counts what was generated.
     """
+    from transformers import StoppingCriteriaList
+
     prompts = encode_prompts(tok, conversations)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Completion | None] = [None] * len(prompts)
@@ -87,17 +91,23 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
         if prefix_cache is not None:
             cache["cache"] = copy.deepcopy(prefix_cache)
             cache["cache"].batch_repeat_interleave(len(idx))  # (1, H, P, D) -> (B, H, P, D) per layer
+        guard = LoopGuard(tok, shared + width) if stop_on_repeat else None
         t0 = time.perf_counter()
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **cache,
+                             stopping_criteria=StoppingCriteriaList([guard.criteria] if guard else []),
                              **_decoding(tok, max_new_tokens, temperature, top_p))
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
             new = out[row, shared + width:].tolist()
-            cut = next((j for j, t in enumerate(new) if t in stop), None)
-            reason = "stop" if cut is not None else "length"
-            new = new[:cut] if cut is not None else new
+            if guard is not None and row in guard.cuts:
+                spent, new, reason = guard.spent[row], new[:guard.cuts[row]], "repeat"
+            else:
+                cut = next((j for j, t in enumerate(new) if t in stop), None)
+                reason = "stop" if cut is not None else "length"
+                new = new[:cut] if cut is not None else new
+                spent = len(new)
             results[i] = Completion(tok.decode(new, skip_special_tokens=True).strip(), len(prompts[i]),
-                                    len(new), latency, reason)
+                                    spent, latency, reason)
         if progress is not None:
             progress(len(idx))
     return results
@@ -117,12 +127,13 @@ def _prefix_cache(model, prompts: list[list[int]], device, at_least: int = 64):
 
 def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
            top_p: float = 1.0, stop_event: threading.Event | None = None,
-           usage: dict | None = None) -> Iterator[str]:
+           usage: dict | None = None, stop_on_repeat: bool = True) -> Iterator[str]:
     """Yield the reply to one conversation piece by piece as it is generated.
 
     Setting `stop_event` (a client went away) ends generation at the next token. A `usage` dict is
     filled, once the reply is complete, with prompt_tokens, completion_tokens (stop token excluded,
-    as in `generate`) and finish_reason: "stop" (EOS), "length" (max_new_tokens) or "cancelled".
+    as in `generate`) and finish_reason: "stop" (EOS), "length" (max_new_tokens), "repeat" (a loop
+    began; what was already streamed stays sent) or "cancelled".
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -132,9 +143,10 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
 
     device = next(model.parameters()).device
     prompt = encode_prompts(tok, [messages])[0]
+    guard = LoopGuard(tok, len(prompt)) if stop_on_repeat else None
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(input_ids=torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
-                  streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()]),
+                  streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()] + ([guard.criteria] if guard else [])),
                   **_decoding(tok, max_new_tokens, temperature, top_p))
     errors = []
     stop = set(_stop_ids(tok))
@@ -147,8 +159,12 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
                 new = out[0, len(prompt):].tolist()
                 cut = next((j for j, t in enumerate(new) if t in stop), None)
                 cancelled = stop_event is not None and stop_event.is_set()
+                if guard is not None and guard.cuts:
+                    cut, reason = guard.spent[0], "repeat"
+                else:
+                    reason = "stop" if cut is not None else "cancelled" if cancelled else "length"
                 usage.update(prompt_tokens=len(prompt), completion_tokens=len(new) if cut is None else cut,
-                             finish_reason="stop" if cut is not None else "cancelled" if cancelled else "length")
+                             finish_reason=reason)
         except Exception as exc:  # surfaced in the caller's thread below
             errors.append(exc)
             streamer.end()
@@ -161,3 +177,73 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
     thread.join()
     if errors:
         raise errors[0]
+
+
+class LoopGuard:
+    """Stops a reply that has started to repeat itself, and says where the repetition began.
+
+    Small models under greedy decoding fall into loops ("Participants: 7\\nParticipants: 7\\n…")
+    and then spend every remaining token on them. A row stops when it writes a whole line (five
+    tokens or more) it already wrote, or when its last tokens are one unit repeated at least three
+    times and over at least 16 tokens. `cuts[row]` is then the length of the reply without the repeat.
+    A transformers StoppingCriteria: it answers per row, and rows that stop are padded from then on.
+    """
+
+    def __init__(self, tok, start: int):
+        from transformers import StoppingCriteria
+
+        self.start, self.newlines = start, _newline_ids(tok)
+        self.cuts: dict[int, int] = {}  # row -> tokens kept
+        self.spent: dict[int, int] = {}  # row -> tokens generated when it stopped
+        guard = self
+
+        class _Criteria(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return guard(input_ids)
+
+        self.criteria = _Criteria()
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row, new in enumerate(input_ids[:, self.start:].tolist()):
+            if row in self.cuts:
+                done[row] = True
+                continue
+            cut = repeat_start(new, self.newlines)
+            if cut is not None:
+                self.cuts[row], self.spent[row], done[row] = cut, len(new), True
+        return done
+
+
+def repeat_start(new: list[int], newlines: set[int], min_line: int = 5, min_span: int = 16) -> int | None:
+    """Where the repetition at the end of `new` starts (everything before it is kept), or None."""
+    n = len(new)
+    if n and new[-1] in newlines:  # a line just ended: was it written before?
+        begin = max((j + 1 for j in range(n - 1) if new[j] in newlines), default=0)
+        line = new[begin:]
+        if len(line) >= min_line:
+            starts = [0] + [j + 1 for j in range(begin - 1) if new[j] in newlines]
+            if any(new[s:s + len(line)] == line for s in starts if s + len(line) <= begin):
+                return begin
+    for p in range(1, n // 3 + 1):  # the tail is one unit of p tokens, repeated
+        reps = max(3, -(-min_span // p))
+        if reps * p > n:
+            break
+        unit = new[n - p:]
+        if all(new[n - k * p:n - (k - 1) * p] == unit for k in range(2, reps + 1)):
+            k = reps  # extend back over every earlier copy, keep the first
+            while k * p + p <= n and new[n - (k + 1) * p:n - k * p] == unit:
+                k += 1
+            return n - (k - 1) * p
+    return None
+
+
+_NEWLINES: dict[int, set[int]] = {}
+
+
+def _newline_ids(tok) -> set[int]:
+    """Ids of the tokens whose text contains a line break (computed once per vocabulary)."""
+    key = id(tok)
+    if key not in _NEWLINES:
+        _NEWLINES[key] = {i for i in range(len(tok)) if "\n" in tok.decode([i])}
+    return _NEWLINES[key]

@@ -374,7 +374,7 @@ class _Generation:
                     buffer = buffer[len(buffer) - hold:]
             if buffer:
                 yield buffer
-            self.finish = "stop" if self.usage.get("finish_reason") in ("stop", "cancelled") else "length"
+            self.finish = "stop" if self.usage.get("finish_reason") in ("stop", "repeat", "cancelled") else "length"
         finally:
             self.cancel()  # the consumer is gone (client disconnect): stop at the next token
 

@@ -18,11 +18,9 @@ The run directory:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import math
-import os
 import resource
 import signal
 import sys
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith import UserError
+from tunesmith import UserError, cpu
 from tunesmith.checkpoints import (check_resumable, latest_checkpoint, load_checkpoint, remove_unfinished,
                                    save_checkpoint, trainable_state, truncate_jsonl)
 from tunesmith.config import Config, load_config, save_config, to_dict
@@ -66,10 +64,10 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     t = cfg.train
     _check_options(cfg)
-    _return_freed_memory()
     device = _pick_device(t.device)
     if device == "cpu":
-        torch.set_num_threads(cpu_threads(t.threads))
+        cpu.use_heap()
+        torch.set_num_threads(cpu.threads(t.threads))
     weight_dtype, precision = _precision(cfg, device)
     run = Path(t.output_dir).expanduser().resolve()
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision, log_with=_trackers(t.trackers),
@@ -154,7 +152,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     metrics_file = open(run / "metrics.jsonl", "a") if main else None
     examples_file = open(run / "examples.jsonl", "a") if main and t.log_examples else None
     loss_model.train()
-    clock = (time.time(), time.process_time())  # for re-deciding CPU threads as the machine's load changes
+    others, rechecked = cpu.OthersMeter(), time.time()  # re-decide CPU threads as the machine's load changes
     try:
         while state["step"] < total_steps:
             step = state["step"]
@@ -238,10 +236,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{state['tokens'] / state['train_seconds']:.0f}",
                             **({"eval": f"{record['eval_loss']:.4f}"} if "eval_loss" in record else {}))
 
-            if device == "cpu" and not t.threads and time.time() - clock[0] > 30:
-                own = (time.process_time() - clock[1]) / (time.time() - clock[0])  # cores we kept busy
-                torch.set_num_threads(cpu_threads(0, own_load=own))
-                clock = (time.time(), time.process_time())
+            if device == "cpu":
+                cpu.trim()  # the step's activations are gone: give their pages back
+                if not t.threads and time.time() - rechecked > 30:
+                    torch.set_num_threads(cpu.threads(others=others.read()))
+                    rechecked = time.time()
 
             sigterm = stop["sigterm"]
             if world > 1:  # every process must agree, or one would wait forever in the next collective
@@ -502,38 +501,6 @@ def _check_options(cfg: Config) -> None:
     for key in ("batch_size", "grad_accum", "log_every", "keep_last"):
         if getattr(t, key) < 1:
             raise UserError(f"train.{key} must be at least 1, got {getattr(t, key)}.")
-
-
-def _return_freed_memory() -> None:
-    """Give freed activation memory back to the OS at once.
-
-    glibc serves blocks below its mmap threshold from its heap, and raises that threshold (up to
-    32 MiB) as big blocks are freed, so activation-sized tensors end up in a heap that keeps every
-    page it ever touched: peak RSS became twice the live tensors (a 1,171-token LoRA step of the
-    135M model: 4.9 GB; with a fixed 128 KiB threshold 2.5 GB, at the same speed).
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):  # not glibc: nothing to tune
-            pass
-
-
-def cpu_threads(configured: int = 0, own_load: float = 0.0) -> int:
-    """Threads for torch on a CPU: train.threads, else OMP_NUM_THREADS, else the cores that other
-    processes leave free (1-minute load average minus our own share, rounded), at least one.
-
-    Every op waits for its slowest thread, so a thread that shares its core with another process
-    stalls the whole pool: on 2 cores with a load of 3, a 135M forward pass took 13 s with 2
-    threads and 4.5 s with 1. On an idle machine, every core.
-    """
-    if configured > 0:
-        return configured
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    others = max(0.0, os.getloadavg()[0] - own_load) if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, math.floor(cores - others + 0.5)))
 
 
 def _pick_device(device: str) -> str:

@@ -163,12 +163,13 @@ def markdown(results: dict) -> str:
             f"Per request, measured on this machine (generation in batches of {a['generation_batch_size']}, latency is the wall "
             f"time of a request's batch). Serving price assumed: ${a['price_per_1k_tokens']:g} per 1,000 tokens; "
             f"volume assumed: {a['requests_per_month']:,} requests a month.", "",
-            "| arm | prompt tokens | completion tokens | replies cut at max tokens | p50 latency (s) | p95 latency (s) "
-            "| $ per 1k requests | $ per month |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| arm | prompt tokens | completion tokens | replies cut at max tokens | replies stopped looping | p50 latency (s) "
+            "| p95 latency (s) | $ per 1k requests | $ per month |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name in _ok(results):
         c = results["arms"][name]["cost"]
-        out.append(f"| {name} | {c['prompt_tokens']:.0f} | {c['completion_tokens']:.0f} | {1 - c['stopped_at_eos']:.0%} | "
+        out.append(f"| {name} | {c['prompt_tokens']:.0f} | {c['completion_tokens']:.0f} | {c['cut_at_limit']:.0%} | "
+                   f"{c['stopped_looping']:.0%} | "
                    f"{c['latency_p50_s']:.2f} | {c['latency_p95_s']:.2f} | {c['cost_per_1k_requests']:.3f} | {c['cost_per_month']:.2f} |")
     t = results.get("training")
     if t:

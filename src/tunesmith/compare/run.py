@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunesmith import UserError
+from tunesmith import UserError, cpu
 from tunesmith.compare import arms as A
 from tunesmith.compare import metrics as M
 from tunesmith.compare import stats as S
@@ -211,7 +211,7 @@ def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx
     from tunesmith.models import load
 
     g = cfg.generate
-    _heap_for_decoding()
+    cpu.use_heap()  # the KV cache grows by concatenation: every step allocates, so reuse the heap
     t0 = time.time()
     model, tok = load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
                       merge_adapter=tuned)
@@ -232,30 +232,10 @@ def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx
         # serving stack's prompt cache would; token counts and replies are unchanged
         out[name] = generate(model, tok, convs, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                              top_p=g.top_p, batch_size=g.batch_size, seed=cfg.data.seed, progress=tick,
-                             reuse_prefix=True)
+                             reuse_prefix=True, stop_on_repeat=g.stop_on_repeat)
         tick.close()
     del model
     return out
-
-
-def _heap_for_decoding() -> None:
-    """Let glibc serve the KV cache from its heap again.
-
-    Decoding grows the cache by concatenation, so every step allocates fresh (B, H, T, D) tensors
-    for every layer. After training in the same process (the trainer pins glibc's mmap threshold at
-    128 KiB to keep its peak memory down), each of those is a new mmap that page-faults in: a demo
-    run spent 20 of its 48 CPU-minutes in the kernel. 32 MiB is glibc's own ceiling for the
-    threshold; trimming only above 512 MiB keeps the heap from shrinking and regrowing every step.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD
-            libc.mallopt(-1, 512 * 1024 * 1024)  # M_TRIM_THRESHOLD
-        except (OSError, AttributeError):  # not glibc: nothing to tune
-            pass
 
 
 class _Ticker:
@@ -319,7 +299,8 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
             "cost": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                      "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
                      "cost_per_1k_requests": per_request * 1000, "cost_per_month": per_request * c.requests_per_month,
-                     "stopped_at_eos": sum(o.finish_reason == "stop" for o in outs) / len(outs)},
+                     "cut_at_limit": sum(o.finish_reason == "length" for o in outs) / len(outs),
+                     "stopped_looping": sum(o.finish_reason == "repeat" for o in outs) / len(outs)},
         }
     ran = [n for n in names if n in outputs]
     primary = {n: {str(i): s[c.primary_metric] for i, s in enumerate(scores[n])} for n in ran}
@@ -446,7 +427,8 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
         tick = _Ticker(f"learning curve {fraction:.0%}", len(examples))
         outs = generate(model, tok, [A.prompt_of(ex) for ex in examples], max_new_tokens=cfg.generate.max_new_tokens,
                         temperature=cfg.generate.temperature, top_p=cfg.generate.top_p,
-                        batch_size=cfg.generate.batch_size, seed=cfg.data.seed, progress=tick)
+                        batch_size=cfg.generate.batch_size, seed=cfg.data.seed, progress=tick,
+                        stop_on_repeat=cfg.generate.stop_on_repeat)
         tick.close()
         del model
         vals = [M.score(o.text, A.reference_of(ex), A.task_of(ex), glossary, templates)[key] for o, ex in zip(outs, examples)]
