@@ -327,6 +327,7 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
             "price_per_1k_tokens": c.price_per_1k_tokens, "train_cost_per_hour": c.train_cost_per_hour,
             "requests_per_month": c.requests_per_month, "generation_batch_size": cfg.generate.batch_size,
             "max_new_tokens": cfg.generate.max_new_tokens, "temperature": cfg.generate.temperature,
+            "stop_on_repeat": cfg.generate.stop_on_repeat,
             "k_shots": c.k_shots, "rag_k": c.rag_k, "max_prompt_tokens": c.max_prompt_tokens,
             "bootstrap_resamples": c.bootstrap,
         },
