@@ -10,7 +10,6 @@ prompts, records prompt and completion tokens and the latency per example.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
     stop_on_repeat: a reply that starts to loop stops there and loses the repeat (LoopGuard);
     finish_reason "repeat", completion_tokens counts what was generated.
     """
-    from transformers import StoppingCriteriaList
+    from transformers import StaticCache, StoppingCriteriaList
 
     prompts = encode_prompts(tok, conversations)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -89,8 +88,13 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
             mask[row, shared + width - len(own):] = 1
         cache = {}
         if prefix_cache is not None:
-            cache["cache"] = copy.deepcopy(prefix_cache)
-            cache["cache"].batch_repeat_interleave(len(idx))  # (1, H, P, D) -> (B, H, P, D) per layer
+            # a static cache, the shared prefix copied in once per row: a dynamic cache would copy
+            # the whole (B, H, prefix + t, D) cache at every step to append one token (a 1,600-token
+            # prefix: 41 s → 34 s for 15 replies of 48 tokens). Without a long prefix the dynamic one
+            # is faster (a static cache attends over its whole length at every step).
+            cache["cache"] = StaticCache(config=model.config, max_cache_len=shared + width + max_new_tokens)
+            for layer_idx, layer in enumerate(prefix_cache.layers):
+                cache["cache"].update(*(x.expand(len(idx), -1, -1, -1) for x in (layer.keys, layer.values)), layer_idx)
         guard = LoopGuard(tok, shared + width) if stop_on_repeat else None
         t0 = time.perf_counter()
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **cache,
