@@ -128,3 +128,19 @@ def test_a_looping_reply_stops_at_the_repeat_and_loses_it(tiny_model):
     assert guarded.text.count(tok.decode(words[-1:]).strip()) == 1  # the repeat is gone
     assert guarded.completion_tokens < 3 * len(cycle)  # stopped at the second copy, not at 40
     assert streamed_usage["finish_reason"] == "repeat" and streamed_usage["completion_tokens"] == guarded.completion_tokens
+
+
+def test_a_reply_that_ended_at_eos_is_not_taken_for_a_loop(tokenizer):
+    from tunesmith.generate import LoopGuard
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    words = list(range(5000, 5030))  # 30 distinct ordinary tokens
+    prompt = [7, 8, 9]
+    ended = prompt + words[:3] + [eos] + [pad] * 26  # as generate pads a finished row: 16+ pads
+    running = prompt + words
+    guard = LoopGuard(tokenizer, start=len(prompt))
+    done = guard(torch.tensor([ended, running]))
+    assert guard.cuts == {} and not done.any()
+    looping = prompt + words[:12] + words[12:18] * 3  # 30 tokens, the last 18 one phrase three times
+    done = guard(torch.tensor([ended, looping]))
+    assert guard.cuts == {1: 18} and done.tolist() == [False, True]

@@ -190,13 +190,14 @@ class LoopGuard:
     and then spend every remaining token on them. A row stops when it writes a whole line (five
     tokens or more) it already wrote, or when its last tokens are one unit repeated at least three
     times and over at least 16 tokens. `cuts[row]` is then the length of the reply without the repeat.
-    A transformers StoppingCriteria: it answers per row, and rows that stop are padded from then on.
+    A transformers StoppingCriteria: it answers per row, and rows that stop are padded from then on
+    (a row that ended at EOS is padded too, and its padding is not taken for a loop).
     """
 
     def __init__(self, tok, start: int):
         from transformers import StoppingCriteria
 
-        self.start, self.newlines = start, _newline_ids(tok)
+        self.start, self.newlines, self.stop = start, _newline_ids(tok), set(_stop_ids(tok))
         self.cuts: dict[int, int] = {}  # row -> tokens kept
         self.spent: dict[int, int] = {}  # row -> tokens generated when it stopped
         guard = self
@@ -212,6 +213,8 @@ class LoopGuard:
         for row, new in enumerate(input_ids[:, self.start:].tolist()):
             if row in self.cuts:
                 done[row] = True
+                continue
+            if self.stop.intersection(new):  # ended at EOS: what follows is padding, not a loop
                 continue
             cut = repeat_start(new, self.newlines)
             if cut is not None:
