@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.compare import arms as A
-from tunesmith.config import Config, save_config
+from tunesmith.config import Config
 from tunesmith.retrieval import BM25Index, read_corpus
 
 PANTRY = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry"

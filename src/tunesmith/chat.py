@@ -53,7 +53,7 @@ def cli_chat(args) -> int:
         if line.startswith("/system"):
             system = line[len("/system"):].strip()
             turns = []
-            print(f"(system prompt set; conversation cleared)")
+            print("(system prompt set; conversation cleared)")
             continue
         if line.startswith("/"):
             print(HELP)

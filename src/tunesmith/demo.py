@@ -55,7 +55,7 @@ def cli_demo(args) -> int:
 
     clock.stage("1/4 import", f"the bundled example repository {PANTRY.name} → {data}")
     if cli(["import", str(PANTRY), "-o", str(data)]) != 0:
-        raise UserError(f"import of the bundled example failed (see above). This is a tunesmith bug; please report it.")
+        raise UserError("import of the bundled example failed (see above). This is a tunesmith bug; please report it.")
 
     clock.stage("2/4 check", "validate the examples and count tokens (no speed probe: the demo measures training for real)")
     if cli(["check", str(data / "config.yaml"), "--no-probe"]) not in (0,):

@@ -380,7 +380,7 @@ class _Generation:
 
     async def _drain(self) -> None:
         """Wait for the worker to finish, so usage counts every token it generated."""
-        while not isinstance(item := await self.queue.get(), (StopIteration, Exception)):
+        while not isinstance(await self.queue.get(), (StopIteration, Exception)):
             pass
 
     def cancel(self) -> None:
