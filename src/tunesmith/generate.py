@@ -98,23 +98,24 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
         guard = LoopGuard(tok, shared + width) if stop_on_repeat else None
         t0 = time.perf_counter()
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **cache,
-                             stopping_criteria=StoppingCriteriaList([guard.criteria] if guard else []),
+                             stopping_criteria=StoppingCriteriaList([guard] if guard else []),
                              **_decoding(tok, max_new_tokens, temperature, top_p))
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
-            new = out[row, shared + width:].tolist()
-            if guard is not None and row in guard.cuts:
-                spent, new, reason = guard.spent[row], new[:guard.cuts[row]], "repeat"
-            else:
-                cut = next((j for j, t in enumerate(new) if t in stop), None)
-                reason = "stop" if cut is not None else "length"
-                new = new[:cut] if cut is not None else new
-                spent = len(new)
-            results[i] = Completion(tok.decode(new, skip_special_tokens=True).strip(), len(prompts[i]),
+            kept, spent, reason = _finish(out[row, shared + width:].tolist(), stop, guard, row)
+            results[i] = Completion(tok.decode(kept, skip_special_tokens=True).strip(), len(prompts[i]),
                                     spent, latency, reason)
         if progress is not None:
             progress(len(idx))
     return results
+
+
+def _finish(new: list[int], stop: set[int], guard: "LoopGuard | None", row: int = 0) -> tuple[list[int], int, str]:
+    """One row's generated ids -> (ids of the reply, tokens generated, finish reason)."""
+    if guard is not None and row in guard.cuts:
+        return new[:guard.cuts[row]], guard.spent[row], "repeat"
+    cut = next((j for j, t in enumerate(new) if t in stop), None)
+    return (new, len(new), "length") if cut is None else (new[:cut], cut, "stop")
 
 
 def _prefix_cache(model, prompts: list[list[int]], device, at_least: int = 64):
@@ -150,7 +151,7 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
     guard = LoopGuard(tok, len(prompt)) if stop_on_repeat else None
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(input_ids=torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
-                  streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()] + ([guard.criteria] if guard else [])),
+                  streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()] + ([guard] if guard else [])),
                   **_decoding(tok, max_new_tokens, temperature, top_p))
     errors = []
     stop = set(_stop_ids(tok))
@@ -160,15 +161,10 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
             with torch.inference_mode():
                 out = model.generate(**kwargs)
             if usage is not None:
-                new = out[0, len(prompt):].tolist()
-                cut = next((j for j, t in enumerate(new) if t in stop), None)
-                cancelled = stop_event is not None and stop_event.is_set()
-                if guard is not None and guard.cuts:
-                    cut, reason = guard.spent[0], "repeat"
-                else:
-                    reason = "stop" if cut is not None else "cancelled" if cancelled else "length"
-                usage.update(prompt_tokens=len(prompt), completion_tokens=len(new) if cut is None else cut,
-                             finish_reason=reason)
+                _, spent, reason = _finish(out[0, len(prompt):].tolist(), stop, guard)
+                if reason == "length" and stop_event is not None and stop_event.is_set():
+                    reason = "cancelled"
+                usage.update(prompt_tokens=len(prompt), completion_tokens=spent, finish_reason=reason)
         except Exception as exc:  # surfaced in the caller's thread below
             errors.append(exc)
             streamer.end()
@@ -190,25 +186,17 @@ class LoopGuard:
     and then spend every remaining token on them. A row stops when it writes a whole line (five
     tokens or more) it already wrote, or when its last tokens are one unit repeated at least three
     times and over at least 16 tokens. `cuts[row]` is then the length of the reply without the repeat.
-    A transformers StoppingCriteria: it answers per row, and rows that stop are padded from then on
-    (a row that ended at EOS is padded too, and its padding is not taken for a loop).
+    A stopping criterion for transformers' generate (called with the ids so far, it answers per row),
+    and rows that stop are padded from then on (a row that ended at EOS is padded too, and its
+    padding is not taken for a loop).
     """
 
     def __init__(self, tok, start: int):
-        from transformers import StoppingCriteria
-
         self.start, self.newlines, self.stop = start, _newline_ids(tok), set(_stop_ids(tok))
         self.cuts: dict[int, int] = {}  # row -> tokens kept
         self.spent: dict[int, int] = {}  # row -> tokens generated when it stopped
-        guard = self
 
-        class _Criteria(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return guard(input_ids)
-
-        self.criteria = _Criteria()
-
-    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for row, new in enumerate(input_ids[:, self.start:].tolist()):
             if row in self.cuts:
@@ -245,12 +233,12 @@ def repeat_start(new: list[int], newlines: set[int], min_line: int = 5, min_span
     return None
 
 
-_NEWLINES: dict[int, set[int]] = {}
+_NEWLINES: dict[tuple, set[int]] = {}
 
 
 def _newline_ids(tok) -> set[int]:
     """Ids of the tokens whose text contains a line break (computed once per vocabulary)."""
-    key = id(tok)
+    key = (tok.name_or_path, len(tok))
     if key not in _NEWLINES:
         _NEWLINES[key] = {i for i in range(len(tok)) if "\n" in tok.decode([i])}
     return _NEWLINES[key]

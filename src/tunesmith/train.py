@@ -37,6 +37,7 @@ from tunesmith.checkpoints import (check_resumable, latest_checkpoint, load_chec
 from tunesmith.config import Config, load_config, save_config, to_dict
 from tunesmith.data.batches import (IGNORE, collate, encode_examples, examples_hash, linear_cross_entropy,
                                     micro_batches, n_targets, step_indices, use_varlen)
+from tunesmith.fsutil import atomic_dir
 
 METHODS = ("lora", "dora", "qlora", "full")
 SCHEDULES = {
@@ -470,8 +471,6 @@ def _heldout(loss_model, held: list[dict], batch_size: int, packing: bool, pad_i
 
 def save_final(out: Path, model, tok, cfg: Config) -> None:
     """RUN/final: a peft adapter whose base is the model spec as the user wrote it, or a full model."""
-    from tunesmith.fsutil import atomic_dir
-
     impl = model.config._attn_implementation
     with atomic_dir(out) as tmp:
         if cfg.train.method == "full" and impl != "sdpa":
