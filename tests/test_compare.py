@@ -227,3 +227,15 @@ def test_compare_trains_first_and_draws_the_learning_curve(data_dir, tiny_model_
     assert [p["examples"] for p in results["learning_curve"]] == [3, 6, 12]  # of 12 training examples
     assert results["learning_curve"][-1]["chrf"] == pytest.approx(results["arms"]["fine-tuned"]["metrics"]["chrf"]["mean"])
     assert "Learning curve" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_bad_decoding_setting_stops_compare_before_it_trains(data_dir, tiny_model_dir, tmp_path):
+    from tunesmith import UserError
+    from tunesmith.compare.run import compare
+
+    cfg = _config(data_dir, tiny_model_dir, tmp_path / "report")
+    cfg.train.output_dir = str(tmp_path / "run")
+    cfg.generate.max_new_tokens = 0
+    with pytest.raises(UserError, match=r"generate.max_new_tokens must be at least 1, got 0"):
+        compare(cfg)
+    assert not (tmp_path / "run").exists()  # nothing was trained

@@ -144,3 +144,10 @@ def test_a_reply_that_ended_at_eos_is_not_taken_for_a_loop(tokenizer):
     looping = prompt + words[:12] + words[12:18] * 3  # 30 tokens, the last 18 one phrase three times
     done = guard(torch.tensor([ended, looping]))
     assert guard.cuts == {1: 18} and done.tolist() == [False, True]
+
+
+def test_cli_rejects_a_reply_length_below_one():
+    for value, message in (("0", "must be at least 1, got 0"), ("many", "expected a whole number, got 'many'")):
+        proc = subprocess.run([sys.executable, "-m", "tunesmith.cli", "generate", "--prompt", "hi", "--max-new-tokens", value],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("chat", "generate"):
         v[name].add_argument("model", nargs="?", default=None, help="model spec or run directory (default: embedded)")
         v[name].add_argument("--system", default="", help="system prompt")
-        v[name].add_argument("--max-new-tokens", type=int, default=256)
+        v[name].add_argument("--max-new-tokens", type=_at_least_one, default=256)
         v[name].add_argument("--temperature", type=float, default=0.0, help="0: greedy")
         v[name].add_argument("--top-p", type=float, default=1.0)
         v[name].add_argument("--keep-repeats", action="store_true",
@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     v["generate"].add_argument("--prompt", default=None, help="the user message (default: read stdin)")
     v["generate"].add_argument("--json", action="store_true", help="print text and token counts as JSON")
     return p
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

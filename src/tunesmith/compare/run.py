@@ -46,6 +46,10 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     c = cfg.compare
     t_start = time.time()
     names = arm_names(c.arms)
+    for key in ("max_new_tokens", "batch_size"):  # before any training: a bad value must not cost a run
+        if getattr(cfg.generate, key) < 1:
+            raise UserError(f"generate.{key} must be at least 1, got {getattr(cfg.generate, key)}. "
+                            f"fix: set generate.{key} in the config or on the command line.")
     train_examples, heldout = load_split(cfg)
     scored = filter_tasks(heldout, c.tasks)
     examples = select_examples(scored, c.max_examples, cfg.data.seed)
