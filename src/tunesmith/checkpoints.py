@@ -5,10 +5,13 @@
 
 A save goes to a temp dir, is fsynced, renamed into place, then marked COMPLETE: a kill at any
 moment leaves the earlier checkpoints usable and never a half-written one that looks finished.
+COMPLETE is a manifest: the size and SHA-256 of every file, checked before a resume, so a file
+damaged after the save (a bad disk, a truncating copy) sends the resume to the previous checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,6 +22,7 @@ import torch
 
 from tunesmith import UserError
 from tunesmith.config import Config, load_config
+from tunesmith.fsutil import check_space, disk_full_error, is_disk_full
 
 # The loop must match what the checkpoint was made with; these settings decide what a step is.
 RESUME_KEYS = ("model.name", "train.method", "train.batch_size", "train.grad_accum", "train.seed",
@@ -36,12 +40,14 @@ def save_checkpoint(run: Path, state: dict, loss_model, optimizer, best, acceler
     """Atomic: everything goes to a temp dir, is fsynced, renamed into place, then marked COMPLETE.
 
     A kill at any point leaves either the previous checkpoints untouched or a new complete one.
-    Nothing non-finite is ever written.
+    Nothing non-finite is ever written. A full disk is a UserError naming the path and the space
+    needed, raised before anything is written where the free space already says so.
     """
     root = run / "checkpoints"
     final = root / f"step-{state['step']:06d}"
     tmp = root / f".tmp-step-{state['step']:06d}"
     weights = trainable_state(loss_model)
+    need = _checkpoint_bytes(weights, optimizer, best) if accelerator.is_main_process else 0
     if accelerator.is_main_process:
         bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
         bad += [f"optimizer state {k}" for k, s in optimizer.state_dict()["state"].items()
@@ -49,33 +55,95 @@ def save_checkpoint(run: Path, state: dict, loss_model, optimizer, best, acceler
         if bad:
             raise RuntimeError(f"refusing to save a checkpoint with non-finite values: {bad[:5]}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        check_space(root, need, f"checkpoint step {state['step']}", _resume_hint(run))
+        tmp.mkdir()
     accelerator.wait_for_everyone()
-    _save_rng(tmp / f"rng-{accelerator.process_index}.pt")  # each process has its own dropout stream
-    if accelerator.is_main_process:
-        from safetensors.torch import save_file
+    try:
+        _save_rng(tmp / f"rng-{accelerator.process_index}.pt")  # each process has its own dropout stream
+        if accelerator.is_main_process:
+            from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        if best is not None:
-            save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
-        (tmp / "state.json").write_text(json.dumps({**state, "processes": accelerator.num_processes}, indent=2))
+            save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if best is not None:
+                save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
+            (tmp / "state.json").write_text(json.dumps({**state, "processes": accelerator.num_processes}, indent=2))
+    except Exception as exc:
+        if not is_disk_full(exc, root):
+            raise
+        written = sum(f.stat().st_size for f in tmp.iterdir()) if tmp.is_dir() else 0
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the earlier checkpoints are untouched
+        raise disk_full_error(root, max(need, written), f"checkpoint step {state['step']}", _resume_hint(run)) from exc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for f in tmp.iterdir():
+        manifest = {"files": {}}
+        for f in sorted(tmp.iterdir()):
+            manifest["files"][f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
             _fsync(f)
         _fsync(tmp)
         shutil.rmtree(final, ignore_errors=True)  # an unfinished save of this step from an earlier life
         os.replace(tmp, final)
         _fsync(root)
-        (final / "COMPLETE").write_text("ok\n")
-        _fsync(final / "COMPLETE")
+        # COMPLETE appears whole or not at all (a rename), so a kill never leaves a torn manifest.
+        (final / "COMPLETE.tmp").write_text(json.dumps(manifest, indent=1) + "\n")
+        _fsync(final / "COMPLETE.tmp")
+        os.replace(final / "COMPLETE.tmp", final / "COMPLETE")
         _fsync(final)
         complete = sorted(d for d in root.glob("step-*") if (d / "COMPLETE").exists())
         for old in complete[:-max(1, keep_last)]:
+            # The marker goes first: a removal cut short by a kill leaves an unfinished directory
+            # (cleaned up on resume), never a half-deleted one that still says COMPLETE.
+            (old / "COMPLETE").unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files against its manifest, or None when they match.
+
+    Checkpoints written before COMPLETE carried a manifest (it held "ok") cannot be checked and pass.
+    """
+    try:
+        text = (ckpt / "COMPLETE").read_text()
+    except OSError as exc:
+        return f"COMPLETE unreadable ({exc.strerror})"
+    if text.strip() == "ok":
+        return None
+    try:
+        files = json.loads(text)["files"]
+    except (ValueError, KeyError, TypeError):
+        return "COMPLETE is not a valid manifest"
+    for name, want in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            return f"{name} is {size} bytes, {want['bytes']} when saved (truncated or overwritten)"
+        if _sha256(f) != want["sha256"]:
+            return f"{name} does not match its SHA-256 from the save (the file was damaged since)"
+    return None
+
+
+def resume_checkpoint(run: Path, say=print) -> Path | None:
+    """The newest complete checkpoint whose files match their manifest. A damaged one is moved aside
+    to corrupt-step-N (kept for inspection, never pruned or picked again) and the one before is tried,
+    saying so."""
+    root = Path(run) / "checkpoints"
+    while (ckpt := latest_checkpoint(run)) is not None:
+        problem = verify_checkpoint(ckpt)
+        if problem is None:
+            return ckpt
+        aside = root / f"corrupt-{ckpt.name}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(ckpt, aside)
+        earlier = latest_checkpoint(run)
+        say(f"checkpoint {ckpt.name} is damaged ({problem}); moved to {aside.name}. "
+            + (f"Resuming from the previous complete checkpoint, {earlier.name}." if earlier else
+               "No earlier complete checkpoint is left."))
+    return None
 
 
 def load_checkpoint(ckpt: Path, loss_model, optimizer, rank: int) -> tuple[dict, dict | None]:
@@ -118,6 +186,27 @@ def check_resumable(run: Path, cfg: Config, data_info: dict) -> None:
     if changes:
         raise UserError(f"{run}: cannot resume, the run was started with different settings:\n  "
                         + "\n  ".join(changes) + "\nfix: restore them, or start a new run in another train.output_dir.")
+
+
+def _checkpoint_bytes(weights: dict, optimizer, best) -> int:
+    """Bytes a checkpoint takes: its tensors, plus room for the RNG states, JSON and file headers."""
+    tensors = [*weights.values(), *(best or {}).values()]
+    tensors += [v for s in optimizer.state_dict()["state"].values() for v in s.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors) + 256 * 1024
+
+
+def _resume_hint(run: Path) -> str:
+    last = latest_checkpoint(run)
+    return (f"The previous checkpoint, {last.name}, is intact: after freeing space, continue with "
+            f"`tunesmith train CONFIG --resume`." if last else "No checkpoint of this run was saved yet.")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def trainable_state(loss_model, clone: bool = False) -> dict:

@@ -33,7 +33,7 @@ import torch
 
 from tunesmith import UserError, cpu
 from tunesmith.checkpoints import (check_resumable, latest_checkpoint, load_checkpoint, remove_unfinished,
-                                   save_checkpoint, trainable_state, truncate_jsonl)
+                                   resume_checkpoint, save_checkpoint, trainable_state, truncate_jsonl)
 from tunesmith.config import Config, load_config, save_config, to_dict
 from tunesmith.data.batches import (IGNORE, collate, encode_examples, examples_hash, linear_cross_entropy,
                                     micro_batches, n_targets, step_indices, use_varlen)
@@ -78,6 +78,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     # ------------------------------------------------------------------ run directory and data
     if resume:
+        if main:
+            resume_checkpoint(run, say)  # checks the files against their manifest; sets damaged ones aside
+        accelerator.wait_for_everyone()
         ckpt = latest_checkpoint(run)
         if ckpt is None:
             raise UserError(f"{run}: no complete checkpoint to resume from. fix: run without --resume.")
@@ -472,7 +475,9 @@ def _heldout(loss_model, held: list[dict], batch_size: int, packing: bool, pad_i
 def save_final(out: Path, model, tok, cfg: Config) -> None:
     """RUN/final: a peft adapter whose base is the model spec as the user wrote it, or a full model."""
     impl = model.config._attn_implementation
-    with atomic_dir(out) as tmp:
+    trainable = cfg.train.method == "full" or None
+    need = sum(p.numel() * p.element_size() for p in model.parameters() if trainable or p.requires_grad)
+    with atomic_dir(out, need=need + (8 << 20), what="the final model") as tmp:  # + the tokenizer files
         if cfg.train.method == "full" and impl != "sdpa":
             model.set_attn_implementation("sdpa")  # a saved model must load anywhere, without tunesmith
         try:
