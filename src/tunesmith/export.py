@@ -74,10 +74,11 @@ def export(run: str | os.PathLike, fmt: str, quant: str = "f16", out: str | os.P
         raise UserError(f"{run}: resolves to {source.describe()}, which has no adapter (a full fine-tune or a "
                         f"base model). fix: use --format merged or --format gguf.")
     out = Path(out) if out is not None else _default_out(Path(run), fmt, quant)
+    out = out.resolve() if out.is_symlink() else out  # a link to an export: replace what it points to
     _check_out(out)
 
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, need=_export_bytes(source, fmt), what=f"the {fmt} export") as tmp:
         writer = {"adapter": _export_adapter, "merged": _export_merged, "gguf": _export_gguf}[fmt]
         report = writer(source, tmp, quant)
         report.update(format=fmt, source=str(run), resolved=source.describe(), tunesmith=__version__,
@@ -89,6 +90,16 @@ def export(run: str | os.PathLike, fmt: str, quant: str = "f16", out: str | os.P
 def _default_out(run: Path, fmt: str, quant: str) -> Path:
     base = run if run.is_dir() else run.parent
     return base / (f"export-gguf-{quant}" if fmt == "gguf" else f"export-{fmt}")
+
+
+def _export_bytes(source, fmt: str) -> int:
+    """About what an export writes: the adapter's files, or the base model's for a merged model (a
+    GGUF export holds a merged copy and the GGUF at once)."""
+    from tunesmith.models import converted_dir
+
+    folder = source.path if fmt == "adapter" else converted_dir(source)
+    size = sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
+    return size * (2 if fmt == "gguf" else 1)
 
 
 def _check_out(out: Path) -> None:
@@ -107,8 +118,14 @@ def _export_adapter(source, tmp: Path, quant: str) -> dict:
 
     from tunesmith.models import load
 
+    root = source.path.resolve()
     for name in os.listdir(source.path):
         src = source.path / name
+        if src.is_symlink() and not src.resolve().is_relative_to(root):
+            # an export is handed to others: a link out of the adapter directory would copy whatever
+            # file it points at (a key, another project's data) into it
+            raise UserError(f"{src}: is a symbolic link to {src.resolve()}, outside the adapter directory; "
+                            f"refusing to copy it into the export. fix: replace the link with the file itself.")
         if src.is_file() and (name in _ADAPTER_FILES or name.startswith(("tokenizer", "special_tokens", "chat_template"))
                               or name in ("README.md", "vocab.json", "merges.txt")):
             shutil.copy2(src, tmp / name)

@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import re
 import time
 from dataclasses import dataclass
@@ -286,15 +287,29 @@ def load(spec: str | ModelSource | None = None, dtype: str = "auto", device: str
                 f"model.trust_remote_code=true."
             ) from exc
         raise
+    except pickle.UnpicklingError as exc:
+        raise _refused_pickle(converted_dir(source)) from exc
     if source.kind == "adapter":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, source.path)
+        try:
+            model = PeftModel.from_pretrained(model, source.path)
+        except pickle.UnpicklingError as exc:
+            raise _refused_pickle(source.path) from exc
         if merge_adapter:
             model = model.merge_and_unload()
     model.to(device)
     model.eval()
     return model, tok
+
+
+def _refused_pickle(folder: Path) -> UserError:
+    # torch.load runs with weights_only=True (transformers and peft both): a pickle that holds
+    # anything but tensors and plain containers is refused before any of it runs.
+    names = ", ".join(sorted(p.name for p in Path(folder).glob("*.bin")) or ["a .bin file"])
+    return UserError(f"{folder}: refused to load {names}: the pickle holds Python objects other than tensors, and "
+                     f"unpickling them could run code. fix: get the model as *.safetensors from its publisher, or "
+                     f"convert it on a machine and with code you trust.")
 
 
 # -------------------------------------------------------------------------------- chat templates
@@ -311,7 +326,17 @@ def ensure_chat_template(tok) -> None:
 
 def render(tok, messages: list[dict], add_generation_prompt: bool = True) -> str:
     """The prompt text for a conversation under the model's own chat template."""
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    from jinja2.exceptions import SecurityError
+
+    # transformers renders in jinja2's ImmutableSandboxedEnvironment: a template that reaches for
+    # Python internals (__globals__, os, cycler.__init__, ...) raises SecurityError instead of running.
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except SecurityError as exc:
+        where = getattr(tok, "name_or_path", "") or "the model"
+        raise UserError(f"{where}: its chat template tried an unsafe operation ({exc}); it was stopped by the "
+                        f"sandbox and the model is refused. fix: use a model whose tokenizer_config.json / "
+                        f"chat_template.jinja comes from a source you trust.") from None
 
 
 # ------------------------------------------------------------------------------------------ list

@@ -87,6 +87,8 @@ def train(cfg: Config, resume: bool = False) -> Path:
     elif run.exists() and any((run / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
         raise UserError(f"{run} already holds a run. fix: add --resume to continue it, or set "
                         f"train.output_dir to a new directory.")
+    else:
+        _check_new_run_dir(run)
     accelerator.wait_for_everyone()  # every process has looked before any writes
     train_examples, heldout_examples, data_info = load_data(cfg)
     tok = _tokenizer(cfg)
@@ -505,6 +507,25 @@ def _check_options(cfg: Config) -> None:
     for key in ("batch_size", "grad_accum", "log_every", "keep_last"):
         if getattr(t, key) < 1:
             raise UserError(f"train.{key} must be at least 1, got {getattr(t, key)}.")
+
+
+# What a run directory holds; a directory with anything else in it is someone's, not a run.
+RUN_ENTRIES = {"config.yaml", "data.json", "metrics.jsonl", "examples.jsonl", "checkpoints", "final", "summary.json",
+               "compare"}
+
+
+def _check_new_run_dir(run: Path) -> None:
+    """train.output_dir is written into (config.yaml, data.json, ...): refuse a file, or a directory
+    that holds other things, rather than overwrite a user's own config.yaml or data."""
+    if run.exists() and not run.is_dir():
+        raise UserError(f"train.output_dir={run} is a file. fix: set train.output_dir to a new directory.")
+    others = sorted(p.name for p in run.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith(".")) \
+        if run.is_dir() else []
+    if others:
+        raise UserError(f"train.output_dir={run} holds files that are not a tunesmith run ({', '.join(others[:5])}"
+                        f"{', ...' if len(others) > 5 else ''}); a run writes config.yaml, data.json, checkpoints/ "
+                        f"and final/ there and would overwrite them. fix: set train.output_dir to a new directory "
+                        f"(e.g. runs/NAME).")
 
 
 def _pick_device(device: str) -> str:

@@ -330,9 +330,11 @@ def to_record(example: dict, fmt: str) -> dict:
 
 def write_jsonl(path: str | Path, records: list) -> None:
     """One JSON object per line, UTF-8, LF; byte-identical for equal input."""
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    Path(path).write_bytes(jsonl_text(records).encode("utf-8"))
+
+
+def jsonl_text(records: list) -> str:
+    return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
 
 
 def write_csv(path: str | Path, examples: list[dict]) -> None:

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from tunesmith import UserError
-from tunesmith.data.formats import from_csv_row, parse_map, read_csv, split_front_matter, write_jsonl
+from tunesmith.data.formats import from_csv_row, jsonl_text, parse_map, read_csv, split_front_matter
+from tunesmith.fsutil import check_space, disk_full_error, is_disk_full
 
 TYPE_ALIASES = {"glossary term": "term", "glossary-term": "term", "glossary": "term"}
 REQUIRED = {  # type -> front matter keys it must have
@@ -367,17 +372,16 @@ def import_repository(sources: list, out: str | Path, heldout_fraction: float = 
                         f"fix: check the `type:` front matter (see the bundled example's README).")
     train, heldout, held_groups = split_by_group(examples, heldout_fraction, seed)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "train.jsonl", train)
-    write_jsonl(out / "heldout.jsonl", heldout)
-    corpus = _write_corpus(repo, out / "corpus", held_groups)
     terms = [{"term": str(d["term"]), "rejected": _ids(d.get("rejected")), "definition": d["body"]}
              for d in sorted(repo.terms, key=lambda d: str(d["term"]).lower())]
-    (out / "glossary.yaml").write_text(yaml.safe_dump({"terms": terms}, sort_keys=False, allow_unicode=True, width=100),
-                                       encoding="utf-8")
-    (out / "style.md").write_text(_style(repo), encoding="utf-8")
-    (out / "config.yaml").write_text(_config(examples), encoding="utf-8")
+    docs = _corpus(repo, held_groups)
+    files = {"train.jsonl": jsonl_text(train), "heldout.jsonl": jsonl_text(heldout),
+             "glossary.yaml": yaml.safe_dump({"terms": terms}, sort_keys=False, allow_unicode=True, width=100),
+             "style.md": _style(repo), "config.yaml": _config(examples),
+             **{f"corpus/{name}": text for name, text in docs.items()}}
+    out = Path(out)
+    _write_all(out, files)
+    corpus = len(docs)
 
     tasks = sorted({ex["meta"]["task"] for ex in examples})
     return {
@@ -390,11 +394,10 @@ def import_repository(sources: list, out: str | Path, heldout_fraction: float = 
     }
 
 
-def _write_corpus(repo: Repo, folder: Path, held_groups: list[str]) -> int:
-    """The team's finished documents from training-side studies, one markdown file each, for retrieval."""
-    folder.mkdir(exist_ok=True)
-    for old in folder.glob("*.md"):  # a re-import must not keep documents of a previous split
-        old.unlink()
+def _corpus(repo: Repo, held_groups: list[str]) -> dict[str, str]:
+    """The team's finished documents from training-side studies, one markdown file each, for retrieval:
+    {file name: text}. Names come from document ids, made safe as file names (an id is data, and
+    `../x` must not write outside the corpus folder)."""
     docs = {}
     for doc in [*repo.insights.values(), *repo.recommendations.values(), *repo.reports]:
         if doc["study"] in held_groups or not doc["body"]:
@@ -406,9 +409,45 @@ def _write_corpus(repo: Repo, folder: Path, held_groups: list[str]) -> int:
         rejected = _ids(doc.get("rejected"))
         avoid = f"We do not say: {', '.join(rejected)}.\n\n" if rejected else ""
         docs["term-" + "-".join(str(doc["term"]).lower().split())] = f"# {doc['term']}\n\n{avoid}{doc['body']}\n"
+    named = {}
     for ident, text in sorted(docs.items()):
-        (folder / f"{ident}.md").write_text(text, encoding="utf-8")
-    return len(docs)
+        stem = re.sub(r"[^\w.-]+", "-", ident).strip(".-")[:120] or "document"
+        name, n = f"{stem}.md", 1
+        while name in named:  # two ids that differ only in unsafe characters
+            n += 1
+            name = f"{stem}-{n}.md"
+        named[name] = text
+    return named
+
+
+def _write_all(out: Path, files: dict[str, str]) -> None:
+    """Write every output or none: staged in a temp folder inside `out`, then renamed into place (a
+    rename needs no space). A full disk or a crash leaves the previous import as it was."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = {name: text.encode("utf-8") for name, text in files.items()}
+    need = sum(len(b) for b in data.values()) + 4096 * len(data)  # + a block per file
+    check_space(out, need, "the imported dataset")
+    stage = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
+    try:
+        try:
+            (stage / "corpus").mkdir()
+            for name, blob in data.items():
+                (stage / name).write_bytes(blob)
+        except OSError as exc:
+            if not is_disk_full(exc, out):
+                raise
+            raise disk_full_error(out, need, "the imported dataset") from exc
+        # the corpus folder is replaced whole: a re-import must not keep documents of a previous split
+        old = out / f"{stage.name}-old-corpus"
+        if (out / "corpus").is_dir() and not (out / "corpus").is_symlink():
+            os.replace(out / "corpus", old)
+        os.replace(stage / "corpus", out / "corpus")
+        for name in data:
+            if "/" not in name:
+                os.replace(stage / name, out / name)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _style(repo: Repo) -> str:
