@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -156,7 +157,7 @@ def load_checkpoint(ckpt: Path, loss_model, optimizer, rank: int) -> tuple[dict,
         raise UserError(f"{ckpt}: checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); "
                         f"it was made with other settings.")
     loss_model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optimizer.load_state_dict(_tensors_only(ckpt / "optimizer.pt"))
     rng = ckpt / f"rng-{rank}.pt"
     if rng.exists():
         _load_rng(rng)
@@ -221,8 +222,19 @@ def _save_rng(path: Path) -> None:
     torch.save(state, path)
 
 
+def _tensors_only(path: Path):
+    """torch.load that unpickles tensors and plain containers only: a file carrying other objects
+    (code that would run on load) is refused before any of it runs."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path}: refused to load: it holds Python objects other than tensors (unpickling them "
+                        f"could run code); this file was not written by tunesmith. fix: resume from a checkpoint "
+                        f"you trust, or start the run again.") from exc
+
+
 def _load_rng(path: Path) -> None:
-    state = torch.load(path, weights_only=True)
+    state = _tensors_only(path)
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

@@ -326,17 +326,21 @@ def ensure_chat_template(tok) -> None:
 
 def render(tok, messages: list[dict], add_generation_prompt: bool = True) -> str:
     """The prompt text for a conversation under the model's own chat template."""
-    from jinja2.exceptions import SecurityError
+    from jinja2.exceptions import SecurityError, TemplateError
 
     # transformers renders in jinja2's ImmutableSandboxedEnvironment: a template that reaches for
     # Python internals (__globals__, os, cycler.__init__, ...) raises SecurityError instead of running.
+    where = getattr(tok, "name_or_path", "") or "the model"
     try:
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except SecurityError as exc:
-        where = getattr(tok, "name_or_path", "") or "the model"
         raise UserError(f"{where}: its chat template tried an unsafe operation ({exc}); it was stopped by the "
                         f"sandbox and the model is refused. fix: use a model whose tokenizer_config.json / "
                         f"chat_template.jinja comes from a source you trust.") from None
+    except TemplateError as exc:  # the template's own raise_exception (roles must alternate, ...) or a bug in it
+        roles = "/".join(m.get("role", "?") for m in messages)
+        raise UserError(f"{where}: its chat template refused a conversation of roles {roles}: {exc}. fix: give "
+                        f"the conversation the shape this template accepts, or use another chat template.") from None
 
 
 # ------------------------------------------------------------------------------------------ list
