@@ -31,6 +31,8 @@ import yaml
 from tunesmith import UserError
 
 BOM = b"\xef\xbb\xbf"
+# Python's JSON reader recurses per level and stops near 1,000 levels; no dataset record is that deep.
+TOO_DEEP = ("invalid-json", "nested too deeply (arrays or objects about 1,000 levels deep); not a dataset record")
 
 # ------------------------------------------------------------------------------------ raw lines
 
@@ -69,6 +71,8 @@ def read_records(path: str | Path):
                 yield n, None, ("truncated", f"the file ends in the middle of this record ({exc.msg}, column {exc.colno})")
             else:
                 yield n, None, ("invalid-json", f"{exc.msg} (column {exc.colno})")
+        except RecursionError:
+            yield n, None, TOO_DEEP
 
 
 def _json_array(data: bytes):
@@ -94,6 +98,9 @@ def _json_array(data: bytes):
         except json.JSONDecodeError as exc:
             code = "truncated" if exc.pos >= len(text.rstrip()) else "invalid-json"
             yield exc.lineno, None, (code, f"{exc.msg} (column {exc.colno}); the rest of the array is not read")
+            return
+        except RecursionError:
+            yield line, None, (TOO_DEEP[0], TOO_DEEP[1] + "; the rest of the array is not read")
             return
         yield line, value, None
 
@@ -264,6 +271,8 @@ def read_csv(path: str | Path, mapping: dict[str, str] | None = None, fields=CSV
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not UTF-8 text. fix: export the file as UTF-8 CSV.") from None
+    # A cell may hold a whole report: the csv module's 128 KB cell limit would stop the file there.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header:

@@ -88,6 +88,9 @@ def check_messages(messages: list[dict]) -> list[tuple[str, str]]:
             problems.append(("wrong-type", f"message {i}: content must be a string, got {type(content).__name__}"))
         elif not content.strip():
             problems.append(("empty-content", f"message {i} ({role}) is empty"))
+        elif not _encodable(content):
+            problems.append(("bad-encoding", f"message {i} ({role}) holds an unpaired surrogate (a \\ud800-\\udfff "
+                                             f"escape without its pair), which is not a character"))
         if role == "system" and i > 1:
             problems.append(("system-not-first", f"message {i} is a system message"))
         if i > 1 and role == messages[i - 2].get("role") and role in ROLES:
@@ -99,6 +102,14 @@ def check_messages(messages: list[dict]) -> list[tuple[str, str]]:
     if not messages:
         problems.append(("no-assistant", "the conversation is empty"))
     return problems
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def read_dataset(path: str | Path, fmt: str = "auto") -> Dataset:
