@@ -10,7 +10,8 @@ web UI at /. Every answer a client can cause is a 4xx in OpenAI's error shape
 {"error": {"message", "type", "param", "code"}}: 401 without the key, 413 for a large body, 400 for
 bad parameters or a prompt + max_tokens past the context length, 429 (with Retry-After) when every
 generation slot is busy. Generation runs in worker threads; the event loop only moves bytes. A client
-that goes away mid-reply stops its generation at the next token and frees its slot.
+that goes away mid-reply stops its generation at the next token and frees its slot. A client that
+sends its headers or body too slowly is cut off (the connection closed, or 408) and never holds a slot.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
@@ -38,6 +39,11 @@ _UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (No
                 "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0)}
 
 _CFG = ServeConfig()
+
+# A client must send its request headers within HEADER_TIMEOUT_S of starting them (uvicorn itself
+# waits forever: one byte a minute keeps a connection open), and its body within BODY_TIMEOUT_S.
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
 
 
 class ApiError(Exception):
@@ -72,7 +78,7 @@ class ChatRequest:
 
 def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_key: str | None = None,
                max_concurrency: int = _CFG.max_concurrency, max_body_bytes: int = _CFG.max_body_bytes,
-               default_max_tokens: int = _CFG.default_max_tokens):
+               default_max_tokens: int = _CFG.default_max_tokens, body_timeout_s: float = BODY_TIMEOUT_S):
     """A FastAPI app serving one model: a spec (run dir, model dir, embedded name) or a (model, tok) pair."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import HTMLResponse, StreamingResponse
@@ -89,7 +95,7 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
     slots = _Slots(max_concurrency)
     created = int(time.time())
 
-    def authorize(request: Request):
+    async def authorize(request: Request):  # async: a sync dependency costs a thread-pool hop per request
         if api_key and request.url.path != "/health" and not _key_matches(request, api_key):
             # Browsers answer a Basic challenge with a login box, so the web UI works with a key too.
             headers = {"WWW-Authenticate": 'Basic realm="tunesmith"'} if request.url.path == "/" else {}
@@ -133,14 +139,19 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _read_json(request, max_body_bytes)
+        body = await _read_json(request, max_body_bytes, body_timeout_s)
         req = parse_chat_request(body, name)
-        prompt_tokens = await asyncio.to_thread(_count_prompt, tok, req.messages)
-        max_tokens = _fit_context(prompt_tokens, req.max_tokens, context, default_max_tokens)
+        # The slot is taken before the prompt is tokenized: in a burst, every request past the limit
+        # is refused at once instead of queueing for the tokenizer behind all the others.
         if not slots.try_acquire():
-            raise ApiError(429, f"All {slots.limit} generation slots are busy; retry shortly.",
-                           type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        gen = _Generation(model, tok, req, max_tokens, slots)  # owns the slot from here on
+            raise _busy(slots)
+        try:
+            prompt_tokens = await asyncio.to_thread(_count_prompt, tok, req.messages)
+            max_tokens = _fit_context(prompt_tokens, req.max_tokens, context, default_max_tokens)
+            gen = _Generation(model, tok, req, max_tokens, slots)  # owns the slot from here on
+        except BaseException:  # refused (400) or the client left: the slot was never used
+            slots.release()
+            raise
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             return StreamingResponse(_sse(gen, rid, now, name, req), media_type="text/event-stream",
@@ -157,18 +168,29 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
 # ------------------------------------------------------------------------- request checks
 
 
-async def _read_json(request, limit: int) -> dict:
-    """The body as a JSON object, refusing more than `limit` bytes before reading them all."""
+def _busy(slots) -> ApiError:
+    return ApiError(429, f"All {slots.limit} generation slots are busy; retry shortly.",
+                    type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+
+
+async def _read_json(request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> dict:
+    """The body as a JSON object, refusing more than `limit` bytes before reading them all, or a body
+    that takes longer than `timeout_s` to arrive."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"Request body is {int(declared)} bytes; this server accepts at most {limit}.",
                        code="request_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"Request body is over {limit} bytes, the most this server accepts.",
-                           code="request_too_large")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"Request body is over {limit} bytes, the most this server accepts.",
+                                   code="request_too_large")
+    except TimeoutError:
+        raise ApiError(408, f"The request body did not arrive within {timeout_s:g} s.", code="request_timeout",
+                       headers={"Connection": "close"}) from None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -450,6 +472,57 @@ def _served_name(spec) -> str:
     return path.parent.name if path.name == "final" else path.name
 
 
+# ------------------------------------------------------------------------------ the server
+
+
+def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_timeout_s: float = HEADER_TIMEOUT_S,
+                  **kwargs):
+    """uvicorn's settings for clients we do not control: headers that trickle in are cut off."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, http=_slow_headers_protocol(header_timeout_s), **kwargs)
+
+
+def _slow_headers_protocol(timeout_s: float):
+    """uvicorn's h11 protocol, closing a connection whose request headers are not all there within
+    timeout_s of their first byte (uvicorn's keep-alive timeout only covers idle time between requests)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class SlowHeaders(H11Protocol):
+        def connection_made(self, transport):
+            self._header_timer = None
+            super().connection_made(transport)
+            self._watch_headers()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch_headers()
+
+        def connection_lost(self, exc):
+            self._stop_header_timer()
+            super().connection_lost(exc)
+
+        def _watch_headers(self) -> None:
+            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+            if waiting and self._header_timer is None:
+                self._header_timer = self.loop.call_later(timeout_s, self._headers_too_slow)
+            elif not waiting:
+                self._stop_header_timer()
+
+        def _stop_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE:
+                self.transport.close()
+
+    return SlowHeaders
+
+
 # -------------------------------------------------------------------------------------- CLI
 
 
@@ -475,5 +548,8 @@ def cli_serve(args) -> int:
           f"  API     http://{host}:{args.port}/v1  (model id \"{name}\"{', API key required' if api_key else ''})\n"
           f"  web UI  http://{host}:{args.port}/\n"
           f"  limits  {args.max_concurrency} concurrent generations, {args.max_body_bytes} byte bodies", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(server_config(app, args.host, args.port, log_level="info", timeout_graceful_shutdown=5)).run()
+    except KeyboardInterrupt:  # Ctrl-C after a clean shutdown (uvicorn re-raises the signal it caught)
+        pass
     return 0
