@@ -82,7 +82,17 @@ def train(cfg: Config, resume: bool = False) -> Path:
             resume_checkpoint(run, say)  # checks the files against their manifest; sets damaged ones aside
         accelerator.wait_for_everyone()
         ckpt = latest_checkpoint(run)
-        if ckpt is None:
+        if ckpt is None and run.is_dir() and not (run / "final").exists():
+            # Stopped before its first save: nothing to lose, and continuing means starting again.
+            _check_new_run_dir(run)
+            accelerator.wait_for_everyone()
+            if main:
+                for name in ("metrics.jsonl", "examples.jsonl"):
+                    (run / name).unlink(missing_ok=True)
+                remove_unfinished(run / "checkpoints")
+            say(f"{run}: no complete checkpoint yet (the run stopped before its first save); starting again from step 0")
+            resume = False
+        elif ckpt is None:
             raise UserError(f"{run}: no complete checkpoint to resume from. fix: run without --resume.")
     elif run.exists() and any((run / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
         raise UserError(f"{run} already holds a run. fix: add --resume to continue it, or set "

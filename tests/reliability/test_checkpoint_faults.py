@@ -211,3 +211,20 @@ def test_disk_full_during_import_keeps_the_previous_import(small_disk, monkeypat
         import_repository([pantry], out, heldout_fraction=0.3)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # every file of the earlier import, whole; no staging left behind
+
+
+def test_a_run_stopped_before_its_first_save_can_be_resumed(tmp_path, tiny_model_dir, data, reference, capsys):
+    """It was a dead end: --resume said 'no checkpoint, run without --resume', and without it 'already
+    holds a run, add --resume'."""
+    run = train(load_config(None, overrides(tiny_model_dir, data, tmp_path / "run")))
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints" / ".tmp-step-000002").mkdir(parents=True)  # a first save cut short
+    with pytest.raises(UserError, match="already holds a run"):
+        train(load_config(None, overrides(tiny_model_dir, data, run)))
+    capsys.readouterr()
+    train(load_config(None, overrides(tiny_model_dir, data, run)), resume=True)
+    assert "starting again from step 0" in capsys.readouterr().out
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1))  # the old lines went with the old attempt
+    assert _max_diff(_weights(run), _weights(reference)) <= 1e-6
