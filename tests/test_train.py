@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from tunesmith import UserError
 from tunesmith.config import load_config
-from tunesmith.train import heldout_loss, latest_checkpoint, split_heldout, train
+from tunesmith.data.split import split_heldout
+from tunesmith.train import heldout_loss, latest_checkpoint, train
 
 WORDS = "pantry basket planner budget ceiling swap nudge cook night weekly plan household leftover loop signal".split()
 
@@ -148,7 +149,7 @@ def test_gradient_clipping_logs_the_norm_before_clipping(tiny_model_dir, chats, 
 
 
 def _poison_step(monkeypatch, bad_step):
-    import tunesmith.train as train_mod
+    import tunesmith.train.loop as train_mod
 
     calls = {"n": 0}
     real = train_mod.CausalLMLoss.forward
@@ -194,7 +195,7 @@ def test_non_finite_loss_skipped_by_config_is_counted(tiny_model_dir, chats, tmp
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_model_dir, chats, tmp_path, monkeypatch):
-    import tunesmith.train as train_mod
+    import tunesmith.train.loop as train_mod
 
     evals = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])
     real = train_mod._heldout

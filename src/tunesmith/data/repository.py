@@ -14,7 +14,6 @@ The format of the bundled example repository is described in its README.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 
 from tunesmith import UserError
 from tunesmith.data.formats import from_csv_row, parse_map, read_csv, split_front_matter, write_jsonl
+from tunesmith.data.split import split_heldout
 
 TYPE_ALIASES = {"glossary term": "term", "glossary-term": "term", "glossary": "term"}
 REQUIRED = {  # type -> front matter keys it must have
@@ -342,18 +342,6 @@ BUILDERS = {
 # ------------------------------------------------------------------------------------ split and write
 
 
-def split_by_group(examples: list[dict], heldout_fraction: float, seed: int) -> tuple[list[dict], list[dict], list[str]]:
-    """Hold out ceil(fraction × groups) whole groups, chosen by a seeded hash so the choice does not
-    depend on Python's RNG. Examples without a group (glossary definitions) always train."""
-    groups = sorted({ex["meta"]["group"] for ex in examples if ex["meta"].get("group")})
-    k = min(math.ceil(heldout_fraction * len(groups)), len(groups) - 1) if heldout_fraction > 0 and len(groups) > 1 else 0
-    ranked = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    held = set(ranked[:k])
-    train = [ex for ex in examples if ex["meta"].get("group") not in held]
-    heldout = [ex for ex in examples if ex["meta"].get("group") in held]
-    return train, heldout, sorted(held)
-
-
 def import_repository(sources: list, out: str | Path, heldout_fraction: float = 0.15, seed: int = 0,
                       csv_preset: str = "highlights", csv_map: str = "") -> dict:
     """Read, build, split and write; returns a summary (counts, held-out groups, files written)."""
@@ -365,7 +353,8 @@ def import_repository(sources: list, out: str | Path, heldout_fraction: float = 
         raise UserError(f"no examples could be built from {', '.join(map(str, sources))}: no insights, "
                         f"recommendations, reports, glossary terms or example files found. "
                         f"fix: check the `type:` front matter (see the bundled example's README).")
-    train, heldout, held_groups = split_by_group(examples, heldout_fraction, seed)
+    train, heldout = split_heldout(examples, heldout_fraction, seed)
+    held_groups = sorted({g for ex in heldout if (g := (ex.get("meta") or {}).get("group"))})
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@
 
 Read it top to bottom: setup (run directory, data, model, optimizer), the loop, the final model.
 accelerate owns devices and processes; peft owns adapters; transformers owns the architectures.
-What is ours is the data path (tunesmith.data.batches: loss masks, packing without cross-attention,
-the LM head only where there is loss) and the bookkeeping that makes a run exact and crash-proof.
+What is ours is the data path (tunesmith.data.batches: loss masks, packing; tunesmith.train.loss:
+attention that never crosses a packed example, the LM head only where there is loss) and the bookkeeping that makes a run exact and crash-proof.
 
 The run directory:
   config.yaml  the resolved config          data.json     data hashes, split sizes, what was dropped
@@ -18,7 +18,6 @@ The run directory:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import resource
@@ -32,12 +31,13 @@ from pathlib import Path
 import torch
 
 from tunesmith import UserError, cpu
-from tunesmith.checkpoints import (check_resumable, latest_checkpoint, load_checkpoint, remove_unfinished,
+from tunesmith.train.checkpoints import (check_resumable, latest_checkpoint, load_checkpoint, remove_unfinished,
                                    save_checkpoint, trainable_state, truncate_jsonl)
 from tunesmith.config import Config, load_config, save_config, to_dict
-from tunesmith.data.batches import (IGNORE, collate, encode_examples, examples_hash, linear_cross_entropy,
-                                    micro_batches, n_targets, step_indices, use_varlen)
+from tunesmith.data.batches import collate, encode_examples, micro_batches, n_targets, step_indices
+from tunesmith.data.split import load_split
 from tunesmith.fsutil import atomic_dir
+from tunesmith.train.loss import CausalLMLoss, use_varlen
 
 METHODS = ("lora", "dora", "qlora", "full")
 SCHEDULES = {
@@ -85,7 +85,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         raise UserError(f"{run} already holds a run. fix: add --resume to continue it, or set "
                         f"train.output_dir to a new directory.")
     accelerator.wait_for_everyone()  # every process has looked before any writes
-    train_examples, heldout_examples, data_info = load_data(cfg)
+    train_examples, heldout_examples, data_info = load_split(cfg)
     tok = _tokenizer(cfg)
     encoded, train_report = encode_examples(tok, train_examples, cfg.data.max_len, cfg.data.too_long,
                                             t.train_on_prompt, where=cfg.data.train)
@@ -291,70 +291,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     return run
 
 
-# ---------------------------------------------------------------------------------------------- data
-
-
-def load_data(cfg: Config) -> tuple[list[dict], list[dict], dict]:
-    """Training and held-out examples, and what data.json records about them.
-
-    Held-out: data.heldout if given, else data.heldout_fraction of train split off by meta.group
-    (whole groups, so one study's examples never sit on both sides).
-    """
-    from tunesmith.data import load_examples
-
-    d = cfg.data
-    if not d.train:
-        raise UserError("data.train is not set. fix: data.train=path/to/train.jsonl (`tunesmith import` writes one).")
-    examples = load_examples(d.train, d.format)
-    info = {"train": {"path": str(d.train), "hash": examples_hash(examples)}}
-    if d.heldout:
-        heldout = load_examples(d.heldout, d.format)
-        info["heldout"] = {"path": str(d.heldout), "hash": examples_hash(heldout), "source": "file"}
-    else:
-        examples, heldout = split_heldout(examples, d.heldout_fraction, d.seed)
-        info["heldout"] = {"source": f"{d.heldout_fraction:g} of train by meta.group", "hash": examples_hash(heldout)}
-    info["train"]["examples"], info["heldout"]["examples"] = len(examples), len(heldout)
-    return examples, heldout, info
-
-
-def split_heldout(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Split off about `fraction` of the examples, whole groups at a time, in a seeded order."""
-    if fraction <= 0 or len(examples) < 2:
-        return examples, []
-    groups: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        meta = ex.get("meta") or {}
-        groups.setdefault(str(meta.get("group") or meta.get("id") or i), []).append(i)
-    order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    held = set()
-    for g in order[:-1]:  # never everything
-        if len(held) >= fraction * len(examples):
-            break
-        held.update(groups[g])
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
-
-
 # --------------------------------------------------------------------------------------------- model
-
-
-class CausalLMLoss(torch.nn.Module):
-    """A causal LM and its loss in one forward, so DDP/FSDP see one call that uses every parameter.
-
-    forward returns the SUM of token losses: the caller decides what to divide by. The LM head runs
-    only on the hidden states whose next token carries loss (linear_cross_entropy).
-    """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, position_ids, labels, cu_seqlens=None):
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens,
-                                    use_cache=False).last_hidden_state  # (B, T, d)
-        keep = labels != IGNORE  # (B, T): the only positions that reach the LM head
-        head = base.get_output_embeddings()
-        return linear_cross_entropy(hidden[keep], head.weight, labels[keep], head.bias)
 
 
 def build_model(cfg: Config, weight_dtype, accelerator):
