@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,8 +46,7 @@ SCHEDULES = {
     "linear": lambda progress: 1.0 - progress,
     "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
 }
-# tracker -> the package accelerate needs for it
-TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # each name is also the package accelerate needs for it
 
 
 def cli_train(args) -> int:
@@ -58,8 +58,106 @@ def cli_train(args) -> int:
     return 0
 
 
+@dataclass
+class LoopState:
+    """Where the loop stands; a checkpoint's state.json holds exactly this (plus the process count)."""
+
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # tokens trained on, prompt tokens included
+    train_seconds: float = 0.0  # time spent in optimizer steps (evaluation and saving excluded)
+    skipped: int = 0  # steps skipped for a non-finite loss (train.on_nonfinite=skip)
+    best_eval: float | None = None  # lowest held-out loss so far
+    best_step: int | None = None  # the step it was reached at
+    evals_without_improvement: int = 0  # for early stopping
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LoopState":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once by setup()."""
+
+    cfg: Config
+    dir: Path
+    accelerator: object
+    device: str
+    tok: object
+    train_examples: list[dict]
+    encoded: list[dict]  # the training examples, tokenized (tunesmith.data.batches.encode_examples)
+    held: list[dict]  # the held-out examples, tokenized
+    total_steps: int
+    global_batch: int
+    loss_model: torch.nn.Module  # CausalLMLoss around the (peft) model, prepared by accelerate
+    optimizer: torch.optim.Optimizer
+    trainable: list
+    state: LoopState = field(default_factory=LoopState)
+    best: dict | None = None  # trainable weights at the best held-out loss, when early stopping is on
+    last: dict = field(default_factory=dict)  # the latest metrics record, for the summary
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup, then the schedule."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr * SCHEDULES[schedule](progress)
+
+
 def train(cfg: Config, resume: bool = False) -> Path:
     """Train as cfg says and return the run directory (see the module doc for what it holds)."""
+    from tqdm.auto import tqdm
+
+    run = setup(cfg, resume)
+    t, state, main = cfg.train, run.state, run.accelerator.is_main_process
+    bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", disable=not main,
+               dynamic_ncols=True)
+    logs = _open_logs(run)
+    stop = _SigtermFlag()
+    others, rechecked = cpu.OthersMeter(), time.time()  # re-decide CPU threads as the machine's load changes
+    run.loss_model.train()
+    try:
+        while state.step < run.total_steps:
+            ids = step_indices(len(run.encoded), run.global_batch, t.seed, state.step)
+            record = optimizer_step(run, ids)
+            done = state.step == run.total_steps
+            if run.held and ((t.eval_every and state.step % t.eval_every == 0) or done):
+                record.update(evaluate(run))
+            early = bool(t.early_stopping_patience) and state.evals_without_improvement >= t.early_stopping_patience
+            log_step(run, record, ids, logs, bar)
+            if run.device == "cpu":
+                cpu.trim()  # the step's activations are gone: give their pages back
+                if not t.threads and time.time() - rechecked > 30:
+                    torch.set_num_threads(cpu.threads(others=others.read()))
+                    rechecked = time.time()
+            sigterm = stop.agreed(run.accelerator)
+            if (t.save_every > 0 and state.step % t.save_every == 0) or sigterm or (t.save_every >= 0 and (early or done)):
+                save_checkpoint(run.dir, asdict(state), run.accelerator.unwrap_model(run.loss_model), run.optimizer,
+                                run.best, run.accelerator, t.keep_last)
+            if sigterm:
+                bar.close()
+                run.accelerator.print(f"\nSIGTERM: saved step {state.step} to {latest_checkpoint(run.dir)}; exiting. "
+                                      f"Continue with: tunesmith train CONFIG --resume")
+                raise SystemExit(143)
+            if early:
+                run.accelerator.print(
+                    f"\nearly stopping at step {state.step}: held-out loss has not improved for "
+                    f"{t.early_stopping_patience} evaluations (best {state.best_eval:.4f} at step {state.best_step})")
+                break
+    finally:
+        bar.close()
+        stop.restore()
+        for f in logs.values():
+            f.close()
+    return finish(run)
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+def setup(cfg: Config, resume: bool = False) -> Run:
+    """Run directory, data, model, optimizer and (with resume) the checkpoint's state."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -70,19 +168,18 @@ def train(cfg: Config, resume: bool = False) -> Path:
         cpu.use_heap()
         torch.set_num_threads(cpu.threads(t.threads))
     weight_dtype, precision = _precision(cfg, device)
-    run = Path(t.output_dir).expanduser().resolve()
+    run_dir = Path(t.output_dir).expanduser().resolve()
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision, log_with=_trackers(t.trackers),
-                              project_dir=str(run))
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+                              project_dir=str(run_dir))
+    main, world = accelerator.is_main_process, accelerator.num_processes
     say = accelerator.print
 
-    # ------------------------------------------------------------------ run directory and data
     if resume:
-        ckpt = latest_checkpoint(run)
+        ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
-            raise UserError(f"{run}: no complete checkpoint to resume from. fix: run without --resume.")
-    elif run.exists() and any((run / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
-        raise UserError(f"{run} already holds a run. fix: add --resume to continue it, or set "
+            raise UserError(f"{run_dir}: no complete checkpoint to resume from. fix: run without --resume.")
+    elif run_dir.exists() and any((run_dir / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
+        raise UserError(f"{run_dir} already holds a run. fix: add --resume to continue it, or set "
                         f"train.output_dir to a new directory.")
     accelerator.wait_for_everyone()  # every process has looked before any writes
     train_examples, heldout_examples, data_info = load_split(cfg)
@@ -98,197 +195,193 @@ def train(cfg: Config, resume: bool = False) -> Path:
     data_info.update(train_report=train_report, heldout_report=held_report, processes=world,
                      global_batch=global_batch, steps=total_steps)
     if resume:
-        check_resumable(run, cfg, data_info)
+        check_resumable(run_dir, cfg, data_info)
     if main:
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
-        (run / "data.json").write_text(json.dumps(data_info, indent=2) + "\n")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "data.json").write_text(json.dumps(data_info, indent=2) + "\n")
     say(f"tunesmith train: {len(encoded)} examples ({train_report['tokens']:,} tokens, "
         f"{train_report['loss_tokens']:,} with loss; {_dropped(train_report)}), {len(held)} held out; "
         f"{total_steps} steps of {global_batch} examples; {world} process(es) on {device}"
         f"{f' ({torch.get_num_threads()} threads)' if device == 'cpu' else ''}")
 
-    # ------------------------------------------------------------------ model and optimizer
     set_seed(t.seed)
     model = build_model(cfg, weight_dtype, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-    say(f"model {cfg.model.name}: {t.method}, {n_trainable:,} trainable of "
+    say(f"model {cfg.model.name}: {t.method}, {sum(p.numel() for p in trainable):,} trainable of "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, weights {str(weight_dtype).replace('torch.', '')}"
         f"{', autocast ' + precision if precision != 'no' else ''}")
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay, fused=device == "cuda")
     loss_model, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
-
-    state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "skipped": 0, "best_eval": None, "best_step": None,
-             "evals_without_improvement": 0}
-    best = None  # trainable weights at the best held-out loss, when early stopping is on
-    last = {}  # the latest metrics record, for the summary
+    run = Run(cfg=cfg, dir=run_dir, accelerator=accelerator, device=device, tok=tok, train_examples=train_examples,
+              encoded=encoded, held=held, total_steps=total_steps, global_batch=global_batch, loss_model=loss_model,
+              optimizer=optimizer, trainable=trainable)
     if resume:
-        state, best = load_checkpoint(ckpt, accelerator.unwrap_model(loss_model), optimizer, rank)
+        state, run.best = load_checkpoint(ckpt, accelerator.unwrap_model(loss_model), optimizer, accelerator.process_index)
+        run.state = LoopState.from_json(state)
         if main:
-            last = truncate_jsonl(run / "metrics.jsonl", state["step"])
-            truncate_jsonl(run / "examples.jsonl", state["step"])
-            remove_unfinished(run / "checkpoints")
-        say(f"resumed from {ckpt} at step {state['step']}")
+            run.last = truncate_jsonl(run_dir / "metrics.jsonl", run.state.step)
+            truncate_jsonl(run_dir / "examples.jsonl", run.state.step)
+            remove_unfinished(run_dir / "checkpoints")
+        say(f"resumed from {ckpt} at step {run.state.step}")
     accelerator.wait_for_everyone()
     if t.trackers:
-        accelerator.init_trackers(run.name, config=_flat(to_dict(cfg)))
-
-    # SIGTERM (a scheduler preempting us, `kill`): finish the step, save, exit.
-    stop = {"sigterm": False}
-    in_main_thread = threading.current_thread() is threading.main_thread()  # signals only reach that one
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True)) if in_main_thread else None
-
-    def lr_at(step: int) -> float:
-        if step < t.warmup_steps:
-            return t.lr * (step + 1) / t.warmup_steps
-        progress = (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps)
-        return t.lr * SCHEDULES[t.schedule](progress)
-
-    # ------------------------------------------------------------------ the loop
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=not main,
-               dynamic_ncols=True)
-    metrics_file = open(run / "metrics.jsonl", "a") if main else None
-    examples_file = open(run / "examples.jsonl", "a") if main and t.log_examples else None
-    loss_model.train()
-    others, rechecked = cpu.OthersMeter(), time.time()  # re-decide CPU threads as the machine's load changes
-    try:
-        while state["step"] < total_steps:
-            step = state["step"]
-            t0 = time.perf_counter()
-            ids = step_indices(len(encoded), global_batch, t.seed, step)
-            step_targets = sum(n_targets(encoded[i]) for i in ids)  # every process computes the global count
-            step_tokens = sum(len(encoded[i]["ids"]) for i in ids)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
-
-            # One optimizer step: backward per micro-batch, gradients synced on the last one only.
-            # Each micro-batch's loss is its sum of token losses over the global number of loss
-            # tokens in the step (x processes, since DDP averages): the step's gradient is that of
-            # the mean token loss, however the examples are split into micro-batches or processes.
-            loss_sum = torch.zeros((), device=accelerator.device)
-            mbs = micro_batches(encoded, ids, rank, world, t.grad_accum)
-            for k, mb in enumerate(mbs):
-                batch = _to(collate(mb, t.packing, tok.pad_token_id), accelerator.device)
-                sync = contextlib.nullcontext() if k == len(mbs) - 1 else accelerator.no_sync(loss_model)
-                with sync:
-                    mb_loss = loss_model(**batch)
-                    accelerator.backward(mb_loss * (world / step_targets))
-                loss_sum += mb_loss.detach().float()
-            loss = (accelerator.reduce(loss_sum, "sum") / step_targets).item()
-            grad_norm = accelerator.clip_grad_norm_(trainable, t.max_grad_norm or float("inf"))
-            grad_norm = float(grad_norm) if grad_norm is not None else None  # DeepSpeed clips inside its step
-
-            finite = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
-            if finite:
-                optimizer.step()
-            elif t.on_nonfinite == "skip":
-                state["skipped"] += 1
-                say(f"\nstep {step + 1}: non-finite loss or gradient ({loss}, norm {grad_norm}); batch skipped "
-                    f"({state['skipped']} so far)")
-            else:
-                last_good = latest_checkpoint(run)
-                raise UserError(
-                    f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step + 1} "
-                    f"(loss {loss}, grad norm {grad_norm}). Nothing was saved from this step. Last good checkpoint: "
-                    f"{last_good or 'none'}. fix: lower train.lr, check the data of this step "
-                    f"(train.log_examples=true lists it), or set train.on_nonfinite=skip; then "
-                    f"`tunesmith train CONFIG --resume`.")
-            optimizer.zero_grad(set_to_none=True)
-
-            dt = time.perf_counter() - t0
-            state.update(step=step + 1, tokens=state["tokens"] + step_tokens,
-                         train_seconds=state["train_seconds"] + dt)
-            record = {"step": step + 1, "loss": loss if finite else None, "lr": lr_at(step),
-                      "grad_norm": grad_norm if finite else None, "tokens_per_s": round(step_tokens / dt, 1),
-                      "tokens": state["tokens"]}
-            if not finite:
-                record["skipped"] = True
-
-            # held-out loss, early stopping
-            done = state["step"] == total_steps
-            if held and ((t.eval_every and state["step"] % t.eval_every == 0) or done):
-                ev = _heldout(loss_model, held, t.batch_size, t.packing, tok.pad_token_id, accelerator)
-                record.update(eval_loss=ev["loss"], eval_ppl=ev["ppl"])
-                if state["best_eval"] is None or ev["loss"] < state["best_eval"]:
-                    state.update(best_eval=ev["loss"], best_step=state["step"], evals_without_improvement=0)
-                    if t.early_stopping_patience:
-                        best = trainable_state(accelerator.unwrap_model(loss_model), clone=True)
-                else:
-                    state["evals_without_improvement"] += 1
-                loss_model.train()
-            early = bool(t.early_stopping_patience) and state["evals_without_improvement"] >= t.early_stopping_patience
-
-            if main:
-                if state["step"] % t.log_every == 0 or done or "eval_loss" in record:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                if examples_file:
-                    examples_file.write(json.dumps({"step": state["step"], "examples": [
-                        (train_examples[encoded[i]["index"]].get("meta") or {}).get("id") or encoded[i]["index"]
-                        for i in ids]}) + "\n")
-                    examples_file.flush()
-                if t.trackers:
-                    accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state["step"])
-            last = record
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{state['tokens'] / state['train_seconds']:.0f}",
-                            **({"eval": f"{record['eval_loss']:.4f}"} if "eval_loss" in record else {}))
-
-            if device == "cpu":
-                cpu.trim()  # the step's activations are gone: give their pages back
-                if not t.threads and time.time() - rechecked > 30:
-                    torch.set_num_threads(cpu.threads(others=others.read()))
-                    rechecked = time.time()
-
-            sigterm = stop["sigterm"]
-            if world > 1:  # every process must agree, or one would wait forever in the next collective
-                sigterm = accelerator.reduce(torch.tensor(float(sigterm), device=accelerator.device), "sum").item() > 0
-            if (t.save_every > 0 and state["step"] % t.save_every == 0) or sigterm or (t.save_every >= 0 and (early or done)):
-                save_checkpoint(run, state, accelerator.unwrap_model(loss_model), optimizer, best, accelerator, t.keep_last)
-            if sigterm:
-                bar.close()
-                say(f"\nSIGTERM: saved step {state['step']} to {latest_checkpoint(run)}; exiting. "
-                    f"Continue with: tunesmith train CONFIG --resume")
-                raise SystemExit(143)
-            if early:
-                say(f"\nearly stopping at step {state['step']}: held-out loss has not improved for "
-                    f"{t.early_stopping_patience} evaluations (best {state['best_eval']:.4f} at step {state['best_step']})")
-                break
-    finally:
-        bar.close()
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous_handler)
-        for f in (metrics_file, examples_file):
-            if f:
-                f.close()
-
-    # ------------------------------------------------------------------ the final model
-    inner = accelerator.unwrap_model(loss_model)
-    if best is not None:
-        inner.load_state_dict(best, strict=False)  # early stopping keeps the best held-out weights
-    accelerator.wait_for_everyone()
-    if main:
-        save_final(run / "final", inner.model, tok, cfg)
-        summary = {
-            "steps": state["step"], "train_seconds": round(state["train_seconds"], 2), "tokens": state["tokens"],
-            "train_tokens_per_s": round(state["tokens"] / max(state["train_seconds"], 1e-9), 1),
-            "final_train_loss": last.get("loss"), "final_eval_loss": last.get("eval_loss"),
-            "final_eval_ppl": last.get("eval_ppl"), "best_eval_loss": state["best_eval"],
-            "best_eval_step": state["best_step"], "skipped_steps": state["skipped"],
-            "stopped_early": state["step"] < total_steps, "device": _describe_device(accelerator.device),
-            "processes": world, "method": t.method, "trainable_params": n_trainable,
-            "peak_memory_mb": _peak_memory_mb(accelerator.device),
-        }
-        (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        say(f"done: {state['step']} steps in {state['train_seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} tokens/s; "
-            f"train loss {_fmt(last.get('loss'))}, held-out loss {_fmt(last.get('eval_loss'))}; final model in {run / 'final'}")
-    if t.trackers:
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
+        accelerator.init_trackers(run_dir.name, config=_flat(to_dict(cfg)))
     return run
+
+
+# ------------------------------------------------------------------------------------------ the step
+
+
+def optimizer_step(run: Run, ids: list[int]) -> dict:
+    """One optimizer step on the examples `ids`; returns its metrics record.
+
+    Backward runs per micro-batch, gradients are synced on the last one only. Each micro-batch's
+    loss is its sum of token losses over the global number of loss tokens in the step
+    (x processes, since DDP averages): the step's gradient is that of the mean token loss, however
+    the examples are split into micro-batches or processes.
+    """
+    t, acc, state = run.cfg.train, run.accelerator, run.state
+    t0 = time.perf_counter()
+    step_targets = sum(n_targets(run.encoded[i]) for i in ids)  # every process computes the global count
+    step_tokens = sum(len(run.encoded[i]["ids"]) for i in ids)
+    lr = lr_at(state.step, t.lr, t.warmup_steps, run.total_steps, t.schedule)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+
+    loss_sum = torch.zeros((), device=acc.device)
+    mbs = micro_batches(run.encoded, ids, acc.process_index, acc.num_processes, t.grad_accum)
+    for k, mb in enumerate(mbs):
+        batch = _to(collate(mb, t.packing, run.tok.pad_token_id), acc.device)
+        sync = contextlib.nullcontext() if k == len(mbs) - 1 else acc.no_sync(run.loss_model)
+        with sync:
+            mb_loss = run.loss_model(**batch)
+            acc.backward(mb_loss * (acc.num_processes / step_targets))
+        loss_sum += mb_loss.detach().float()
+    loss = (acc.reduce(loss_sum, "sum") / step_targets).item()
+    grad_norm = acc.clip_grad_norm_(run.trainable, t.max_grad_norm or float("inf"))
+    grad_norm = float(grad_norm) if grad_norm is not None else None  # DeepSpeed clips inside its step
+
+    finite = math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))
+    if finite:
+        run.optimizer.step()
+    elif t.on_nonfinite == "skip":
+        state.skipped += 1
+        acc.print(f"\nstep {state.step + 1}: non-finite loss or gradient ({loss}, norm {grad_norm}); batch skipped "
+                  f"({state.skipped} so far)")
+    else:
+        raise UserError(
+            f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {state.step + 1} "
+            f"(loss {loss}, grad norm {grad_norm}). Nothing was saved from this step. Last good checkpoint: "
+            f"{latest_checkpoint(run.dir) or 'none'}. fix: lower train.lr, check the data of this step "
+            f"(train.log_examples=true lists it), or set train.on_nonfinite=skip; then "
+            f"`tunesmith train CONFIG --resume`.")
+    run.optimizer.zero_grad(set_to_none=True)
+
+    dt = time.perf_counter() - t0
+    state.step, state.tokens, state.train_seconds = state.step + 1, state.tokens + step_tokens, state.train_seconds + dt
+    record = {"step": state.step, "loss": loss if finite else None, "lr": lr,
+              "grad_norm": grad_norm if finite else None, "tokens_per_s": round(step_tokens / dt, 1),
+              "tokens": state.tokens}
+    if not finite:
+        record["skipped"] = True
+    return record
+
+
+def evaluate(run: Run) -> dict:
+    """Held-out loss now; tracks the best one (and its weights, for early stopping)."""
+    state = run.state
+    loss = mean_loss(run.loss_model, run.held, run.cfg.train.batch_size, run.cfg.train.packing,
+                     run.tok.pad_token_id, run.accelerator)
+    if state.best_eval is None or loss < state.best_eval:
+        state.best_eval, state.best_step, state.evals_without_improvement = loss, state.step, 0
+        if run.cfg.train.early_stopping_patience:
+            run.best = trainable_state(run.accelerator.unwrap_model(run.loss_model), clone=True)
+    else:
+        state.evals_without_improvement += 1
+    run.loss_model.train()
+    return {"eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50)), 4)}
+
+
+def log_step(run: Run, record: dict, ids: list[int], logs: dict, bar) -> None:
+    """metrics.jsonl (every log_every steps and at every evaluation), examples.jsonl, trackers, the bar."""
+    t, state = run.cfg.train, run.state
+    if run.accelerator.is_main_process:
+        if state.step % t.log_every == 0 or state.step == run.total_steps or "eval_loss" in record:
+            logs["metrics"].write(json.dumps(record) + "\n")
+            logs["metrics"].flush()
+        if "examples" in logs:
+            names = [(run.train_examples[run.encoded[i]["index"]].get("meta") or {}).get("id") or run.encoded[i]["index"]
+                     for i in ids]
+            logs["examples"].write(json.dumps({"step": state.step, "examples": names}) + "\n")
+            logs["examples"].flush()
+        if t.trackers:
+            run.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
+    run.last = record
+    bar.update(1)
+    bar.set_postfix(loss=f"{record['loss']:.4f}" if record["loss"] is not None else "skipped",
+                    tok_s=f"{state.tokens / state.train_seconds:.0f}",
+                    **({"eval": f"{record['eval_loss']:.4f}"} if "eval_loss" in record else {}))
+
+
+def finish(run: Run) -> Path:
+    """The final model (the best held-out weights under early stopping) and summary.json."""
+    acc, state, last, t = run.accelerator, run.state, run.last, run.cfg.train
+    inner = acc.unwrap_model(run.loss_model)
+    if run.best is not None:
+        inner.load_state_dict(run.best, strict=False)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        save_final(run.dir / "final", inner.model, run.tok, run.cfg)
+        summary = {
+            "steps": state.step, "train_seconds": round(state.train_seconds, 2), "tokens": state.tokens,
+            "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
+            "final_train_loss": last.get("loss"), "final_eval_loss": last.get("eval_loss"),
+            "final_eval_ppl": last.get("eval_ppl"), "best_eval_loss": state.best_eval,
+            "best_eval_step": state.best_step, "skipped_steps": state.skipped,
+            "stopped_early": state.step < run.total_steps, "device": _describe_device(acc.device),
+            "processes": acc.num_processes, "method": t.method,
+            "trainable_params": sum(p.numel() for p in run.trainable), "peak_memory_mb": _peak_memory_mb(acc.device),
+        }
+        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        acc.print(f"done: {state.step} steps in {state.train_seconds:.0f} s, {summary['train_tokens_per_s']:.0f} tokens/s; "
+                  f"train loss {_fmt(last.get('loss'))}, held-out loss {_fmt(last.get('eval_loss'))}; "
+                  f"final model in {run.dir / 'final'}")
+    if t.trackers:
+        acc.end_training()
+    acc.wait_for_everyone()
+    return run.dir
+
+
+def _open_logs(run: Run) -> dict:
+    if not run.accelerator.is_main_process:
+        return {}
+    logs = {"metrics": open(run.dir / "metrics.jsonl", "a")}
+    if run.cfg.train.log_examples:
+        logs["examples"] = open(run.dir / "examples.jsonl", "a")
+    return logs
+
+
+class _SigtermFlag:
+    """SIGTERM (a scheduler preempting us, `kill`): the loop finishes its step, saves and exits."""
+
+    def __init__(self):
+        self.seen = False
+        self.installed = threading.current_thread() is threading.main_thread()  # signals reach only that one
+        self.previous = signal.signal(signal.SIGTERM, self._set) if self.installed else None
+
+    def _set(self, *_):
+        self.seen = True
+
+    def agreed(self, accelerator) -> bool:
+        """Every process must agree, or one would wait forever in the next collective."""
+        if accelerator.num_processes == 1:
+            return self.seen
+        return accelerator.reduce(torch.tensor(float(self.seen), device=accelerator.device), "sum").item() > 0
+
+    def restore(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -375,32 +468,29 @@ def heldout_loss(model, tok, examples: list[dict], max_len: int = 1024, batch_si
     if not encoded:
         return {"loss": float("nan"), "ppl": float("nan"), "tokens": 0, "examples": 0}
     was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    loss_model = CausalLMLoss(model)
-    total, count = 0.0, 0
-    with torch.no_grad():  # padded batches: exact with any attention implementation (pads come last)
-        ordered = sorted(encoded, key=lambda e: len(e["ids"]))
-        for a in range(0, len(ordered), batch_size):
-            mb = ordered[a:a + batch_size]
-            total += loss_model(**_to(collate(mb, packing=False, pad_id=tok.pad_token_id or 0), device)).item()
-            count += sum(n_targets(e) for e in mb)
+    # padded batches: exact with any attention implementation (pads come last)
+    loss = mean_loss(CausalLMLoss(model), encoded, batch_size, packing=False, pad_id=tok.pad_token_id or 0)
     model.train(was_training)
-    return {"loss": total / count, "ppl": math.exp(min(total / count, 50)), "tokens": count, "examples": len(encoded)}
+    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "tokens": sum(n_targets(e) for e in encoded),
+            "examples": len(encoded)}
 
 
-def _heldout(loss_model, held: list[dict], batch_size: int, packing: bool, pad_id: int, accelerator) -> dict:
-    """Held-out loss during training: each process takes every world-th example; sums are reduced."""
-    inner = accelerator.unwrap_model(loss_model)
+def mean_loss(loss_model, encoded: list[dict], batch_size: int, packing: bool, pad_id: int, accelerator=None) -> float:
+    """Mean token loss of `loss_model` (a CausalLMLoss, or one accelerate prepared) on tokenized
+    examples, in eval mode. Under accelerate each process takes every world-th example and the
+    sums are reduced, so every process returns the same number."""
+    inner = accelerator.unwrap_model(loss_model) if accelerator else loss_model
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(inner.parameters()).device
     inner.eval()
-    mine = sorted(held[accelerator.process_index::accelerator.num_processes], key=lambda e: len(e["ids"]))
-    total = torch.zeros((), device=accelerator.device)
-    with torch.no_grad(), accelerator.autocast():
+    mine = sorted(encoded[rank::world], key=lambda e: len(e["ids"]))
+    total = torch.zeros((), device=device)
+    with torch.no_grad(), (accelerator.autocast() if accelerator else contextlib.nullcontext()):
         for a in range(0, len(mine), batch_size):
-            total += inner(**_to(collate(mine[a:a + batch_size], packing, pad_id), accelerator.device)).float()
-    total = accelerator.reduce(total, "sum").item()
-    count = sum(n_targets(e) for e in held)
-    return {"loss": round(total / count, 6), "ppl": round(math.exp(min(total / count, 50)), 4)}
+            total += inner(**_to(collate(mine[a:a + batch_size], packing, pad_id), device)).float()
+    if accelerator:
+        total = accelerator.reduce(total, "sum")
+    return total.item() / sum(n_targets(e) for e in encoded)
 
 
 # --------------------------------------------------------------------------------------- final model
@@ -466,8 +556,8 @@ def _trackers(names: str) -> list[str] | None:
     for name in chosen:
         if name not in TRACKERS:
             raise UserError(f"train.trackers: unknown tracker '{name}' (choose from {', '.join(TRACKERS)}).")
-        if importlib.util.find_spec(TRACKERS[name]) is None:
-            raise UserError(f"train.trackers={name} needs its package. fix: pip install {TRACKERS[name]}")
+        if importlib.util.find_spec(name) is None:
+            raise UserError(f"train.trackers={name} needs its package. fix: pip install {name}")
     return chosen or None
 
 
