@@ -218,17 +218,13 @@ def probe(spec, tok, texts: list[str], max_len: int, method: str = "lora") -> di
     device = default_device()
     model, _ = load(spec, device=device)
     if method in ("lora", "dora", "qlora"):
-        import warnings
-
         from peft import LoraConfig, get_peft_model
 
         from tunesmith.config import LoraConfig as Defaults
 
         d = Defaults()
-        with warnings.catch_warnings():  # peft calls a transformers API that warns of its own renaming
-            warnings.simplefilter("ignore", FutureWarning)
-            model = get_peft_model(model, LoraConfig(r=d.r, lora_alpha=d.alpha, target_modules=d.target_modules,
-                                                     use_dora=method == "dora", task_type="CAUSAL_LM"))
+        model = get_peft_model(model, LoraConfig(r=d.r, lora_alpha=d.alpha, target_modules=d.target_modules,
+                                                 use_dora=method == "dora", task_type="CAUSAL_LM"))
     model.train()
     # CPU: one row of at most cpu_row tokens (a step takes seconds); GPU: a few full rows (it needs
     # work to be busy).

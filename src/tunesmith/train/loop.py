@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -203,7 +202,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     say(f"tunesmith train: {len(encoded)} examples ({train_report['tokens']:,} tokens, "
         f"{train_report['loss_tokens']:,} with loss; {_dropped(train_report)}), {len(held)} held out; "
         f"{total_steps} steps of {global_batch} examples; {world} process(es) on {device}"
-        f"{f' ({torch.get_num_threads()} threads)' if device == 'cpu' else ''}")
+        f"{_threads_note() if device == 'cpu' else ''}")
 
     set_seed(t.seed)
     model = build_model(cfg, weight_dtype, accelerator)
@@ -410,12 +409,9 @@ def build_model(cfg: Config, weight_dtype, accelerator):
 
         targets = cfg.lora.target_modules
         targets = targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
-        with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5; not ours to fix
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                     lora_dropout=cfg.lora.dropout,
-                                                     target_modules=targets, use_dora=t.method == "dora",
-                                                     task_type="CAUSAL_LM"))
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                                 target_modules=targets, use_dora=t.method == "dora",
+                                                 task_type="CAUSAL_LM"))
     model.train()
     return model
 
@@ -584,6 +580,11 @@ def _dropped(report: dict) -> str:
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+def _threads_note() -> str:
+    n = torch.get_num_threads()
+    return f" ({n} thread{'s' if n > 1 else ''})"
 
 
 def _describe_device(device) -> str:
