@@ -18,13 +18,12 @@ from tunesmith import UserError
 PANTRY = Path(__file__).resolve().parent / "examples" / "pantry"
 
 # The template-bound tasks and titles. Report sections are left out of the demo: their prompts are
-# ~1,000 tokens of field notes each, and on a 2-core CPU they alone would double the time. Training
-# drops them too (data.max_len=768), so every training step is spent on the tasks that are scored.
+# long field notes, and on a small CPU they alone would double the time. Training drops them too
+# (data.max_len=768), so every training step is spent on the tasks that are scored.
 DEMO_TASKS = "insight,insight-from-draft,insight-title,recommendation,recommendation-from-draft"
 
-# Settings per profile, as config overrides. Measured on a 2-core CPU (see docs/compare.md): about a
-# third of the time trains, two thirds generate every arm's replies. 32 steps and 25 examples took
-# 17.5 minutes; these fit the 15-minute budget. Replies keep room for the longest reference (127 tokens).
+# Settings per profile, as config overrides, sized so the full profile fits its time budget on a
+# 2-core CPU (timings in docs/compare.md). Replies keep room for the longest reference.
 PROFILES = {
     "full": [
         "data.max_len=768", "train.max_steps=28", "train.batch_size=4", "train.lr=1e-3", "train.warmup_steps=3",
