@@ -47,6 +47,7 @@ def test_no_study_on_both_sides(pantry):
     assert not train_groups & held_groups
     assert held_groups == set(summary["heldout_groups"]) and len(held_groups) >= 2
     assert 0.15 * (len(train) + len(heldout)) <= len(heldout) <= 0.3 * (len(train) + len(heldout))
+    assert not [ex for ex in heldout if ex["meta"]["task"] == "definition"]  # the glossary always trains
     # the retrieval corpus holds training-side studies only
     corpus = "\n".join(p.read_text() for p in (out / "corpus").glob("*.md"))
     for study in held_groups:
@@ -61,7 +62,7 @@ def test_every_example_has_provenance_and_the_teams_own_text_as_response(pantry)
     assert len(ids) == len(set(ids))
     for ex in examples:
         meta = ex["meta"]
-        assert set(meta) == {"source", "id", "group", "task"}
+        assert set(meta) - {"split"} == {"source", "id", "group", "task"} and meta.get("split", "train") == "train"
         source = PANTRY.parent / meta["source"]
         assert source.is_file(), meta
         fm, body, _ = split_front_matter(source.read_text())

@@ -43,3 +43,12 @@ def test_select_examples_keeps_every_task_and_file_order(tmp_path):
     assert chosen == [e for e in examples if e in chosen]
     assert filter_tasks(examples, "qa") == [e for e in examples if e["meta"]["task"] == "qa"]
     assert split_heldout(examples, 0.25, 1) != split_heldout(examples, 0.25, 2)
+
+
+def test_pinned_examples_stay_on_their_side():
+    examples = [{"meta": {"group": f"g{i % 10}"}} for i in range(100)]
+    examples += [{"meta": {"id": f"t{i}", "split": "train"}} for i in range(20)] + [{"meta": {"id": "h", "split": "heldout"}}]
+    for seed in range(5):
+        train, held = split_heldout(examples, 0.2, seed)
+        assert all(e in train for e in examples if e["meta"].get("split") == "train")
+        assert examples[-1] in held and 0.2 * len(examples) <= len(held)

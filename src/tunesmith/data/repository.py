@@ -295,15 +295,18 @@ def build_report_sections(repo: Repo) -> list[dict]:
 
 
 def build_definitions(repo: Repo) -> list[dict]:
-    """glossary term → its definition in house words (no study: always training data)."""
+    """glossary term → its definition in house words. The glossary is what the model must know, not a
+    sample to generalise from: every definition trains (meta.split pins it)."""
     out = []
     for doc in sorted(repo.terms, key=lambda d: str(d["term"]).lower()):
         if not doc["body"]:
             continue
         rejected = _ids(doc.get("rejected"))
         avoid = f"\nVariants we do not use: {', '.join(rejected)}." if rejected else ""
-        out.append(_example("definition", doc, str(doc["term"]), f"Define the glossary term \"{doc['term']}\" the way our "
-                            f"team does.{avoid}", doc["body"], None))
+        ex = _example("definition", doc, str(doc["term"]), f"Define the glossary term \"{doc['term']}\" the way our "
+                      f"team does.{avoid}", doc["body"], None)
+        ex["meta"]["split"] = "train"
+        out.append(ex)
     return out
 
 

@@ -8,7 +8,9 @@ One algorithm, used by `import` (heldout.jsonl), `train` and `compare` (when no 
 given): whole groups at a time, so one study's examples never sit on both sides. An example's
 group is meta.group, else meta.id, else its position. Groups are ranked by a seeded hash (the
 choice does not depend on Python's RNG or on the order of the file) and taken in that order until
-at least `fraction` of the examples are held out; never every group.
+at least `fraction` of the examples are held out; never every group. An example with
+meta.split = "train" or "heldout" is pinned to that side (import pins glossary definitions to
+train: the model must learn the glossary, not be tested on terms it never saw).
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ def task_of(example: dict) -> str:
 
 def split_heldout(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, held-out): about `fraction` of the examples, whole groups at a time."""
+    pinned = {i: (ex.get("meta") or {}).get("split") for i, ex in enumerate(examples)}
+    held: set[int] = {i for i, side in pinned.items() if side == "heldout"}
     groups: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
-        groups.setdefault(group_of(ex, i), []).append(i)
+        if pinned[i] not in ("train", "heldout"):
+            groups.setdefault(group_of(ex, i), []).append(i)
     if fraction <= 0 or len(groups) < 2:
-        return list(examples), []
+        return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
     ranked = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    held: set[int] = set()
     for g in ranked[:-1]:  # never everything
         if len(held) >= fraction * len(examples):
             break
