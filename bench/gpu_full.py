@@ -88,7 +88,8 @@ def check_packing(work: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.data.batches import _cuda_varlen, collate, use_varlen
+    from tunesmith.data.batches import collate
+    from tunesmith.train.loss import _cuda_varlen, use_varlen
     from tunesmith.testing import make_tiny_model
 
     tok = make_tokenizer(work / "tok")

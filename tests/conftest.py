@@ -27,3 +27,15 @@ def tiny_model(tiny_model_dir):
     from tunesmith.models import load
 
     return load(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: tiny models are fastest so on a shared CPU (spare threads spin against other
+    processes), and results in and out of process stay bitwise comparable."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith import UserError
-from tunesmith.data.batches import (IGNORE, collate, encode, encode_examples, linear_cross_entropy, micro_batches,
-                                    step_indices, use_varlen)
+from tunesmith.data.batches import IGNORE, collate, encode, encode_examples, micro_batches, step_indices
+from tunesmith.train.loss import linear_cross_entropy, use_varlen
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -140,7 +140,7 @@ def test_the_lm_head_sees_only_positions_with_loss(tiny_model_dir, tokenizer, mo
     """Prompt tokens never reach the LM head, so a longer prompt adds no (tokens, vocab) logits."""
     from transformers import AutoModelForCausalLM
 
-    import tunesmith.train as train_mod
+    import tunesmith.train.loss as train_mod
 
     rows = []
     real = train_mod.linear_cross_entropy

@@ -165,3 +165,28 @@ def test_clean_data_passes_with_a_readable_table(tiny_model_dir, tmp_path, capsy
     out = capsys.readouterr().out
     assert "12 records, 12 valid, 0 duplicates, 0 over max length → 12 examples" in out
     assert "problems: none" in out and "at $4.00/h" in out and out.rstrip().endswith("OK: 0 errors, 0 warnings")
+
+
+def test_probe_times_the_trainers_own_step(tiny_model_dir, tmp_path, monkeypatch):
+    """The estimate must measure the path training takes: packed rows through the varlen attention
+    and the loss that runs the LM head only on loss tokens — not transformers' full-logit loss."""
+    import tunesmith.train.loss as loss
+
+    monkeypatch.setitem(check.PROBE, "budget_s", 2.0)
+    calls = {"attention": 0, "loss_rows": []}
+    real_attn, real_ce = loss.varlen_attention, loss.linear_cross_entropy
+
+    def attention(*a, **k):
+        calls["attention"] += k.get("cu_seqlens") is not None and len(k["cu_seqlens"]) > 2
+        return real_attn(*a, **k)
+
+    monkeypatch.setattr(loss, "linear_cross_entropy", lambda h, *a, **k: calls["loss_rows"].append(h.shape[0]) or real_ce(h, *a, **k))
+    from transformers import AttentionInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, loss.VARLEN, attention)
+    monkeypatch.setattr(loss, "varlen_attention", attention)
+    r = run_check(str(write_small(tmp_path / "d.jsonl")), model=str(tiny_model_dir), max_len=256)
+    assert r["estimate"]["here"]["tokens_per_s"] > 0
+    assert calls["attention"] > 0  # packed rows of several examples
+    row = r["estimate"]["here"]["tokens_per_step"]
+    assert calls["loss_rows"] and all(0 < n < row for n in calls["loss_rows"])  # only the loss tokens reach the head

@@ -9,7 +9,7 @@ import pytest
 
 from tunesmith.compare import arms as A
 from tunesmith.config import Config
-from tunesmith.retrieval import BM25Index, read_corpus
+from tunesmith.compare.retrieval import BM25Index, read_corpus
 
 PANTRY = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry"
 

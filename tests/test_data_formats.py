@@ -7,7 +7,7 @@ import pytest
 
 from tunesmith import UserError
 from tunesmith.data import load_examples
-from tunesmith.data.formats import read_corpus, split_front_matter, to_record, write_csv, write_jsonl
+from tunesmith.data.formats import split_front_matter, to_record, write_csv, write_jsonl
 from tunesmith.data.validate import read_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -133,16 +133,6 @@ def test_front_matter_body_line_and_errors():
         split_front_matter("---\nid: 1\ntitle: a: b\n---\nbody", "f.md")
     with pytest.raises(UserError, match=r"f.md:1: front matter .* never closed"):
         split_front_matter("---\nid: 1\nbody", "f.md")
-
-
-def test_read_corpus(tmp_path):
-    (tmp_path / "a.md").write_text("---\ntitle: First\n---\nAlpha text.\n")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.txt").write_text("# Second\nBeta text.\n", encoding="utf-8")
-    (tmp_path / "skip.json").write_text("{}")
-    docs = read_corpus(tmp_path)
-    assert [(d["id"], d["title"]) for d in docs] == [("a.md", "First"), ("sub/b.txt", "Second")]
-    assert docs[0]["text"] == "Alpha text."
 
 
 def test_written_jsonl_is_utf8_lf_and_stable(tmp_path):

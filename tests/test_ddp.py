@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from test_train import make_chats
+from tunesmith.testing import make_chats
 
 
 def _free_port() -> int:
@@ -21,6 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.subprocess
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
     data = make_chats(tmp_path / "train.jsonl", n=40)
     common = [f"model.name={tiny_model_dir}", f"data.train={data}", "train.max_steps=4", "lora.r=4", "train.lr=1e-2",

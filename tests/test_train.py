@@ -10,32 +10,11 @@ from safetensors.torch import load_file
 
 from tunesmith import UserError
 from tunesmith.config import load_config
-from tunesmith.train import heldout_loss, latest_checkpoint, split_heldout, train
+from tunesmith.data.split import split_heldout
+from tunesmith.testing import make_chats
+from tunesmith.train import heldout_loss, latest_checkpoint, train
 
-WORDS = "pantry basket planner budget ceiling swap nudge cook night weekly plan household leftover loop signal".split()
-
-
-def make_chats(path, n=40, seed=0):
-    """Chat JSONL with a spread of lengths, groups for the held-out split, and ids."""
-    import random
-
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for i in range(n):
-            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))
-            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 25)))
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                                "meta": {"id": f"ex{i}", "group": f"g{i % 8}"}}) + "\n")
-    return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU: one torch thread, or OpenMP threads spin against other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +96,24 @@ def test_loss_is_per_token_whatever_the_split_into_micro_batches(tiny_model_dir,
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
-def test_schedules_with_warmup(tiny_model_dir, chats, tmp_path, schedule):
-    run = train(config(tiny_model_dir, chats, tmp_path / "run", f"train.schedule={schedule}", "train.warmup_steps=2",
-                       "train.max_steps=6", "train.lr=0.01", "data.heldout_fraction=0"))
-    lrs = [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+def test_schedules_with_warmup(schedule):
+    from tunesmith.train.loop import lr_at
+
+    lrs = [lr_at(step, 0.01, warmup_steps=2, total_steps=6, schedule=schedule) for step in range(6)]
     assert lrs[:2] == pytest.approx([0.005, 0.01])  # warmup reaches the peak at its last step
     after = [i / 4 for i in range(4)]  # progress through the 4 steps after warmup
     expected = {"constant": [1.0] * 4, "linear": [1 - p for p in after],
                 "cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in after]}[schedule]
     assert lrs[2:] == pytest.approx([0.01 * e for e in expected])
+
+
+def test_the_loop_logs_the_schedules_learning_rate(tiny_model_dir, chats, tmp_path):
+    from tunesmith.train.loop import lr_at
+
+    run = train(config(tiny_model_dir, chats, tmp_path / "run", "train.schedule=cosine", "train.warmup_steps=2",
+                       "train.max_steps=4", "data.heldout_fraction=0"))
+    lrs = [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([lr_at(s, 0.01, 2, 4, "cosine") for s in range(4)])
 
 
 def test_gradient_clipping_logs_the_norm_before_clipping(tiny_model_dir, chats, tmp_path, monkeypatch):
@@ -148,7 +136,7 @@ def test_gradient_clipping_logs_the_norm_before_clipping(tiny_model_dir, chats, 
 
 
 def _poison_step(monkeypatch, bad_step):
-    import tunesmith.train as train_mod
+    import tunesmith.train.loop as train_mod
 
     calls = {"n": 0}
     real = train_mod.CausalLMLoss.forward
@@ -194,11 +182,10 @@ def test_non_finite_loss_skipped_by_config_is_counted(tiny_model_dir, chats, tmp
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_model_dir, chats, tmp_path, monkeypatch):
-    import tunesmith.train as train_mod
+    import tunesmith.train.loop as train_mod
 
     evals = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])
-    real = train_mod._heldout
-    monkeypatch.setattr(train_mod, "_heldout", lambda *a: {**real(*a), "loss": next(evals)})
+    monkeypatch.setattr(train_mod, "mean_loss", lambda *a: next(evals))
     run = train(config(tiny_model_dir, chats, tmp_path / "run", "train.eval_every=1", "train.early_stopping_patience=2",
                        "train.save_every=1", "train.keep_last=10"))
     summary = json.loads((run / "summary.json").read_text())
@@ -223,13 +210,6 @@ def test_resume_refuses_changed_settings_and_lists_them(tiny_model_dir, chats, t
     # unchanged settings and more steps: resumes
     train(config(tiny_model_dir, chats, run, "train.max_steps=4"), resume=True)
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
-
-
-def test_heldout_split_keeps_groups_whole():
-    examples = [{"messages": [], "meta": {"group": f"g{i % 5}"}} for i in range(50)]
-    train_part, held = split_heldout(examples, 0.2, seed=0)
-    assert len(held) == 10 and len(train_part) == 40
-    assert not {e["meta"]["group"] for e in held} & {e["meta"]["group"] for e in train_part}
 
 
 def test_heldout_loss_agrees_with_transformers_own_loss(tiny_model):
@@ -310,6 +290,8 @@ def test_others_meter_sees_another_process_and_not_ourselves():
     while time.process_time() < end:  # our own work is not "others"
         pass
     mine = meter.read()
+    if mine > len(cpu._cores()) - 1.2:  # other work already fills the cores: one more spinner cannot show
+        pytest.skip(f"the machine is busy ({mine:.1f} cores in use by others); the meter needs a free core")
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)

@@ -9,9 +9,8 @@ for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
     os.environ.setdefault(_switch, "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# OpenMP threads that spin while they wait starve each other when other processes share the cores:
-# on a 2-core machine under load a 135M forward pass took 16.8 s with spinning threads and 1.5 s
-# with passive ones. Read once, when torch loads its OpenMP runtime.
+# OpenMP threads that spin while they wait starve each other when other processes share the cores
+# (docs/train.md, "CPU settings"). Read once, when torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

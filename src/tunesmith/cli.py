@@ -117,7 +117,22 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def quiet_libraries() -> None:
+    """What a verb prints is ours. Libraries' deprecation notices (peft calling a transformers method
+    renamed in v5, ...) and their progress bars (shard writing, weight loading) say nothing a user
+    can act on; this is the one place that decides so, for every verb. Must run before transformers
+    is imported: it reads its verbosity and progress-bar switches once."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:

@@ -37,11 +37,10 @@ def use_heap() -> None:
     """Serve tensors up to 32 MiB from glibc's heap, and keep up to 512 MiB of free heap.
 
     Every block that is not reused is a fresh mapping the kernel must fault in and zero, page by
-    page. A 135M LoRA training step allocates gigabytes of short-lived activations; with glibc's
-    threshold pinned low (every activation its own mapping) 7 steps spent 49 s in the kernel and ran
-    at 92 tokens/s, served from the heap 4 s and 169 tokens/s. Decoding, which grows the KV cache by
-    concatenation, went from 67 s (59 s in the kernel) to 41 s for 15 replies. The cost of the heap
-    is that it keeps pages it has touched: trim() hands them back.
+    page. A training step allocates gigabytes of short-lived activations, and decoding grows the KV
+    cache step by step: served as mappings, most of their time goes to the kernel (figures in
+    docs/train.md, "CPU settings"). The cost of the heap is that it keeps pages it has touched:
+    trim() hands them back.
     """
     libc = _libc()
     if libc is not None:
@@ -53,8 +52,7 @@ def trim() -> None:
     """Return the heap's free pages to the OS (between training steps, when activations are gone).
 
     Without it the heap's high-water mark only grows, as steps of different lengths leave holes of
-    different sizes: peak memory of the benchmark's LoRA run 4.7 GB, with a trim after every step
-    4.2 GB, at a cost of about 2 s of page faults per 7 steps."""
+    different sizes; the page faults it costs are small next to a step (docs/train.md)."""
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -65,8 +63,7 @@ def threads(configured: int = 0, others: float | None = None) -> int:
     free (`others`: cores they keep busy; measured for a quarter second when not given), at least one.
 
     Every op waits for its slowest thread, so a thread that shares its core with another process
-    stalls the whole pool: on 2 cores with a load of 3, a 135M forward pass took 13 s with 2
-    threads and 4.5 s with 1. On an idle machine, every core.
+    stalls the whole pool (docs/train.md). On an idle machine, every core.
     """
     if configured > 0:
         return configured

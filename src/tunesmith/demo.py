@@ -18,13 +18,12 @@ from tunesmith import UserError
 PANTRY = Path(__file__).resolve().parent / "examples" / "pantry"
 
 # The template-bound tasks and titles. Report sections are left out of the demo: their prompts are
-# ~1,000 tokens of field notes each, and on a 2-core CPU they alone would double the time. Training
-# drops them too (data.max_len=768), so every training step is spent on the tasks that are scored.
+# long field notes, and on a small CPU they alone would double the time. Training drops them too
+# (data.max_len=768), so every training step is spent on the tasks that are scored.
 DEMO_TASKS = "insight,insight-from-draft,insight-title,recommendation,recommendation-from-draft"
 
-# Settings per profile, as config overrides. Measured on a 2-core CPU (see docs/compare.md): about a
-# third of the time trains, two thirds generate every arm's replies. 32 steps and 25 examples took
-# 17.5 minutes; these fit the 15-minute budget. Replies keep room for the longest reference (127 tokens).
+# Settings per profile, as config overrides, sized so the full profile fits its time budget on a
+# 2-core CPU (timings in docs/compare.md). Replies keep room for the longest reference.
 PROFILES = {
     "full": [
         "data.max_len=768", "train.max_steps=28", "train.batch_size=4", "train.lr=1e-3", "train.warmup_steps=3",
@@ -42,7 +41,6 @@ PROFILES = {
 
 
 def cli_demo(args) -> int:
-    quiet_threads()
     from tunesmith.cli import main as cli
 
     out = Path(args.out).resolve()
@@ -63,7 +61,7 @@ def cli_demo(args) -> int:
 
     import copy
 
-    from tunesmith.compare.run import filter_tasks, select_examples
+    from tunesmith.data.split import filter_tasks, select_examples
     from tunesmith.config import load_config, save_config
     from tunesmith.data import load_examples
     from tunesmith.data.formats import write_jsonl
@@ -96,15 +94,6 @@ def cli_demo(args) -> int:
     print(f"  chat:    tunesmith chat {run}")
     print(f"  export:  tunesmith export {run} --format gguf")
     return 0
-
-
-def quiet_threads() -> None:
-    """Let idle OpenMP threads sleep instead of spin. On a small machine shared with other work, a
-    spinning thread waits for a core at every op: decoding measured 8x slower (4.4 s vs 0.53 s per
-    step, 2 cores, load 6). Must run before torch is imported; a value the user set wins."""
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class _Clock:

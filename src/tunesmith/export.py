@@ -377,10 +377,6 @@ def _max_abs(a, b) -> float:
 
 
 def cli_export(args) -> int:
-    import warnings
-
-    # peft calls a transformers method deprecated in v5; the warning is theirs and says nothing to a user.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     t0 = time.perf_counter()
     print(f"tunesmith export: {args.run} → {args.format}{' ' + args.quant if args.format == 'gguf' else ''}", flush=True)
     out = export(args.run, args.format, args.quant, args.out)

@@ -15,6 +15,7 @@ safetensors under ``$TUNESMITH_HOME/models`` (default ``~/.cache/tunesmith``), s
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.util
@@ -204,7 +205,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     t0 = time.time()
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+        with _no_gguf_bar():
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     except Exception as exc:
         raise UserError(f"{gguf}: transformers could not read this GGUF file ({exc}).") from exc
     config = loaded.config
@@ -226,6 +228,24 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         (tmp / "tunesmith-source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
         (tmp / ".complete").write_text("ok\n")
     print(f"tunesmith: converted in {time.time() - t0:.0f} s", flush=True)
+
+
+@contextlib.contextmanager
+def _no_gguf_bar():
+    """transformers' GGUF reader draws a plain tqdm bar (not its own switchable one); the lines
+    above already say what is happening and how long it takes."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 # ------------------------------------------------------------------------------------------ load

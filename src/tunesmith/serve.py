@@ -527,12 +527,8 @@ def _slow_headers_protocol(timeout_s: float):
 
 
 def cli_serve(args) -> int:
-    import warnings
-
     import uvicorn
 
-    # peft calls a transformers method deprecated in v5; the warning is theirs and says nothing to a user.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     api_key = args.api_key or os.environ.get("TUNESMITH_API_KEY") or None
     if args.max_concurrency < 1:
         raise UserError(f"--max-concurrency {args.max_concurrency}: must be at least 1.")

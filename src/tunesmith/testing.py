@@ -59,3 +59,21 @@ def make_tiny_lora_run(run: str | Path, base_dir: str | Path, tokenizer, r: int 
     cfg["base_model_name_or_path"] = str(base_dir)
     (final / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     return Path(run)
+
+
+WORDS = "pantry basket planner budget ceiling swap nudge cook night weekly plan household leftover loop signal".split()
+
+
+def make_chats(path, n: int = 40, seed: int = 0):
+    """Chat JSONL at `path` with a spread of lengths, groups for the held-out split, and ids."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))
+            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 25)))
+            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                "meta": {"id": f"ex{i}", "group": f"g{i % 8}"}}) + "\n")
+    return path

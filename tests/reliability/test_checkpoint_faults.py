@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import make_chats, train_overrides
 from tunesmith import UserError
-from tunesmith.checkpoints import latest_checkpoint, resume_checkpoint, verify_checkpoint
+from tunesmith.train.checkpoints import latest_checkpoint, resume_checkpoint, verify_checkpoint
 from tunesmith.config import load_config
 from tunesmith.train import train
 
@@ -151,7 +151,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one(small_disk, tiny_model
 
     # The disk fills during the write itself (the estimate was low, or another process took the space):
     # safetensors / torch fail mid-file; the same error, nothing partial kept.
-    monkeypatch.setattr("tunesmith.checkpoints.check_space", lambda *a, **k: None)
+    monkeypatch.setattr("tunesmith.train.checkpoints.check_space", lambda *a, **k: None)
     fill(small_disk, leave=40 * 1024)
     with pytest.raises(UserError, match="not enough disk space for checkpoint step 6"):
         train(load_config(None, overrides(tiny_model_dir, data, run)), resume=True)

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from tunesmith import UserError
 from tunesmith.data import load_examples
-from tunesmith.data.formats import FORMATS, read_corpus
+from tunesmith.compare.retrieval import read_corpus
+from tunesmith.data.formats import FORMATS
 from tunesmith.data.validate import CODES, ROLES, dataset_issues, read_dataset
 
 TRIED = {"jsonl records": 0, "csv rows": 0, "markdown files": 0, "files through check": 0}
@@ -184,10 +185,7 @@ def test_markdown_repositories_import_or_say_what_is_wrong(files):
             import_repository([repo], Path(d) / "out")
         except UserError as exc:
             assert "doc" in str(exc) or "no examples could be built" in str(exc), exc
-        try:
-            read_corpus(repo)
-        except UserError as exc:
-            assert "doc" in str(exc) and ":" in str(exc), exc
+        read_corpus(repo)  # the retrieval corpus reads whatever is there
         assert not (Path(d) / "x.md").exists() and not (Path(d).parent / "x.md").exists()
 
 

@@ -73,7 +73,7 @@ def test_a_pickled_adapter_is_refused(tmp_path, tiny_model_dir, tokenizer, marke
 @pytest.mark.parametrize("name", ["optimizer.pt", "rng-0.pt"])
 def test_a_pickled_checkpoint_file_is_refused_on_resume(tmp_path, tiny_model_dir, marker, name):
     """Even with the manifest rewritten to match (an attacker can do that too)."""
-    from tunesmith.checkpoints import _sha256, latest_checkpoint
+    from tunesmith.train.checkpoints import _sha256, latest_checkpoint
     from tunesmith.train import train
 
     data = make_chats(tmp_path / "train.jsonl", n=20)

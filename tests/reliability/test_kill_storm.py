@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import fork_train, make_chats, train_overrides
-from tunesmith.checkpoints import latest_checkpoint, verify_checkpoint
+from tunesmith.train.checkpoints import latest_checkpoint, verify_checkpoint
 from tunesmith.config import load_config
 from tunesmith.train import train
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from tunesmith.compare.metrics import Term
+from tunesmith.data.split import task_of
 
 
 class Skipped(Exception):
@@ -54,10 +55,6 @@ def reference_of(example: dict) -> str:
 def query_of(example: dict) -> str:
     """What retrieval searches with: the user turns of the prompt."""
     return "\n".join(m["content"] for m in prompt_of(example) if m["role"] == "user")
-
-
-def task_of(example: dict) -> str:
-    return str((example.get("meta") or {}).get("task") or "")
 
 
 def _with_system(messages: list[dict], text: str) -> list[dict]:
@@ -135,7 +132,7 @@ def few_shot_retrieved(example: dict, ctx: Context) -> list[dict]:
     """The k training examples of the same task whose prompts BM25 ranks closest to this one."""
     if not ctx.train:
         raise Skipped("no training examples. fix: set data.train.")
-    from tunesmith.retrieval import BM25Index
+    from tunesmith.compare.retrieval import BM25Index
 
     if "train_index" not in ctx._cache:
         ctx._cache["train_index"] = BM25Index([query_of(ex) for ex in ctx.train])
@@ -148,7 +145,7 @@ def rag(example: dict, ctx: Context) -> list[dict]:
     """The k corpus passages BM25 ranks closest to the prompt, as background in the system prompt."""
     if not ctx.passages:
         raise Skipped("no retrieval corpus. fix: set data.corpus to a directory of .md/.txt files (tunesmith import writes OUT/corpus).")
-    from tunesmith.retrieval import BM25Index
+    from tunesmith.compare.retrieval import BM25Index
 
     if "corpus_index" not in ctx._cache:
         ctx._cache["corpus_index"] = BM25Index([p.text for p in ctx.passages])

@@ -27,12 +27,10 @@ from tunesmith.compare import arms as A
 from tunesmith.compare import metrics as M
 from tunesmith.compare import stats as S
 from tunesmith.config import Config, load_config, to_dict
+from tunesmith.data.split import filter_tasks, has_reply, load_split, select_examples, task_of
 
 
 def cli_compare(args) -> int:
-    from tunesmith.demo import quiet_threads
-
-    quiet_threads()
     cfg = load_config(args.config, args.overrides)
     out = compare(cfg, run=args.run)
     print(f"\nreport: {out / 'report.html'}  (also report.md, results.json, samples.jsonl)")
@@ -50,7 +48,8 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
         if getattr(cfg.generate, key) < 1:
             raise UserError(f"generate.{key} must be at least 1, got {getattr(cfg.generate, key)}. "
                             f"fix: set generate.{key} in the config or on the command line.")
-    train_examples, heldout = load_split(cfg)
+    train_examples, heldout, _ = load_split(cfg, need_train=False)
+    train_examples, heldout = [ex for ex in train_examples if has_reply(ex)], [ex for ex in heldout if has_reply(ex)]
     scored = filter_tasks(heldout, c.tasks)
     examples = select_examples(scored, c.max_examples, cfg.data.seed)
     if not examples:
@@ -81,7 +80,7 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     ctx = A.Context(train=train_examples, glossary=glossary, k_shots=c.k_shots, rag_k=c.rag_k, seed=cfg.data.seed,
                     style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "")
     if cfg.data.corpus:
-        from tunesmith.retrieval import read_corpus
+        from tunesmith.compare.retrieval import read_corpus
 
         ctx.passages = read_corpus(cfg.data.corpus, c.passage_words)
 
@@ -101,7 +100,7 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
         results["learning_curve"] = learning_curve(cfg, train_examples, heldout, examples, results, out_dir, log,
                                                    glossary, templates)
     results["heldout_total"] = len(heldout)
-    results["tasks_scored"] = {t: sum(A.task_of(ex) == t for ex in examples) for t in sorted({A.task_of(ex) for ex in examples})}
+    results["tasks_scored"] = {t: sum(task_of(ex) == t for ex in examples) for t in sorted({task_of(ex) for ex in examples})}
     results["seconds"] = round(time.time() - t_start, 1)
 
     from tunesmith.compare.report import print_summary, write_report
@@ -122,58 +121,6 @@ def arm_names(spec: str) -> list[str]:
     if unknown:
         raise UserError(f"compare.arms: unknown arm(s) {', '.join(unknown)}. fix: 'all' or a comma-separated list of {', '.join(A.ARMS)}.")
     return names
-
-
-def load_split(cfg: Config) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) exactly as training sees them: data.heldout if given, else the same
-    group split the trainer makes."""
-    from tunesmith.data import load_examples
-
-    d = cfg.data
-    train = load_examples(d.train, d.format) if d.train else []
-    if d.heldout:
-        heldout = load_examples(d.heldout, d.format)
-    elif train:
-        from tunesmith.train import split_heldout
-
-        train, heldout = split_heldout(train, d.heldout_fraction, d.seed)
-    else:
-        raise UserError("neither data.heldout nor data.train is set. fix: point them at the files `tunesmith import` wrote (OUT/heldout.jsonl, OUT/train.jsonl).")
-    has_reply = lambda ex: any(m.get("role") == "assistant" for m in ex["messages"])  # noqa: E731
-    return [ex for ex in train if has_reply(ex)], [ex for ex in heldout if has_reply(ex)]
-
-
-def filter_tasks(examples: list[dict], tasks: str) -> list[dict]:
-    """Only the examples whose meta.task is in the comma-separated list (all when it is empty)."""
-    wanted = {t.strip() for t in tasks.split(",") if t.strip()}
-    if not wanted:
-        return examples
-    present = {A.task_of(ex) for ex in examples}
-    if not wanted & present:
-        raise UserError(f"compare.tasks={tasks}: no held-out example has one of these tasks. "
-                        f"fix: use some of {', '.join(sorted(present))}, or leave it empty for all.")
-    return [ex for ex in examples if A.task_of(ex) in wanted]
-
-
-def select_examples(heldout: list[dict], limit: int, seed: int) -> list[dict]:
-    """A fixed subset of at most `limit` examples (0: all), every task represented: a seeded
-    shuffle within each task, then one from each task in turn. Returned in file order."""
-    if not limit or limit >= len(heldout):
-        return list(heldout)
-    by_task: dict[str, list[int]] = {}
-    for i, ex in enumerate(heldout):
-        by_task.setdefault(A.task_of(ex), []).append(i)
-    queues = []
-    for task in sorted(by_task):
-        idx = by_task[task][:]
-        random.Random(f"{seed}:{task}").shuffle(idx)
-        queues.append(idx)
-    chosen: list[int] = []
-    while len(chosen) < limit:
-        for q in queues:
-            if q and len(chosen) < limit:
-                chosen.append(q.pop(0))
-    return [heldout[i] for i in sorted(chosen)]
 
 
 def _has_model(run: Path) -> bool:
@@ -279,7 +226,7 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
         raise UserError(f"compare.primary_metric '{c.primary_metric}' cannot decide (higher must be better). fix: one of {', '.join(usable)}.")
     refs = [A.reference_of(ex) for ex in examples]
     scores: dict[str, list[dict]] = {
-        name: [M.score(o.text, ref, A.task_of(ex), glossary, templates) for o, ref, ex in zip(outs, refs, examples)]
+        name: [M.score(o.text, ref, task_of(ex), glossary, templates) for o, ref, ex in zip(outs, refs, examples)]
         for name, outs in outputs.items()
     }
     training = _training(run, c)
@@ -436,7 +383,7 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
                         stop_on_repeat=cfg.generate.stop_on_repeat)
         tick.close()
         del model
-        vals = [M.score(o.text, A.reference_of(ex), A.task_of(ex), glossary, templates)[key] for o, ex in zip(outs, examples)]
+        vals = [M.score(o.text, A.reference_of(ex), task_of(ex), glossary, templates)[key] for o, ex in zip(outs, examples)]
         vals = [v for v in vals if v is not None]
         points.append({"fraction": fraction, "examples": len(subset), key: sum(vals) / len(vals) if vals else None})
     full = results["arms"]["fine-tuned"]["metrics"][key]["mean"]

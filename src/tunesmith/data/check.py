@@ -15,7 +15,6 @@ the model on real rows of the data); the reference-GPU time and cost come from F
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -207,49 +206,57 @@ def count_params(spec) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def probe(spec, tok, texts: list[str], max_len: int, method: str = "lora") -> dict:
-    """Training tokens/s here: after a warm-up, PROBE['steps'] timed forward + backward + optimizer
-    steps on real (packed) rows of the data, as many as PROBE['budget_s'] allows. On a CPU the rows
-    are short and the rate is extrapolated to rows of max_len; on a GPU they are max_len long."""
+def probe(spec, tok, examples: list[dict], max_len: int, method: str = "lora") -> dict:
+    """Training tokens/s here: after a warm-up, PROBE['steps'] timed steps of the trainer itself
+    (its model set-up with adapters and packed attention, its loss that runs the LM head only on
+    loss tokens, AdamW) on packed rows of the data's examples, as many as PROBE['budget_s'] allows.
+    On a CPU the rows are short and the rate is extrapolated to rows of max_len; on a GPU they are
+    max_len long."""
     import torch
+    from accelerate import Accelerator
 
-    from tunesmith.models import default_device, load
+    from tunesmith.config import load_config
+    from tunesmith.data.batches import collate, encode_examples
+    from tunesmith.models import default_device
+    from tunesmith.train.loop import _precision, build_model
+    from tunesmith.train.loss import CausalLMLoss
 
-    device = default_device()
-    model, _ = load(spec, device=device)
-    if method in ("lora", "dora", "qlora"):
-        import warnings
-
-        from peft import LoraConfig, get_peft_model
-
-        from tunesmith.config import LoraConfig as Defaults
-
-        d = Defaults()
-        with warnings.catch_warnings():  # peft calls a transformers API that warns of its own renaming
-            warnings.simplefilter("ignore", FutureWarning)
-            model = get_peft_model(model, LoraConfig(r=d.r, lora_alpha=d.alpha, target_modules=d.target_modules,
-                                                     use_dora=method == "dora", task_type="CAUSAL_LM"))
-    model.train()
+    device = "cuda" if default_device().startswith("cuda") else "cpu"
+    cfg = load_config(None, [f"model.name={spec}", f"train.method={method}", "train.packing=true"])
+    weight_dtype, precision = _precision(cfg, device)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
+    loss_model = CausalLMLoss(build_model(cfg, weight_dtype, accelerator).to(accelerator.device))
+    trainable = [p for p in loss_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-6, fused=device == "cuda")
     # CPU: one row of at most cpu_row tokens (a step takes seconds); GPU: a few full rows (it needs
     # work to be busy).
     rows, width = (1, min(max_len, PROBE["cpu_row"])) if device == "cpu" else (PROBE["gpu_rows"], max_len)
-    ids = []
-    for t in texts:
-        ids += tok(t, add_special_tokens=False)["input_ids"]
-        if len(ids) >= rows * width:
-            break
-    if not ids:
-        raise UserError("no tokens to probe with. fix: check the dataset, or pass --no-probe.")
-    ids = (ids * math.ceil(rows * width / len(ids)))[: rows * width]  # a small dataset is repeated
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    encoded, _ = encode_examples(tok, examples, max_len, "truncate")
+    if not encoded:
+        raise UserError("no example with loss tokens to probe with. fix: check the dataset, or pass --no-probe.")
+
+    def packed_row(w: int) -> list[dict]:
+        """Examples back to back, to exactly w tokens (a small dataset repeats). The one that does not
+        fit keeps its end, where the reply and so the loss tokens are."""
+        row, n, k = [], 0, 0
+        while n < w:
+            e = encoded[k % len(encoded)]
+            take = min(len(e["ids"]), w - n)
+            row.append({"ids": e["ids"][-take:], "targets": e["targets"][-take:]})
+            n, k = n + take, k + 1
+        return row
 
     def step(w: int) -> float:
-        batch = torch.tensor(ids[: rows * w], device=device).view(rows, w)  # (B, T) packed rows: no padding
+        batches = [{k: v.to(accelerator.device) if torch.is_tensor(v) else v
+                    for k, v in collate(packed_row(w), packing=True).items()} for _ in range(rows)]
         t0 = time.perf_counter()
-        model(input_ids=batch, labels=batch).loss.backward()
+        with accelerator.autocast():
+            for batch in batches:
+                loss_model(**batch).backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
+        if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
@@ -335,12 +342,12 @@ def run_check(train: str, heldout: str | None = None, model: str | None = None, 
                       "examples": len(totals), "tokens": describe(totals), "trainable": describe(trainable)})
         if ds is sets[0]:
             epoch_tokens = sum(totals)
-            probe_texts = _probe_texts(tok, examples)
+            probe_examples = _spread(examples)
     stats_s = time.perf_counter() - t0
 
     measured = None
     if do_probe and epoch_tokens:
-        measured = probe(spec, tok, probe_texts, max_len, method)
+        measured = probe(spec, tok, probe_examples, max_len, method)
     bad = errors(issues)
     return {
         "ok": not bad, "model": spec, "max_len": max_len, "too_long": too_long,
@@ -351,11 +358,9 @@ def run_check(train: str, heldout: str | None = None, model: str | None = None, 
     }
 
 
-def _probe_texts(tok, examples: list[dict], n: int = 16) -> list[str]:
-    from tunesmith.models import render
-
+def _spread(examples: list[dict], n: int = 16) -> list[dict]:
     step = max(1, len(examples) // n)  # spread over the file: the first examples may be atypical
-    return [render(tok, examples[k]["messages"], False) for k in range(0, len(examples), step)][:n]
+    return examples[::step][:n]
 
 
 def _order(issue: Issue):

@@ -15,7 +15,7 @@ Formats (one per line of a JSONL file, or rows of a CSV file):
   alpaca             {"instruction", "input"?, "output", "system"?}
   sharegpt           {"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}
   csv                columns mapped to system / user / assistant (`csv:user=Question,assistant=Answer`)
-Plain text and markdown files are the retrieval corpus (`read_corpus`), not training examples.
+Plain text and markdown files are the retrieval corpus (tunesmith.compare.retrieval), not training examples.
 Files are UTF-8 with or without a BOM, LF or CRLF.
 """
 
@@ -385,17 +385,3 @@ def split_front_matter(text: str, path: str | Path = "") -> tuple[dict | None, s
     body = text[end + 5:]
     stripped = body.lstrip("\n")
     return meta, stripped, head.count("\n") + 3 + len(body) - len(stripped)
-
-
-def read_corpus(path: str | Path) -> list[dict]:
-    """The retrieval corpus: every .md/.txt file under `path` (or the one file) as
-    {"id": relative path, "title", "text"}, front matter removed, in sorted order."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".md", ".txt") and p.is_file())
-    docs = []
-    for f in files:
-        meta, body, _ = split_front_matter(f.read_text(encoding="utf-8-sig", errors="replace"), f)
-        title = (meta or {}).get("title") or next((ln.lstrip("# ").strip() for ln in body.splitlines() if ln.strip()), f.stem)
-        rel = f.name if f == path else f.relative_to(path).as_posix()
-        docs.append({"id": rel, "title": str(title), "text": body.strip()})
-    return docs

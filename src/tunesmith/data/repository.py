@@ -14,7 +14,6 @@ The format of the bundled example repository is described in its README.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -27,6 +26,7 @@ import yaml
 
 from tunesmith import UserError
 from tunesmith.data.formats import from_csv_row, jsonl_text, parse_map, read_csv, split_front_matter
+from tunesmith.data.split import split_heldout
 from tunesmith.fsutil import check_space, disk_full_error, is_disk_full
 
 TYPE_ALIASES = {"glossary term": "term", "glossary-term": "term", "glossary": "term"}
@@ -300,15 +300,18 @@ def build_report_sections(repo: Repo) -> list[dict]:
 
 
 def build_definitions(repo: Repo) -> list[dict]:
-    """glossary term → its definition in house words (no study: always training data)."""
+    """glossary term → its definition in house words. The glossary is what the model must know, not a
+    sample to generalise from: every definition trains (meta.split pins it)."""
     out = []
     for doc in sorted(repo.terms, key=lambda d: str(d["term"]).lower()):
         if not doc["body"]:
             continue
         rejected = _ids(doc.get("rejected"))
         avoid = f"\nVariants we do not use: {', '.join(rejected)}." if rejected else ""
-        out.append(_example("definition", doc, str(doc["term"]), f"Define the glossary term \"{doc['term']}\" the way our "
-                            f"team does.{avoid}", doc["body"], None))
+        ex = _example("definition", doc, str(doc["term"]), f"Define the glossary term \"{doc['term']}\" the way our "
+                      f"team does.{avoid}", doc["body"], None)
+        ex["meta"]["split"] = "train"
+        out.append(ex)
     return out
 
 
@@ -347,18 +350,6 @@ BUILDERS = {
 # ------------------------------------------------------------------------------------ split and write
 
 
-def split_by_group(examples: list[dict], heldout_fraction: float, seed: int) -> tuple[list[dict], list[dict], list[str]]:
-    """Hold out ceil(fraction × groups) whole groups, chosen by a seeded hash so the choice does not
-    depend on Python's RNG. Examples without a group (glossary definitions) always train."""
-    groups = sorted({ex["meta"]["group"] for ex in examples if ex["meta"].get("group")})
-    k = min(math.ceil(heldout_fraction * len(groups)), len(groups) - 1) if heldout_fraction > 0 and len(groups) > 1 else 0
-    ranked = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    held = set(ranked[:k])
-    train = [ex for ex in examples if ex["meta"].get("group") not in held]
-    heldout = [ex for ex in examples if ex["meta"].get("group") in held]
-    return train, heldout, sorted(held)
-
-
 def import_repository(sources: list, out: str | Path, heldout_fraction: float = 0.15, seed: int = 0,
                       csv_preset: str = "highlights", csv_map: str = "") -> dict:
     """Read, build, split and write; returns a summary (counts, held-out groups, files written)."""
@@ -370,7 +361,8 @@ def import_repository(sources: list, out: str | Path, heldout_fraction: float = 
         raise UserError(f"no examples could be built from {', '.join(map(str, sources))}: no insights, "
                         f"recommendations, reports, glossary terms or example files found. "
                         f"fix: check the `type:` front matter (see the bundled example's README).")
-    train, heldout, held_groups = split_by_group(examples, heldout_fraction, seed)
+    train, heldout = split_heldout(examples, heldout_fraction, seed)
+    held_groups = sorted({g for ex in heldout if (g := (ex.get("meta") or {}).get("group"))})
 
     terms = [{"term": str(d["term"]), "rejected": _ids(d.get("rejected")), "definition": d["body"]}
              for d in sorted(repo.terms, key=lambda d: str(d["term"]).lower())]

@@ -1,6 +1,6 @@
 """BM25 retrieval for the few-shot-retrieved and RAG arms: a small wrapper around `bm25s`.
 
-    from tunesmith.retrieval import BM25Index, read_corpus
+    from tunesmith.compare.retrieval import BM25Index, read_corpus
     index = BM25Index([p.text for p in read_corpus("data/corpus")])
     hits = index.search("why do planners drop the weekly plan?", k=3)   # [(position, score), ...]
 
