@@ -8,7 +8,6 @@ import os
 import pickle
 import shutil
 
-import httpx
 import pytest
 import torch
 
