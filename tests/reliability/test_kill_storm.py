@@ -3,7 +3,7 @@ checkpoint saves, resumed after every kill, ends with exactly the weights, losse
 of a run that was never interrupted. The seed is printed; KILL_STORM_SEED=N replays a storm.
 
     pytest -q tests/reliability/test_kill_storm.py                 # fast: 12 kills
-    pytest -q -m slow tests/reliability/test_kill_storm.py -s      # the figure: 50 kills
+    pytest -q -m soak tests/reliability/test_kill_storm.py -s      # the figure: 50 kills
 """
 
 import json
@@ -134,5 +134,6 @@ def test_kill_storm_fast(tmp_path, tmp_path_factory, tiny_model_dir, data):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_kill_storm_50(tmp_path, tmp_path_factory, tiny_model_dir, data):
     _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps=100, kills=50)

@@ -7,7 +7,7 @@ socket bound to 127.0.0.1; a tiny model whose forward pass sleeps SLOW_FORWARD_S
 generation slots long enough for the rest of a burst to find them busy.
 
     pytest -q tests/reliability/test_load.py -s                        # storm, slow clients, 8 s soak
-    SOAK_SECONDS=600 pytest -q -m slow tests/reliability/test_load.py -s  # the 10-minute soak
+    SOAK_SECONDS=600 pytest -q -m soak tests/reliability/test_load.py -s  # the 10-minute soak
 """
 
 import asyncio
@@ -325,5 +325,6 @@ def test_soak_short(server):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_soak(server):
     _soak_and_check(server, seconds=float(os.environ.get("SOAK_SECONDS", 600)))
