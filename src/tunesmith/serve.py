@@ -485,7 +485,8 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_timeout
 
 def _slow_headers_protocol(timeout_s: float):
     """uvicorn's h11 protocol, closing a connection whose request headers are not all there within
-    timeout_s of their first byte (uvicorn's keep-alive timeout only covers idle time between requests)."""
+    timeout_s of the connection opening, or of a kept-alive connection's next request starting
+    (uvicorn's keep-alive timeout only covers idle time between requests)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
