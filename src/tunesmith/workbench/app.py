@@ -15,6 +15,7 @@ nothing is written outside PROJECTS_DIR.
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -64,6 +65,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     root = Path(projects_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     (root / "projects").mkdir(exist_ok=True)
+    (root / ".uploads").mkdir(exist_ok=True)  # uploads land here first: never in the system's temp dir
     secret = _secret(root)
     default_model = model or DEFAULT_MODEL
     runner = jobs.Runner(root, env=job_env)
@@ -76,7 +78,14 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     env.globals["fixes"] = {code: fix for code, (_, fix) in CODES.items()}
     env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
 
-    app = FastAPI(title="tunesmith workbench", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if run_jobs:
+            runner.start()
+        yield
+        runner.close()
+
+    app = FastAPI(title="tunesmith workbench", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.runner, app.state.root = runner, root
 
     # ------------------------------------------------------------------ auth, CSRF, pages
@@ -122,15 +131,6 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         if "text/html" in request.headers.get("accept", ""):
             return page(request, "message.html", status=400, title="That did not work", message=str(exc))
         return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.on_event("startup")
-    async def _start():
-        if run_jobs:
-            runner.start()
-
-    @app.on_event("shutdown")
-    async def _stop():
-        runner.close()
 
     # ------------------------------------------------------------------ sign-in
 
@@ -197,9 +197,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         if declared.isdigit() and int(declared) > max_upload_bytes:
             raise _Refused(413, f"{filename}: {int(declared):,} bytes; the limit is {max_upload_bytes:,} "
                                 f"(ui --max-upload-mb).")
-        uploads = root / ".uploads"
-        uploads.mkdir(exist_ok=True)
-        tmp = uploads / secrets.token_hex(8)
+        tmp = root / ".uploads" / secrets.token_hex(8)
         try:
             size = 0
             with open(tmp, "wb") as f:
@@ -384,7 +382,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         overrides += [f"{k}={form.get(k, v)}" for k, v in COMPARE_DEFAULTS.items()]
         load_config(cfg_file, overrides)  # refuse a bad value now, not in the job
         jobs.submit(root, pid, "compare", lambda cid, d: (
-            {"argv": ["compare", cfg_file, "--run", run["run_dir"], *overrides]}, None), parent=jid)
+            {"argv": ["compare", cfg_file, *overrides, "--run", run["run_dir"]]}, None), parent=jid)
         runner.wake()
         return RedirectResponse(f"/p/{pid}", status_code=303)
 
