@@ -65,7 +65,7 @@ def fake_verdict(n_examples=7, arms=("zero-shot", "few-shot-retrieved", "fine-tu
         samples.append({"index": i, "meta": {"id": f"EX-{i}", "task": "insight" if i % 2 else "definition"},
                         "prompt": [{"role": "user", "content": f"Write insight {i} about the basket."}],
                         "reference": f"The planner left the basket open ({i}).",
-                        "outputs": {a: {"text": f"{a} says {i}", "metrics": {"chrf": 10.0 * k + i}}
+                        "outputs": {a: {"text": f"reply number {k} to prompt {i}", "metrics": {"chrf": 10.0 * k + i}}
                                     for k, a in enumerate(arms)}})
     results = {"primary_metric": "chrf",
                "arms": {a: {"status": "ok", "tuned": a.startswith("fine")} for a in arms},
@@ -125,7 +125,8 @@ def test_summary_exports_and_report_join(con, tmp_path):
     dpo = [json.loads(x) for x in review.to_dpo(con, 1, samples).splitlines()]
     assert len(dpo) == 20  # the tied pair decides nothing
     assert set(dpo[0]) == {"prompt", "chosen", "rejected"} and dpo[0]["chosen"][0]["role"] == "assistant"
-    assert all(d["chosen"][0]["content"].startswith(("fine-tuned", "few-shot")) for d in dpo)
+    # the chosen reply is always the better arm's (fine-tuned is arm 2, few-shot-retrieved arm 1)
+    assert all(int(d["chosen"][0]["content"].split()[2]) > int(d["rejected"][0]["content"].split()[2]) for d in dpo)
     csv_text = review.to_csv(con, 1, samples)
     assert csv_text.count("\n") == 43 and csv_text.startswith("reviewer,example_id,task,arm_a,arm_b,choice")
 

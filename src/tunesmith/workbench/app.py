@@ -46,7 +46,7 @@ PRESETS = {
 # The config keys the advanced form shows (every other key keeps the project's value).
 FORM_SECTIONS = ("model", "train", "lora")
 FORM_DATA_KEYS = ("data.max_len", "data.too_long", "data.heldout_fraction", "data.seed")
-COMPARE_DEFAULTS = {"compare.max_examples": "20", "generate.max_new_tokens": "128"}
+COMPARE_DEFAULTS = {"compare.max_examples": "20", "generate.max_new_tokens": "128", "generate.temperature": "0"}
 
 
 def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: int = 200 * 2**20,
@@ -247,7 +247,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
                 and jobs.has_checkpoint(j["run_dir"])
             j["finished"] = j["kind"] == "train" and j["status"] == "done"
             j["compared"] = bool(j["run_dir"]) and (Path(j["run_dir"]) / "compare" / "results.json").exists()
-            j["verified"] = _verified_line(jobs.job_dir(root, j) / "log.txt") if j["kind"] == "export" else ""
+            j["verified"] = _verified_line(jobs.job_dir(root, j) / "log.txt") if j["kind"] == "export" and j["status"] == "done" else ""
         checking = any(j["kind"] == "check" and j["status"] in jobs.ACTIVE for j in rows)
         cfg = load_config(config_path(root, pid))
         current = {k: v for k, _, v, _ in _current(cfg)}
@@ -498,9 +498,10 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         base = _messages(body.get("base_messages") or body.get("messages"))
         try:
             max_tokens = max(1, min(int(body.get("max_tokens", 256)), 2048))
+            temperature = max(0.0, min(float(body.get("temperature", 0.0)), 2.0))
         except (TypeError, ValueError):
-            raise UserError("max_tokens must be a whole number.") from None
-        replies = await asyncio.to_thread(chat.reply, j, {"base": base, "tuned": tuned}, max_tokens)
+            raise UserError("max_tokens must be a whole number and temperature a number.") from None
+        replies = await asyncio.to_thread(chat.reply, j, {"base": base, "tuned": tuned}, max_tokens, temperature)
         return {side: {"text": text, "html": _markdown(text)} for side, text in replies.items()}
 
     @app.post("/p/{pid}/export/{jid}")
@@ -712,7 +713,7 @@ class _Chat:
             self.loaded[spec] = load(spec, merge_adapter=True)
         return self.loaded[spec]
 
-    def reply(self, job: dict, messages: dict[str, list[dict]], max_tokens: int) -> dict:
+    def reply(self, job: dict, messages: dict[str, list[dict]], max_tokens: int, temperature: float = 0.0) -> dict:
         from tunesmith.config import load_config
         from tunesmith.generate import generate
 
@@ -721,7 +722,8 @@ class _Chat:
         with self.lock:
             for side, spec in (("base", base), ("tuned", job["run_dir"])):
                 model, tok = self._get(spec)
-                out[side] = generate(model, tok, [messages[side]], max_new_tokens=max_tokens)[0].text
+                out[side] = generate(model, tok, [messages[side]], max_new_tokens=max_tokens,
+                                     temperature=temperature)[0].text
         return out
 
 

@@ -40,6 +40,7 @@ _local = threading.local()
 
 def connect(projects_dir: str | Path) -> sqlite3.Connection:
     """This thread's connection to PROJECTS_DIR/workbench.db (created on first use)."""
+    Path(projects_dir).mkdir(parents=True, exist_ok=True)
     path = str(Path(projects_dir).resolve() / "workbench.db")
     cache = getattr(_local, "cons", None)
     if cache is None:

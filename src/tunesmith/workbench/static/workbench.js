@@ -37,12 +37,12 @@ function fmtTime(s) {
   return (s / 3600).toFixed(1) + " h";
 }
 
-function drawCurve(svg, rows) {
+function drawCurve(svg, rows, total) {
   const W = 640, H = 220, L = 44, B = 22, T = 8, R = 8;
   const train = rows.filter((r) => r.loss != null), heldout = rows.filter((r) => r.eval_loss != null);
   const all = train.map((r) => r.loss).concat(heldout.map((r) => r.eval_loss));
   if (!all.length) { svg.innerHTML = '<text x="320" y="110" text-anchor="middle" fill="#888">waiting for the first step…</text>'; return; }
-  const maxStep = Math.max(...rows.map((r) => r.step), 2), lo = Math.min(...all), hi = Math.max(...all);
+  const maxStep = Math.max(...rows.map((r) => r.step), Number(total) || 0, 2), lo = Math.min(...all), hi = Math.max(...all);
   const pad = (hi - lo) * 0.08 || 0.5, y0 = lo - pad, y1 = hi + pad;
   const x = (s) => L + (W - L - R) * (s - 1) / Math.max(1, maxStep - 1);
   const y = (v) => T + (H - T - B) * (1 - (v - y0) / (y1 - y0));
@@ -64,7 +64,7 @@ $$("figure.curve").forEach((fig) => {
   const badge = $('[data-role="status"]', job), progress = $('[data-role="progress"]', job), last = $('[data-role="last"]', fig);
   const es = new EventSource(fig.dataset.events);
   let timer = null;
-  const redraw = () => { timer = null; drawCurve(svg, Array.from(byStep.values()).sort((a, b) => a.step - b.step)); };
+  const redraw = () => { timer = null; drawCurve(svg, Array.from(byStep.values()).sort((a, b) => a.step - b.step), fig.dataset.total); };
   es.addEventListener("metric", (ev) => {
     const r = JSON.parse(ev.data);
     byStep.set(r.step, Object.assign(byStep.get(r.step) || {}, r));
@@ -76,6 +76,7 @@ $$("figure.curve").forEach((fig) => {
   });
   es.addEventListener("status", (ev) => {
     const s = JSON.parse(ev.data), before = job.dataset.status;
+    if (s.total && fig.dataset.total !== String(s.total)) { fig.dataset.total = s.total; if (!timer) timer = setTimeout(redraw, 100); }
     job.dataset.status = s.status; badge.textContent = s.status; badge.className = "badge " + s.status;
     progress.textContent = s.total ? `step ${s.step} of ${s.total}` + (s.eta_s != null ? ` · about ${fmtTime(s.eta_s)} left` : "") : "";
     if (before !== s.status && ["running", "queued"].includes(before) && !["running", "queued"].includes(s.status))
@@ -119,7 +120,8 @@ if (chat) {
     try {
       // one request, both replies: the base model's conversation and the fine-tuned one's differ after turn one
       const r = await fetch(chat.dataset.url, {method: "POST", headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
-        body: JSON.stringify({messages: history.tuned, base_messages: history.base, max_tokens: Number($("#chat-max").value) || 200})});
+        body: JSON.stringify({messages: history.tuned, base_messages: history.base, max_tokens: Number($("#chat-max").value) || 200,
+          temperature: Number($("#chat-temperature").value) || 0})});
       const j = await r.json();
       if (!r.ok) throw new Error(j.error || r.statusText);
       for (const side of ["base", "tuned"]) { history[side].push({role: "assistant", content: j[side].text}); bubble(side, "assistant", j[side].html); }

@@ -1,0 +1,68 @@
+"""The workbench's pages and forms without running any job: a dataset project, the advanced form's
+validation (the CLI's own), the pages of a finished run, blind pages that never name the arms."""
+
+import json
+
+import yaml
+from fastapi.testclient import TestClient
+
+from test_train import make_chats
+from test_workbench_review import fake_verdict
+from tunesmith.workbench import db
+from tunesmith.workbench.app import create_app
+from workbench_util import csrf_of, fake_finished_run
+
+
+def test_a_dataset_project_and_the_train_form(tmp_path):
+    root = tmp_path / "projects"
+    data = make_chats(tmp_path / "chats.jsonl", n=12)
+    with TestClient(create_app(root, run_jobs=False, model="my-model")) as c:
+        token = csrf_of(c.get("/").text)
+        r = c.post("/api/projects", params={"name": "Chats", "filename": "chats.jsonl"}, content=data.read_bytes(),
+                   headers={"X-CSRF-Token": token})
+        pid = r.json()["id"]
+        cfg = yaml.safe_load((root / "projects" / pid / "data" / "config.yaml").read_text())
+        assert cfg["model"]["name"] == "my-model" and cfg["data"]["train"].endswith("source/dataset.jsonl")
+        assert db.one(db.connect(root), "SELECT kind, status FROM jobs WHERE id=1") == {"kind": "check", "status": "queued"}
+        page = c.get(f"/p/{pid}").text
+        assert 'name="cfg.train.lr"' in page and "peak learning rate" in page  # generated from the dataclasses
+
+        bad = c.post(f"/p/{pid}/train", data={"csrf_token": token, "preset": "quick", "cfg.train.lr": "fast"})
+        assert bad.status_code == 400 and "train.lr: expected float, got &#39;fast&#39;" in bad.text
+        assert 'value="fast"' in bad.text  # the form keeps what was typed
+        r = c.post(f"/p/{pid}/train", data={"csrf_token": token, "preset": "quick", "cfg.train.lr": "0.001",
+                                            "cfg.lora.r": "8"}, follow_redirects=False)
+        assert r.status_code == 303
+        job = db.one(db.connect(root), "SELECT * FROM jobs WHERE kind='train'")
+        saved = yaml.safe_load((root / "projects" / pid / "jobs" / str(job["id"]) / "config.yaml").read_text())
+        assert saved["train"]["lr"] == 0.001 and saved["lora"]["r"] == 8 and saved["train"]["max_steps"] == 30  # quick
+        assert saved["train"]["output_dir"] == job["run_dir"] == str(root.resolve() / "projects" / pid / "runs" / str(job["id"]))
+        assert json.loads((root / "projects" / pid / "jobs" / str(job["id"]) / "job.json").read_text())["argv"][0] == "train"
+        # resume is refused while there is no checkpoint to resume from
+        assert c.post(f"/jobs/{job['id']}/resume", data={"csrf_token": token}).status_code == 400
+
+
+def test_verdict_and_review_pages_never_name_the_arms_being_rated(tmp_path):
+    root = tmp_path / "projects"
+    samples, results = fake_verdict(n_examples=3)
+    jid = fake_finished_run(root, samples, results)
+    with TestClient(create_app(root, run_jobs=False)) as c:
+        verdict = c.get(f"/p/demo-000001/verdict/{jid}")
+        assert verdict.status_code == 200 and verdict.text.count('class="example"') == 3
+        assert c.get(f"/p/demo-000001/verdict/{jid}?task=insight").text.count('class="example"') == 1
+        page = c.get(f"/p/demo-000001/review/{jid}", params={"reviewer": "Ana"}).text
+        body = page.split("<form", 1)[1]
+        for arm in ("zero-shot", "few-shot-retrieved", "fine-tuned"):
+            assert arm not in body
+        assert "reply number" in body  # the two outputs are there
+        assert "0 / 9 rated" in page
+        pair = int(body.split('name="pair" value="')[1].split('"')[0])
+        r = c.post(f"/p/demo-000001/review/{jid}", data={"csrf_token": csrf_of(page), "reviewer": "Ana", "pair": pair,
+                                                       "choice": "tie", "comment": "same"}, follow_redirects=False)
+        assert r.status_code == 303 and "reviewer=Ana" in r.headers["location"]
+        assert "1 / 9 rated" in c.get(r.headers["location"]).text
+        results_page = c.get(f"/p/demo-000001/review/{jid}/results").text
+        assert "Bradley–Terry ranking" in results_page
+        assert "The experts&#39; ratings do not yet compare fine-tuned with few-shot-retrieved" in results_page  # one tie
+        report = c.get(f"/p/demo-000001/report/{jid}")
+        assert "Expert review (blind)" in report.text and "sandbox" in report.headers["content-security-policy"]
