@@ -66,3 +66,26 @@ def test_verdict_and_review_pages_never_name_the_arms_being_rated(tmp_path):
         assert "The experts&#39; ratings do not yet compare fine-tuned with few-shot-retrieved" in results_page  # one tie
         report = c.get(f"/p/demo-000001/report/{jid}")
         assert "Expert review (blind)" in report.text and "sandbox" in report.headers["content-security-policy"]
+
+
+def test_progress_and_eta_come_from_the_steps_own_time(tmp_path):
+    from tunesmith.workbench.views import progress
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps({"steps": 10}))
+    # logged every 2 steps, 100 tokens a step at 50 tokens/s: 2 s a step, 6 steps left
+    rows = [{"step": s, "loss": 1.0, "tokens": 100 * s, "tokens_per_s": 50.0} for s in (2, 4)]
+    assert progress({"run_dir": str(run), "status": "running"}, rows) == {"step": 4, "total": 10, "eta_s": 12.0}
+    assert progress({"run_dir": str(run), "status": "done"}, rows)["eta_s"] is None
+
+
+def test_chat_refuses_a_malformed_conversation_with_the_reason(tmp_path):
+    root = tmp_path / "projects"
+    samples, results = fake_verdict(n_examples=1)
+    jid = fake_finished_run(root, samples, results)
+    with TestClient(create_app(root, run_jobs=False)) as c:
+        token = csrf_of(c.get("/").text)
+        r = c.post(f"/api/p/demo-000001/chat/{jid}", json={"messages": [{"role": "wizard", "content": "hi"}]},
+                   headers={"X-CSRF-Token": token})
+        assert r.status_code == 400 and "messages[0].role 'wizard' is not supported" in r.json()["error"]

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import math
 import os
 import secrets
 import threading
@@ -30,11 +29,12 @@ from pathlib import Path
 from tunesmith import UserError
 from tunesmith.workbench import db, jobs, review
 from tunesmith.workbench.projects import DATASET_SUFFIXES, config_path, create_project, project_dir
+from tunesmith.workbench.security import (CSRF_COOKIE, SESSION_COOKIE, SESSION_HOURS, Auth, Refused, new_session,
+                                          read_form, secret_key)
+from tunesmith.workbench.views import (Chat, as_form, config_values, glossary_marker, markdown, num, pct, progress,
+                                       verified_line)
 
 HERE = Path(__file__).parent
-SESSION_COOKIE, CSRF_COOKIE = "ts_session", "ts_csrf"
-SESSION_HOURS = 12
-PUBLIC = ("/login", "/health")
 
 # Training presets: what each sets on top of the project's config. Checkpoints every few steps so
 # an interrupted job can resume; held-out loss every so often for the curve.
@@ -66,14 +66,14 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     root.mkdir(parents=True, exist_ok=True)
     (root / "projects").mkdir(exist_ok=True)
     (root / ".uploads").mkdir(exist_ok=True)  # uploads land here first: never in the system's temp dir
-    secret = _secret(root)
+    secret = secret_key(root)
     default_model = model or DEFAULT_MODEL
     runner = jobs.Runner(root, env=job_env)
     report_lock = threading.Lock()
-    chat = _Chat()
+    chat = Chat()
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    env.filters["pct"] = _pct
-    env.filters["num"] = _num
+    env.filters["pct"] = pct
+    env.filters["num"] = num
     env.globals["duration"] = _duration
     env.globals["fixes"] = {code: fix for code, (_, fix) in CODES.items()}
     env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
@@ -111,17 +111,17 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
             return
         sent = request.headers.get("x-csrf-token")
         if sent is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            sent = (await _form(request)).get("csrf_token")
+            sent = (await read_form(request)).get("csrf_token")
         seed = request.cookies.get(CSRF_COOKIE)
         if not seed or not sent or not hmac.compare_digest(sent, csrf_token(request)):
-            raise _Refused(403, "Missing or stale CSRF token: reload the page and try again.")
+            raise Refused(403, "Missing or stale CSRF token: reload the page and try again.")
 
     app.router.dependencies.append(Depends(guard))
-    app.add_middleware(_Auth, api_key=api_key, secret=secret)
+    app.add_middleware(Auth, api_key=api_key, secret=secret)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    @app.exception_handler(_Refused)
-    async def _refused(request, exc: "_Refused"):
+    @app.exception_handler(Refused)
+    async def _refused(request, exc: "Refused"):
         if "text/html" in request.headers.get("accept", ""):
             return page(request, "message.html", status=exc.status, title=f"{exc.status}", message=exc.message)
         return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -144,13 +144,13 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
 
     @app.post("/login")
     async def login(request: Request):
-        form = await _form(request)
+        form = await read_form(request)
         if not api_key:
             return RedirectResponse("/", status_code=303)
         if not hmac.compare_digest(form.get("key", "").encode(), api_key.encode()):
             return page(request, "login.html", status=401, error="That is not the key this workbench was started with.")
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(SESSION_COOKIE, _session(secret, api_key), httponly=True, samesite="strict", path="/",
+        resp.set_cookie(SESSION_COOKIE, new_session(secret, api_key), httponly=True, samesite="strict", path="/",
                         max_age=SESSION_HOURS * 3600, secure=request.url.scheme == "https")
         return resp
 
@@ -168,14 +168,14 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     def get_project(pid: str) -> dict:
         p = db.one(con(), "SELECT * FROM projects WHERE id=?", pid)
         if p is None:
-            raise _Refused(404, f"No project '{pid}'.")
+            raise Refused(404, f"No project '{pid}'.")
         p["summary"] = json.loads(p["summary"])
         return p
 
     def get_job(jid: int, pid: str | None = None) -> dict:
         j = db.one(con(), "SELECT * FROM jobs WHERE id=?", jid)
         if j is None or (pid is not None and j["project"] != pid):
-            raise _Refused(404, f"No job {jid}.")
+            raise Refused(404, f"No job {jid}.")
         j["params"] = json.loads(j["params"])
         return j
 
@@ -195,7 +195,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
             raise UserError("no file name. fix: send ?filename=NAME.zip (or .jsonl, .csv …) with the file as the body.")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_upload_bytes:
-            raise _Refused(413, f"{filename}: {int(declared):,} bytes; the limit is {max_upload_bytes:,} "
+            raise Refused(413, f"{filename}: {int(declared):,} bytes; the limit is {max_upload_bytes:,} "
                                 f"(ui --max-upload-mb).")
         tmp = root / ".uploads" / secrets.token_hex(8)
         try:
@@ -204,7 +204,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > max_upload_bytes:
-                        raise _Refused(413, f"{filename}: over the upload limit of {max_upload_bytes:,} bytes.")
+                        raise Refused(413, f"{filename}: over the upload limit of {max_upload_bytes:,} bytes.")
                     f.write(chunk)
             if size == 0:
                 raise UserError(f"{filename}: the upload is empty.")
@@ -247,10 +247,10 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
                 and jobs.has_checkpoint(j["run_dir"])
             j["finished"] = j["kind"] == "train" and j["status"] == "done"
             j["compared"] = bool(j["run_dir"]) and (Path(j["run_dir"]) / "compare" / "results.json").exists()
-            j["verified"] = _verified_line(jobs.job_dir(root, j) / "log.txt") if j["kind"] == "export" and j["status"] == "done" else ""
+            j["verified"] = verified_line(jobs.job_dir(root, j) / "log.txt") if j["kind"] == "export" and j["status"] == "done" else ""
         checking = any(j["kind"] == "check" and j["status"] in jobs.ACTIVE for j in rows)
         cfg = load_config(config_path(root, pid))
-        current = {k: v for k, _, v, _ in _current(cfg)}
+        current = {k: v for k, _, v, _ in config_values(cfg)}
         fields = [{"key": k, "type": t, "value": (values or {}).get(k, current[k]), "doc": d}
                   for k, t, _, d in field_docs()
                   if k.split(".")[0] in FORM_SECTIONS or k in FORM_DATA_KEYS]
@@ -265,17 +265,17 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         from tunesmith.config import load_config, save_config
 
         get_project(pid)
-        form = await _form(request)
+        form = await read_form(request)
         base = config_path(root, pid)
         cfg0 = load_config(base)
-        current = {k: v for k, _, v, _ in _current(cfg0)}
+        current = {k: v for k, _, v, _ in config_values(cfg0)}
         preset = form.get("preset", "quick")
         if preset not in PRESETS:
             raise UserError(f"unknown preset '{preset}'; one of {', '.join(PRESETS)}.")
         overrides = [f"{k}={v}" for k, v in PRESETS[preset].items()]
         for key, value in form.items():
             if key.startswith("cfg.") and key[4:] in current and key[4:] != "train.output_dir":
-                if str(value) != _as_form(current[key[4:]]):
+                if str(value) != as_form(current[key[4:]]):
                     overrides.append(f"{key[4:]}={value}")
         try:
             cfg = load_config(base, overrides)  # the CLI's own validation
@@ -313,7 +313,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     async def job_json(jid: int):
         j = get_job(jid)
         rows, _ = jobs.read_metrics(j["run_dir"]) if j["run_dir"] else ([], 0)
-        return {**j, "alive": jobs.alive(j), "metrics": rows, "progress": _progress(j, rows)}
+        return {**j, "alive": jobs.alive(j), "metrics": rows, "progress": progress(j, rows)}
 
     @app.get("/jobs/{jid}/log", response_class=PlainTextResponse)
     async def job_log(jid: int):
@@ -333,12 +333,12 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
                 j = get_job(jid)
                 if j["run_dir"]:
                     new, offset = jobs.read_metrics(j["run_dir"], offset)
-                    if offset == 0 or (new and rows and new[0].get("step", 0) <= rows[-1].get("step", 0)):
-                        rows = [r for r in rows if r.get("step", 0) < (new[0].get("step", 0) if new else 0)]
+                    if new and rows and new[0]["step"] <= rows[-1]["step"]:  # a resume rewound the file
+                        rows = [r for r in rows if r["step"] < new[0]["step"]]
                     rows += new
                     for r in new:
                         yield f"event: metric\ndata: {json.dumps(r)}\n\n"
-                state = {"status": j["status"], "message": j["message"], **_progress(j, rows)}
+                state = {"status": j["status"], "message": j["message"], **progress(j, rows)}
                 if state != last:
                     yield f"event: status\ndata: {json.dumps(state)}\n\n"
                     last = state
@@ -357,14 +357,14 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     def run_of(pid: str, jid: int) -> dict:
         j = get_job(jid, pid)
         if j["kind"] != "train" or not j["run_dir"]:
-            raise _Refused(404, f"Job {jid} is not a training run.")
+            raise Refused(404, f"Job {jid} is not a training run.")
         return j
 
     def verdict_files(pid: str, jid: int):
         j = run_of(pid, jid)
         cdir = Path(j["run_dir"]) / "compare"
         if not (cdir / "results.json").exists():
-            raise _Refused(404, f"Run {jid} has no verdict yet: start Compare on the project page.")
+            raise Refused(404, f"Run {jid} has no verdict yet: start Compare on the project page.")
         results = json.loads((cdir / "results.json").read_text())
         samples = [json.loads(x) for x in (cdir / "samples.jsonl").read_text().splitlines() if x.strip()]
         return j, cdir, results, samples
@@ -376,7 +376,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         run = run_of(pid, jid)
         if run["status"] != "done":
             raise UserError(f"run {jid} is {run['status']}; compare needs a finished training run.")
-        form = await _form(request)
+        form = await read_form(request)
         cfg_file = str(jobs.job_dir(root, run) / "config.yaml")
         overrides = [f"compare.output_dir={Path(run['run_dir']) / 'compare'}"]
         overrides += [f"{k}={form.get(k, v)}" for k, v in COMPARE_DEFAULTS.items()]
@@ -392,7 +392,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         j, cdir, results, samples = verdict_files(pid, jid)
         tasks = sorted({(s.get("meta") or {}).get("task", "") for s in samples})
         shown = [s for s in samples if not task or (s.get("meta") or {}).get("task", "") == task]
-        marker = _glossary_marker(j)
+        marker = glossary_marker(j)
         arms = [n for n, a in results["arms"].items() if a.get("status") == "ok"]
         return page(request, "verdict.html", p=p, job=j, results=results, samples=shown, tasks=tasks, task=task,
                     arms=arms, mark=marker, primary=results.get("primary_metric", "chrf"))
@@ -432,8 +432,8 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
             form = await request.json()
             tags = form.get("tags") or []
         else:
-            form = await _form(request)
-            tags = (await _form(request, multi=True)).get("tags", [])
+            form = await read_form(request)
+            tags = (await read_form(request, multi=True)).get("tags", [])
         reviewer = str(form.get("reviewer", "")).strip()[:80]
         if not reviewer:
             raise UserError("a rating needs the reviewer's name.")
@@ -443,7 +443,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
             raise UserError("a rating needs the pair it rates.") from None
         pair = db.one(con(), "SELECT * FROM pairs WHERE id=? AND run_job=?", pair_id, jid)
         if pair is None:
-            raise _Refused(404, f"No pair {pair_id} in run {jid}.")
+            raise Refused(404, f"No pair {pair_id} in run {jid}.")
         row = review.rate(con(), pair_id, reviewer, str(form.get("choice", "")), list(tags), str(form.get("comment", "")))
         await asyncio.to_thread(rejoin, jid, cdir, results, samples)
         if "application/json" in request.headers.get("accept", "") or "application/json" in request.headers.get("content-type", ""):
@@ -488,28 +488,33 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
 
     @app.post("/api/p/{pid}/chat/{jid}")
     async def chat_reply(request: Request, pid: str, jid: int):
-        from tunesmith.serve import _messages
+        from tunesmith.serve import ApiError, _messages  # serve's checks of an OpenAI-style message list
 
         j = run_of(pid, jid)
         if j["status"] != "done":
             raise UserError(f"run {jid} is {j['status']}; chat needs a finished run.")
-        body = await request.json()
-        tuned = _messages(body.get("messages"))
-        base = _messages(body.get("base_messages") or body.get("messages"))
+        try:
+            body = await request.json()
+            tuned = _messages(body.get("messages"))
+            base = _messages(body.get("base_messages") or body.get("messages"))
+        except ApiError as exc:
+            raise UserError(exc.message) from None
+        except ValueError:
+            raise UserError("the request body is not JSON.") from None
         try:
             max_tokens = max(1, min(int(body.get("max_tokens", 256)), 2048))
             temperature = max(0.0, min(float(body.get("temperature", 0.0)), 2.0))
         except (TypeError, ValueError):
             raise UserError("max_tokens must be a whole number and temperature a number.") from None
         replies = await asyncio.to_thread(chat.reply, j, {"base": base, "tuned": tuned}, max_tokens, temperature)
-        return {side: {"text": text, "html": _markdown(text)} for side, text in replies.items()}
+        return {side: {"text": text, "html": markdown(text)} for side, text in replies.items()}
 
     @app.post("/p/{pid}/export/{jid}")
     async def start_export(request: Request, pid: str, jid: int):
         from tunesmith.export import FORMATS
 
         run = run_of(pid, jid)
-        fmt = (await _form(request)).get("format", "")
+        fmt = (await read_form(request)).get("format", "")
         if fmt not in FORMATS:
             raise UserError(f"unknown export format '{fmt}'; one of {', '.join(FORMATS)}.")
         if run["status"] != "done":
@@ -525,206 +530,12 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
 # ------------------------------------------------------------------------------------ helpers
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class _Auth:
-    """ASGI middleware: with a key, nothing but /login and /health without the key or a session."""
-
-    def __init__(self, app, api_key: str | None, secret: bytes):
-        self.app, self.api_key, self.secret = app, api_key, secret
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.api_key:
-            return await self.app(scope, receive, send)
-        from starlette.requests import Request
-        from starlette.responses import HTMLResponse, JSONResponse
-
-        request = Request(scope)
-        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-        state = scope.setdefault("state", {})
-        if scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self.api_key.encode()):
-            state["auth"] = "bearer"
-        elif _session_ok(self.secret, self.api_key, request.cookies.get(SESSION_COOKIE, "")):
-            state["auth"] = "session"
-        elif scope["path"] not in PUBLIC:
-            if "text/html" in request.headers.get("accept", ""):
-                resp = HTMLResponse('<!doctype html><meta charset=utf-8><title>Sign in</title>'
-                                    '<p>This workbench needs its key. <a href="/login">Sign in</a>.</p>', status_code=401)
-            else:
-                resp = JSONResponse({"error": "Sign in at /login, or send `Authorization: Bearer KEY`."}, status_code=401)
-            return await resp(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-def _secret(root: Path) -> bytes:
-    """A per-workbench secret for session and CSRF tokens, kept across restarts (0600, in PROJECTS_DIR)."""
-    path = root / ".secret"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
-
-
-def _session(secret: bytes, api_key: str) -> str:
-    body = f"{int(time.time()) + SESSION_HOURS * 3600}.{secrets.token_urlsafe(12)}"
-    return body + "." + hmac.new(secret + api_key.encode(), body.encode(), hashlib.sha256).hexdigest()
-
-
-def _session_ok(secret: bytes, api_key: str, value: str) -> bool:
-    body, _, sig = value.rpartition(".")
-    if not body or not sig:
-        return False
-    want = hmac.new(secret + api_key.encode(), body.encode(), hashlib.sha256).hexdigest()
-    expiry = body.partition(".")[0]
-    return hmac.compare_digest(sig, want) and expiry.isdigit() and int(expiry) > time.time()
-
-
-async def _form(request, multi: bool = False, limit: int = 1 << 20):
-    """A url-encoded form body (read once, cached on the request's scope); multi keeps repeated keys."""
-    state = request.scope.setdefault("state", {})
-    if "form" not in state:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise _Refused(413, f"Form body over {limit} bytes.")
-        state["form"] = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    parsed = state["form"]
-    return parsed if multi else {k: v[-1] for k, v in parsed.items()}
-
-
 def _back(request, url: str, data: dict):
     from fastapi.responses import RedirectResponse
 
     if "application/json" in request.headers.get("accept", ""):
         return data
     return RedirectResponse(url, status_code=303)
-
-
-def _current(cfg) -> list[tuple[str, str, object, str]]:
-    import dataclasses
-
-    rows = []
-    for sec in dataclasses.fields(cfg):
-        section = getattr(cfg, sec.name)
-        for f in dataclasses.fields(section):
-            rows.append((f"{sec.name}.{f.name}", "", getattr(section, f.name), ""))
-    return rows
-
-
-def _as_form(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _progress(job: dict, rows: list[dict]) -> dict:
-    """Steps done, total steps (from the run's data.json) and ETA from the steps' own training time."""
-    total = None
-    if job.get("run_dir"):
-        try:
-            total = json.loads((Path(job["run_dir"]) / "data.json").read_text()).get("steps")
-        except (FileNotFoundError, ValueError):
-            pass
-    train_rows = [r for r in rows if r.get("tokens_per_s")]
-    step = max((r.get("step", 0) for r in rows), default=0)
-    eta = None
-    if total and len(train_rows) >= 2 and job.get("status") == "running":
-        secs, prev = [], None
-        for r in train_rows:
-            if prev is not None and r["tokens"] > prev:
-                secs.append((r["tokens"] - prev) / r["tokens_per_s"])
-            prev = r["tokens"]
-        if secs:
-            eta = round(sum(secs) / len(secs) * max(0, total - step), 1)
-    return {"step": step, "total": total, "eta_s": eta}
-
-
-def _verified_line(log: Path) -> str:
-    try:
-        return next((x for x in reversed(log.read_text(errors="replace").splitlines()) if x.startswith("verified:")), "")
-    except FileNotFoundError:
-        return ""
-
-
-def _glossary_marker(job: dict):
-    """text -> HTML with preferred glossary terms and rejected variants marked (escaped otherwise)."""
-    import html
-    import re
-
-    from tunesmith.compare.metrics import load_glossary
-    from tunesmith.config import load_config
-
-    cfg = load_config(Path(job["run_dir"]) / "config.yaml")
-    terms = load_glossary(cfg.data.glossary) if cfg.data.glossary and Path(cfg.data.glossary).exists() else []
-    kinds = {t.term.lower(): "pref" for t in terms}
-    kinds.update({r.lower(): "rej" for t in terms for r in t.rejected})
-    if not kinds:
-        return lambda text: html.escape(text)
-    alts = sorted(kinds, key=len, reverse=True)  # the longest phrase wins, as in the metric
-    pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(a).replace(r"\ ", r"[\s-]+") for a in alts)
-                         + r")(?:s|es)?(?![\w-])", re.IGNORECASE)
-
-    def mark(text: str) -> str:
-        out, at = [], 0
-        for m in pattern.finditer(text):
-            key = re.sub(r"[\s-]+", " ", m.group(1).lower())
-            kind = kinds.get(key, "pref")
-            title = "preferred glossary term" if kind == "pref" else "rejected variant"
-            out.append(html.escape(text[at:m.start()]))
-            out.append(f'<mark class="{kind}" title="{title}">{html.escape(m.group(0))}</mark>')
-            at = m.end()
-        out.append(html.escape(text[at:]))
-        return "".join(out)
-
-    return mark
-
-
-def _markdown(text: str) -> str:
-    from markdown_it import MarkdownIt
-
-    return MarkdownIt("commonmark", {"html": False}).render(text)  # raw HTML in a reply is shown, never run
-
-
-def _pct(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0%}"
-
-
-def _num(v, digits: int = 2) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-class _Chat:
-    """Base and fine-tuned model of one run, loaded on first use; one generation at a time (CPU)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.loaded: dict[str, tuple] = {}
-
-    def _get(self, spec: str):
-        from tunesmith.models import load
-
-        if spec not in self.loaded:
-            if len(self.loaded) >= 2:
-                self.loaded.clear()
-            self.loaded[spec] = load(spec, merge_adapter=True)
-        return self.loaded[spec]
-
-    def reply(self, job: dict, messages: dict[str, list[dict]], max_tokens: int, temperature: float = 0.0) -> dict:
-        from tunesmith.config import load_config
-        from tunesmith.generate import generate
-
-        base = load_config(Path(job["run_dir"]) / "config.yaml").model.name
-        out = {}
-        with self.lock:
-            for side, spec in (("base", base), ("tuned", job["run_dir"])):
-                model, tok = self._get(spec)
-                out[side] = generate(model, tok, [messages[side]], max_new_tokens=max_tokens,
-                                     temperature=temperature)[0].text
-        return out
 
 
 # -------------------------------------------------------------------------------------- CLI
