@@ -89,3 +89,32 @@ def test_chat_refuses_a_malformed_conversation_with_the_reason(tmp_path):
         r = c.post(f"/api/p/demo-000001/chat/{jid}", json={"messages": [{"role": "wizard", "content": "hi"}]},
                    headers={"X-CSRF-Token": token})
         assert r.status_code == 400 and "messages[0].role 'wizard' is not supported" in r.json()["error"]
+
+
+def test_the_queue_runs_one_job_at_a_time_and_records_how_each_ended(tmp_path):
+    import time
+
+    from tunesmith.workbench import jobs
+
+    root = tmp_path / "projects"
+    con = db.connect(root)
+    con.execute("INSERT INTO projects (id, name, kind, source, model, created) VALUES ('q-000001', 'q', 'dataset', 'x', 'm', 0)")
+    ids = [jobs.submit(root, "q-000001", "export", lambda jid, d: ({"argv": ["--version"]}, None)) for _ in range(3)]
+    bad = jobs.submit(root, "q-000001", "check", lambda jid, d: ({"argv": ["check", str(tmp_path / "missing.jsonl")]}, None))
+    runner = jobs.Runner(root, poll_s=0.05)
+    runner.start()
+    try:
+        deadline, most = time.time() + 120, 0
+        while time.time() < deadline:
+            states = [r["status"] for r in db.all_(con, "SELECT status FROM jobs ORDER BY id")]
+            most = max(most, states.count("running"))
+            if all(s not in jobs.ACTIVE for s in states):
+                break
+            time.sleep(0.02)
+    finally:
+        runner.close()
+    rows = {r["id"]: r for r in db.all_(con, "SELECT * FROM jobs")}
+    assert most == 1
+    assert [rows[i]["status"] for i in ids] == ["done"] * 3 and all(rows[i]["rc"] == 0 for i in ids)
+    assert rows[ids[0]]["ended"] <= rows[ids[1]]["started"] and rows[ids[1]]["ended"] <= rows[ids[2]]["started"]
+    assert rows[bad]["status"] == "failed" and rows[bad]["rc"] == 2 and "missing.jsonl" in rows[bad]["message"]

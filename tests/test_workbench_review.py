@@ -97,6 +97,12 @@ def test_pairs_are_blind_stable_and_rated_once(con):
     review.rate(con, pair["id"], "Ana", "A")  # a second rating of the same pair replaces the first
     assert len(review.ratings(con, 1)) == 1 and review.ratings(con, 1)[0]["winner"] == a
     assert review.next_pair(con, 1, "Ana")[1:] == (1, 21)
+    nxt = review.next_pair(con, 1, "Ana")[0]
+    assert review.next_pair(con, 1, "Ana", skip=nxt["id"])[0]["id"] != nxt["id"]  # skip shows another pair
+    for p in pairs:
+        if p["id"] != nxt["id"]:
+            review.rate(con, p["id"], "Ana", "tie")
+    assert review.next_pair(con, 1, "Ana", skip=nxt["id"])[0]["id"] == nxt["id"]  # until it is the last one
     with pytest.raises(Exception, match="choice must be"):
         review.rate(con, pair["id"], "Ana", "C")
 

@@ -75,6 +75,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     env.filters["pct"] = pct
     env.filters["num"] = num
     env.globals["duration"] = _duration
+    env.globals["usd"] = lambda v: "under $0.0001" if v < 1e-4 else f"about ${v:.4f}" if v < 1 else f"about ${v:,.2f}"
     env.globals["fixes"] = {code: fix for code, (_, fix) in CODES.items()}
     env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
 

@@ -145,10 +145,11 @@ def next_pair(con, run_job: int, reviewer: str, skip: int | None = None) -> tupl
     pairs = {p["id"]: p for p in db.all_(con, "SELECT * FROM pairs WHERE run_job=?", run_job)}
     rated = {r["pair"] for r in db.all_(con, "SELECT r.pair FROM ratings r JOIN pairs p ON p.id=r.pair "
                                              "WHERE p.run_job=? AND r.reviewer=?", run_job, reviewer)}
-    for pid in order_for(reviewer, list(pairs)):
-        if pid not in rated and pid != skip:
-            return pairs[pid], len(rated), len(pairs)
-    return None, len(rated), len(pairs)
+    left = [pid for pid in order_for(reviewer, list(pairs)) if pid not in rated]
+    if not left:
+        return None, len(rated), len(pairs)
+    pick = next((pid for pid in left if pid != skip), left[0])  # a skipped pair comes back when it is the last
+    return pairs[pick], len(rated), len(pairs)
 
 
 def rate(con, pair_id: int, reviewer: str, choice: str, tags: list[str] = (), comment: str = "") -> dict:

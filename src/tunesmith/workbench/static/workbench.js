@@ -32,6 +32,7 @@ if (reload) setTimeout(() => location.reload(), 1000 * Number(reload.dataset.rel
 // ---- live loss curve over server-sent events
 function fmtTime(s) {
   if (s == null) return "";
+  if (s < 1) return "under 1 s";
   if (s < 90) return Math.round(s) + " s";
   if (s < 5400) return Math.round(s / 60) + " min";
   return (s / 3600).toFixed(1) + " h";
@@ -78,7 +79,7 @@ $$("figure.curve").forEach((fig) => {
     const s = JSON.parse(ev.data), before = job.dataset.status;
     if (s.total && fig.dataset.total !== String(s.total)) { fig.dataset.total = s.total; if (!timer) timer = setTimeout(redraw, 100); }
     job.dataset.status = s.status; badge.textContent = s.status; badge.className = "badge " + s.status;
-    progress.textContent = s.total ? `step ${s.step} of ${s.total}` + (s.eta_s != null ? ` · about ${fmtTime(s.eta_s)} left` : "") : "";
+    progress.textContent = s.total ? `step ${s.step} of ${s.total}` + (s.eta_s != null ? ` · ${s.eta_s < 1 ? "" : "about "}${fmtTime(s.eta_s)} left` : "") : "";
     if (before !== s.status && ["running", "queued"].includes(before) && !["running", "queued"].includes(s.status))
       setTimeout(() => location.reload(), 300);  // new buttons (Resume, Compare, Verdict) come with the page
   });
