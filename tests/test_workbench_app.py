@@ -118,3 +118,20 @@ def test_the_queue_runs_one_job_at_a_time_and_records_how_each_ended(tmp_path):
     assert [rows[i]["status"] for i in ids] == ["done"] * 3 and all(rows[i]["rc"] == 0 for i in ids)
     assert rows[ids[0]]["ended"] <= rows[ids[1]]["started"] and rows[ids[1]]["ended"] <= rows[ids[2]]["started"]
     assert rows[bad]["status"] == "failed" and rows[bad]["rc"] == 2 and "missing.jsonl" in rows[bad]["message"]
+
+
+def test_the_check_result_lists_each_problem_by_line_with_its_fix(tmp_path, tiny_model_dir):
+    from tunesmith.workbench.worker import run_check
+
+    root = tmp_path / "projects"
+    lines = make_chats(tmp_path / "chats.jsonl", n=12).read_text().splitlines()
+    lines[2] = '{"messages": [{"role": "user", "content": "cut short'  # line 3: not JSON
+    with TestClient(create_app(root, run_jobs=False, model=str(tiny_model_dir))) as c:
+        token = csrf_of(c.get("/").text)
+        pid = c.post("/api/projects", params={"filename": "chats.jsonl"}, content="\n".join(lines).encode(),
+                     headers={"X-CSRF-Token": token}).json()["id"]
+        folder = root / "projects" / pid
+        assert run_check(str(folder / "data" / "config.yaml"), str(folder / "check.json")) == 1  # the job's exit code
+        page = c.get(f"/p/{pid}").text
+    assert "NOT OK" in page and "dataset.jsonl:3" in page and "invalid-json (error)" in page
+    assert "each line must be one complete JSON object" in page  # the fix, from validate.CODES
