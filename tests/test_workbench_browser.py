@@ -124,3 +124,41 @@ def test_the_whole_journey_in_a_browser(tmp_path, tiny_model_dir):
         expect(page.locator("p.ok", has_text="verified:")).to_be_visible()
         shot("08-export")
         browser.close()
+
+
+def test_sign_in_and_a_refused_upload_in_a_browser(tmp_path):
+    import io
+    import zipfile
+
+    from tunesmith.workbench.app import create_app
+
+    evil = tmp_path / "evil.zip"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("repo/../../evil.txt", "pwned")
+    evil.write_bytes(buf.getvalue())
+    app = create_app(tmp_path / "projects", api_key="let-me-in", run_jobs=False)
+    with LiveServer(app) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        expect.set_options(timeout=30_000)
+        assert page.goto(server.url).status == 401
+        page.click("text=Sign in")
+        page.fill("#key", "wrong")
+        page.click("button")
+        expect(page.locator(".err")).to_contain_text("not the key")
+        page.fill("#key", "let-me-in")
+        page.click("button")
+        expect(page.locator("h1")).to_have_text("Projects")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "ts_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie") == ""  # no script can read the session (or the CSRF seed)
+
+        page.set_input_files("#np-file", str(evil))
+        page.click("#np-create")
+        expect(page.locator("#np-status")).to_contain_text("evil.zip: entry 'repo/../../evil.txt' climbs out of the folder")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "09-refused-upload.png"))
+        assert not any((tmp_path / "projects" / "projects").iterdir())
+        assert not (tmp_path / "evil.txt").exists()
+        browser.close()

@@ -78,10 +78,10 @@ def check_zip(zf: zipfile.ZipFile, where: str) -> list[zipfile.ZipInfo]:
     return infos
 
 
-def safe_unzip(archive: Path, dest: Path) -> None:
-    """Unpack `archive` into `dest` (which must not exist) or raise UserError with nothing written.
-    Sizes are enforced while reading too: a zip's declared sizes can lie."""
-    where = archive.name
+def safe_unzip(archive: Path, dest: Path, where: str = "") -> None:
+    """Unpack `archive` into `dest` (which must not exist) or raise UserError with nothing written;
+    `where` names the upload in messages. Sizes are enforced while reading too: declared sizes can lie."""
+    where = where or archive.name
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
@@ -138,7 +138,7 @@ def create_project(projects_dir: Path, name: str, upload: Path, filename: str, m
         suffix = Path(filename).suffix.lower()
         if suffix == ".zip":
             kind = "repository"
-            safe_unzip(upload, folder / "source")
+            safe_unzip(upload, folder / "source", where=filename)
             from tunesmith.data.repository import import_repository
 
             summary = import_repository([repository_root(folder / "source")], folder / "data")

@@ -12,7 +12,7 @@ if (newProject) newProject.addEventListener("submit", async (ev) => {
   if (!file) return;
   const q = new URLSearchParams({name: $("#np-name").value, model: $("#np-model").value, filename: file.name});
   $("#np-create").disabled = true;
-  status.textContent = "Uploading and importing…";
+  status.className = "hint"; status.textContent = "Uploading and importing…";
   try {
     const r = await fetch("/api/projects?" + q, {method: "POST", body: file,
       headers: {"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"}});
@@ -20,7 +20,7 @@ if (newProject) newProject.addEventListener("submit", async (ev) => {
     if (!r.ok) throw new Error(j.error || r.statusText);
     location.href = j.url;
   } catch (e) {
-    status.textContent = ""; status.className = "error-box"; status.textContent = e.message;
+    status.className = "error-box"; status.textContent = e.message;
     $("#np-create").disabled = false;
   }
 });
