@@ -135,3 +135,21 @@ def test_the_check_result_lists_each_problem_by_line_with_its_fix(tmp_path, tiny
         page = c.get(f"/p/{pid}").text
     assert "NOT OK" in page and "dataset.jsonl:3" in page and "invalid-json (error)" in page
     assert "each line must be one complete JSON object" in page  # the fix, from validate.CODES
+
+
+def test_one_runner_per_projects_folder(tmp_path):
+    import pytest
+
+    from tunesmith import UserError
+    from tunesmith.workbench import jobs
+
+    first = jobs.Runner(tmp_path)
+    first.start()
+    try:
+        with pytest.raises(UserError, match="another workbench is already running jobs"):
+            jobs.Runner(tmp_path).start()
+    finally:
+        first.close()
+    second = jobs.Runner(tmp_path)  # the lock goes with the runner that held it
+    second.start()
+    second.close()

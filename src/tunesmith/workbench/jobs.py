@@ -95,6 +95,21 @@ class Runner:
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Take PROJECTS_DIR's runner lock (two servers on one folder would each start jobs), settle
+        jobs a crash left half-made, then watch the queue."""
+        import fcntl
+
+        from tunesmith import UserError
+
+        self.lock_file = open(self.projects_dir / ".runner.lock", "a+")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{self.projects_dir}: another workbench is already running jobs for this folder. "
+                            f"fix: stop it, or give this one another PROJECTS_DIR.") from None
+        db.connect(self.projects_dir).execute(
+            "UPDATE jobs SET status='failed', message='the server stopped while it was queueing this job' "
+            "WHERE status='preparing'")
         self.tick()
         self.thread = threading.Thread(target=self._loop, name="tunesmith-jobs", daemon=True)
         self.thread.start()
@@ -104,6 +119,8 @@ class Runner:
         self.event.set()
         if self.thread:
             self.thread.join(timeout=5)
+        if getattr(self, "lock_file", None):
+            self.lock_file.close()  # releases the lock
 
     def wake(self) -> None:
         self.event.set()
