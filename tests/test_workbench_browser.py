@@ -4,6 +4,7 @@ train a few steps and watch the live curve move, compare, open the verdict, rate
 two reviewers, see win rates and kappa, chat, export. A screenshot of every page goes to
 $TUNESMITH_SCREENSHOTS (default: bench/out/workbench/, git-ignored)."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -107,6 +108,13 @@ def test_the_whole_journey_in_a_browser(tmp_path, tiny_model_dir):
         shot("06-review-results")
         csv = page.request.get(page.url.replace("/results", "/ratings.csv")).text()
         assert csv.count("\n") == 21  # header + 20 ratings
+        dpo = page.request.get(page.url.replace("/results", "/preferences.jsonl")).text().splitlines()
+        assert dpo and all(set(json.loads(x)) == {"prompt", "chosen", "rejected"} for x in dpo)
+        # the experts' results joined compare's own report and results.json
+        report = page.request.get(page.url.replace("/review/", "/report/").replace("/results", "")).text()
+        assert report.count("Expert review (blind)") == 1 and "20 ratings by 2 reviewer(s)" in report
+        run = next((tmp_path / "projects" / "projects").iterdir()) / "runs" / "2" / "compare" / "results.json"
+        assert json.loads(run.read_text())["expert_review"]["ratings"] == 20
 
         # ---- chat, base and fine-tuned side by side
         page.goto(project_url)
