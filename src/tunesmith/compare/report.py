@@ -292,7 +292,8 @@ _NOTES = {
 
 def _metric_notes(keys: list[str]) -> str:
     notes = [_NOTES[k] for k in _NOTES if k in keys or (k == "exact_match" and "token_f1" in keys)]
-    return "; ".join(notes).capitalize() + "." if notes else ""
+    text = "; ".join(notes)
+    return text[:1].upper() + text[1:] + "." if notes else ""
 
 
 def _levers_md(levers: dict | None) -> list[str]:

@@ -106,8 +106,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 def windows(paragraph: str, max_words: int) -> list[str]:
     """A paragraph longer than max_words as windows of at most max_words words, cut at line breaks
-    (one record per line), else at sentence ends, else between words; each window repeats the last
-    units of the one before, up to a fifth of max_words, so a fact on a boundary is whole in one."""
+    (one record per line), else at sentence ends, else between words. Each window repeats the last
+    unit of the one before (more, up to a fifth of max_words, when they are short), so a fact that
+    spans a boundary is whole in one of them."""
     lines = [l.strip() for l in paragraph.split("\n") if l.strip()]
     units = lines if len(lines) > 1 else [s for s in _SENTENCE_END.split(paragraph.strip()) if s]
     pieces: list[str] = []  # units, with any unit still too long cut between words
@@ -126,8 +127,8 @@ def windows(paragraph: str, max_words: int) -> list[str]:
         out.append(joiner.join(pieces[start:end]))
         if end == len(pieces):
             break
-        back, kept = end, 0  # step back over whole units while they fit the overlap
-        while back - 1 > start and kept + size[back - 1] <= overlap:
+        back, kept = end, 0  # repeat the last unit, and more while they fit the overlap
+        while back - 1 > start and (back == end or kept + size[back - 1] <= overlap):
             back -= 1
             kept += size[back]
         start = back

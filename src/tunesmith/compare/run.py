@@ -397,14 +397,10 @@ def same_prompts(ran: list[str], prompt_stats: dict, budget: int) -> dict[str, t
 def _decide_on_several(verdict: dict, several: dict, arms: dict) -> None:
     """Several decision metrics: fine-tune when it wins one and loses none (Holm-corrected)."""
     verdict["fine_tune"] = several["fine_tune"]
-    if several["fine_tune"]:
-        verdict["recommend"] = verdict.get("best_tuned") or several["rows"][0]["tuned"]
-    elif verdict["recommend"] in TUNED:  # the primary metric alone would have picked it
-        cheap = [n for n, a in arms.items() if a["status"] == "ok" and not a["tuned"] and "same_as" not in a]
-        verdict["recommend"] = verdict["reference"] if verdict["reference"] in cheap else cheap[0]
-    verdict["paragraph"] = (f"Recommendation: {verdict['recommend']}. " + several["sentence"] + " The rule across several "
-                            "metrics: fine-tune only when it wins at least one and loses none. "
-                            + verdict["paragraph"].split(". ", 1)[1])
+    verdict["recommend"] = (verdict.get("best_tuned") or several["rows"][0]["tuned"]) if several["fine_tune"] else verdict["cheapest"]
+    then = f"{verdict['recommend']} is the fine-tuned arm to use." if several["fine_tune"] else verdict["choice"]
+    verdict["paragraph"] = (f"Recommendation: {verdict['recommend']}. {several['sentence']} The rule across several "
+                            f"metrics: fine-tune only when it wins at least one and loses none. {then}")
 
 
 def _levers(arms: dict, scores: dict, primary: str, deciding: list[str], c, seed: int) -> dict:

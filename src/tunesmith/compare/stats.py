@@ -103,16 +103,18 @@ def decide(arms: dict[str, dict], primary: str, margin: float, resamples: int = 
                        f"maintaining a fine-tuned model.")
         else:
             say.append("Fine-tuning did not beat it.")
+    if cheapest == reference:
+        choice = (f"{cheapest} is the best arm that needs no training"
+                  + (" and no cheaper arm comes within the margin." if len(within) == 1 else
+                     ", and the cheapest of those within the margin."))
+    else:
+        choice = (f"{cheapest} costs less per request than {reference} and scores "
+                  f"{means[cheapest]:.1f}, within {margin:g} points of it, so it is the one to use.")
     if not fine_tune:
-        if recommend == reference:
-            say.append(f"{recommend} is the best arm that needs no training"
-                       + (" and no cheaper arm comes within the margin." if len(within) == 1 else
-                          ", and the cheapest of those within the margin."))
-        else:
-            say.append(f"{recommend} costs less per request than {reference} and scores "
-                       f"{means[recommend]:.1f}, within {margin:g} points of it, so it is the one to use.")
+        say.append(choice)
     return {"recommend": recommend, "reference": reference, "diffs": diffs, "fine_tune": fine_tune,
-            "best_tuned": best_tuned, "means": means, "rule": RULE, "paragraph": " ".join(say)}
+            "best_tuned": best_tuned, "cheapest": cheapest, "choice": choice, "means": means, "rule": RULE,
+            "paragraph": " ".join(say)}
 
 
 # ------------------------------------------------------------------ several metrics (Holm)
