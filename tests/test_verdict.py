@@ -2,45 +2,40 @@
 an arm that adds nothing flagged, answer accuracy over wording, several metrics with Holm, and the
 two levers apart on a fictional fact-lookup task.
 
-The fact-lookup data is made up for these tests: Brindlecombe Haulage, a fictional company, and its
-record-retention policies, one policy per line of a text file with no blank lines. A scripted
-"model" stands in where training is not the point: it answers from whatever policy lines its
-prompt holds (else it guesses), and its fine-tuned variant answers in the team's own wording. So
-retrieval can supply the facts only if the real arms put the right passages in the prompt.
+The fact-lookup data is the bundled example src/tunesmith/examples/brindlecombe: Brindlecombe
+Haulage, a fictional company, and its record-retention policies, one policy per line of a handbook
+with no blank lines. A scripted "model" stands in where training is not the point: it answers from
+whatever policy lines its prompt holds (else it guesses), and its fine-tuned variant answers in the
+team's own wording. So retrieval can supply the facts only if the real arms put the right passages
+in the prompt.
 """
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from tunesmith import UserError
 from tunesmith.compare import metrics as M
-from tunesmith.compare.arms import Context, build_prompts, reference_of
+from tunesmith.compare.arms import Context, build_prompts
 from tunesmith.compare.retrieval import read_corpus, windows
 from tunesmith.config import Config
 
-POLICIES = [  # (record kind, how long it is kept)
-    ("driver timesheets", "400 days"), ("fuel card statements", "7 years"), ("depot CCTV footage", "31 days"),
-    ("customer delivery notes", "2 years"), ("tachograph printouts", "15 months"), ("job applications", "6 months"),
-    ("vehicle defect reports", "5 years"), ("toll receipts", "18 months"), ("accident photographs", "12 years"),
-    ("overtime requests", "90 days"), ("route plans", "45 days"), ("pallet manifests", "3 years"),
-    ("training certificates", "10 years"), ("parking fines", "4 years"), ("visitor sign-in sheets", "60 days"),
-    ("fork-lift inspection logs", "8 years"),
-]
+EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "brindlecombe"
 
 
 def policy_text() -> str:
-    """One policy per line, no blank line anywhere: the file is a single 'paragraph'."""
-    return "\n".join(f"Policy BH-{i:02d}: at Brindlecombe Haulage, {kind} are kept for {period}, then destroyed by "
-                     f"the records office under supervision." for i, (kind, period) in enumerate(POLICIES, 1))
+    """The handbook: one policy per line, no blank line anywhere, so the file is a single 'paragraph'."""
+    return (EXAMPLE / "handbook" / "retention-policies.txt").read_text()
 
 
 def fact_examples() -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"How long does Brindlecombe Haulage keep {kind}?"},
-                          {"role": "assistant", "content": f"{kind.capitalize()} are kept for {period}."}],
-             "meta": {"id": f"q{i}", "task": "retention", "answer": period}}
-            for i, (kind, period) in enumerate(POLICIES)]
+    """The 16 held-out questions, each with its key fact in meta.answer."""
+    return [json.loads(line) for line in (EXAMPLE / "heldout.jsonl").read_text().splitlines()]
+
+
+POLICIES = [(re.search(r"keep (.+)\?", ex["messages"][0]["content"]).group(1), ex["meta"]["answer"]) for ex in fact_examples()]
 
 
 def scripted_reply(messages: list[dict], tuned: bool) -> str:
@@ -83,7 +78,7 @@ def test_a_corpus_without_blank_lines_becomes_passages_that_fit(tmp_path):
     passages = read_corpus(tmp_path, max_words=60)
     assert len(passages) > 4 and all(len(p.text.split()) <= 60 for p in passages)
     # cut at line ends: every line whole in some passage, and neighbours share a line (overlap)
-    lines = policy_text().split("\n")
+    lines = policy_text().strip().split("\n")
     assert all(any(line in p.text.split("\n") for p in passages) for line in lines)
     assert any(set(a.text.split("\n")) & set(b.text.split("\n")) for a, b in zip(passages, passages[1:]))
 

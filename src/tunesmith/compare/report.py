@@ -348,8 +348,9 @@ def render_html(results: dict, samples: list[dict], losses: list[dict]) -> str:
     v, key = results["verdict"], results["primary_metric"]
     e = html.escape
     parts = [f"<h1>Verdict: {e(str(v['recommend']))}</h1>", f"<p class=verdict>{e(v['paragraph'])}</p>",
-             f"<p class=rule><b>Decision rule.</b> {e(v['rule'])} Primary score: {e(METRICS[key].label)}; "
-             f"margin: {results['margin']:g} points.</p>"]
+             *(f"<p class=warn><b>Warning.</b> {e(line)}</p>" for line in same_as_lines(results)),
+             f"<p class=rule><b>Decision rule.</b> {e(v['rule'])} Primary score: {e(METRICS[key].label)} "
+             f"({e(results.get('primary_why', ''))}); margin: {results['margin']:g} points.</p>"]
     parts.append(f"<h2>Quality on {results['examples']} held-out examples</h2>")
     parts.append("<p>Bars are means; whiskers are 95 % bootstrap intervals. Orange arms are fine-tuned; the "
                  "recommended arm is green.</p><div class=grid>")
@@ -377,7 +378,7 @@ def render_html(results: dict, samples: list[dict], losses: list[dict]) -> str:
 
 _CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1080px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:.2em}.verdict{font-size:1.1em;background:#f3f7f4;border-left:4px solid #2e8b57;padding:.6em 1em}
-.rule{color:#555}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}
+.rule{color:#555}.warn{background:#fff4e5;border-left:4px solid #d9822b;padding:.4em 1em}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}
 th{background:#f5f5f5}.grid{display:grid;grid-template-columns:1fr 1fr;gap:8px}figure{margin:0}figcaption{font-weight:600}
 pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:.5em}.small{color:#777;font-size:12px}
 svg text{font:11px system-ui,sans-serif}"""
