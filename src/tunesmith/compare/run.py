@@ -7,9 +7,11 @@
     from tunesmith.compare.run import compare
     report_dir = compare(cfg, run="runs/run")     # report.html, report.md, results.json, samples.jsonl
 
-Steps, top to bottom: load the data → pick the held-out examples to score → build each arm's
-prompts → generate with the base model, then with the fine-tuned one (one model in memory at a
-time) → score every output → bootstrap the differences → apply the decision rule → cost → report.
+Steps, top to bottom: check the settings → load the data → pick the held-out examples to score →
+(train) → build each arm's prompts, recording what went in → generate with the base model, then
+with the fine-tuned one (one model in memory at a time) → score every output → flag arms whose
+prompts equal another's → bootstrap the differences → apply the decision rule (on several metrics,
+Holm) → separate the two levers (2x2) → cost → the judge, if any → report.
 """
 
 from __future__ import annotations
@@ -54,6 +56,17 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     log(f"compare: {len(examples)} of {len(heldout)} held-out examples"
         + (f" (tasks {c.tasks})" if c.tasks else "") + f", arms: {', '.join(names)}")
 
+    # what the arms draw on, read before any training: a missing file must not cost a run
+    glossary = load_glossary(cfg.data.glossary) if cfg.data.glossary else []
+    templates = load_templates(cfg.data.style or None, _templates_dir(cfg))
+    ctx = Context(train=train_examples, glossary=glossary, k_shots=c.k_shots, rag_k=c.rag_k, seed=cfg.data.seed,
+                  style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "",
+                  prompt=_read_prompt(cfg.data.prompt))
+    if cfg.data.corpus:
+        from tunesmith.compare.retrieval import read_corpus
+
+        ctx.passages = read_corpus(cfg.data.corpus, c.passage_words)
+
     skipped: dict[str, str] = {}
     tuned_wanted = [n for n in names if n in TUNED]
     if tuned_wanted and run is None and not cfg.data.train:
@@ -72,15 +85,6 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     base_spec = _base_model(cfg, run, log)
-    glossary = load_glossary(cfg.data.glossary) if cfg.data.glossary else []
-    templates = load_templates(cfg.data.style or None, _templates_dir(cfg))
-    ctx = Context(train=train_examples, glossary=glossary, k_shots=c.k_shots, rag_k=c.rag_k, seed=cfg.data.seed,
-                  style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "",
-                  prompt=_read_prompt(cfg.data.prompt))
-    if cfg.data.corpus:
-        from tunesmith.compare.retrieval import read_corpus
-
-        ctx.passages = read_corpus(cfg.data.corpus, c.passage_words)
 
     # ---- generate: every base arm with the base model, then the fine-tuned arms with the tuned one
     outputs: dict[str, list] = {}  # arm -> [Completion] aligned with examples
