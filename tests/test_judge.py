@@ -2,7 +2,6 @@
 500-then-ok, position-biased, a refused key), and once against `tunesmith serve` on the tiny model."""
 
 import json
-import os
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -116,7 +115,7 @@ def test_a_judge_that_always_picks_the_first_reply_is_cancelled_and_measured():
     assert arm["wins"] == arm["losses"] == 0 and arm["ties"] == 6
 
 
-def test_retries_give_up_and_report_the_failure(monkeypatch):
+def test_retries_give_up_and_report_the_failure():
     examples = [_example(0, "FLAKY")]
     texts = {"fine-tuned": ["RIGHT"], "rag": ["WRONG"]}
     with fake_judge(Script()) as url:
