@@ -233,7 +233,8 @@ def _levers_paragraph(table: list[dict]) -> str:
             what = list(dict.fromkeys(SUPPLIES.get(t["metric"], t["label"]) for t in up))
             say.append(f"{name} supplies {_and(what)} (" + "; ".join(_effect(t, lever) for t in up) + ")")
         if down:
-            say.append(f"{name} costs " + "; ".join(_effect(t, lever) for t in down))
+            say.append(f"{name} works against " + _and([t["label"] for t in down]) + " ("
+                       + "; ".join(_effect(t, lever) for t in down) + ")")
         if not up and not down:
             say.append(f"{name} makes no clear difference (" + "; ".join(_effect(t, lever) for t in table) + ")")
     text = ". ".join(s[0].upper() + s[1:] for s in say) + "."
