@@ -20,11 +20,13 @@ def _example(i: int, marker: str = "") -> dict:
 
 class Script:
     """The fake judge's behaviour: prefers the reply with RIGHT in it; 'OFFFORMAT' in the request
-    gets an answer without a verdict; 'FLAKY' gets HTTP 500 the first time each exact request
-    is seen; biased=True always answers A; status=401 refuses everything."""
+    gets an answer without a verdict; 'FLAKY' gets HTTP 500 and 'RATELIMIT' HTTP 429 (with
+    Retry-After) the first time each exact request is seen; biased=True always answers A;
+    status=401 refuses everything."""
 
     def __init__(self, biased=False, status=200):
         self.biased, self.status, self.seen, self.requests, self.auth = biased, status, set(), 0, []
+        self.retry_after = 0.3
 
     def answer(self, body: dict) -> tuple[int, dict]:
         self.requests += 1
@@ -35,6 +37,9 @@ class Script:
         if "FLAKY" in user and key not in self.seen:
             self.seen.add(key)
             return 500, {"error": {"message": "overloaded"}}
+        if "RATELIMIT" in user and key not in self.seen:
+            self.seen.add(key)
+            return 429, {"error": {"message": "slow down"}}
         a = user.split("# Reply A\n")[1].split("# Reply B\n")[0]
         b = user.split("# Reply B\n")[1]
         if "OFFFORMAT" in user:
@@ -57,6 +62,8 @@ def fake_judge(script: Script):
             status, payload = script.answer(body)
             data = json.dumps(payload).encode()
             self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", str(script.retry_after))
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -127,11 +134,23 @@ def test_retries_give_up_and_report_the_failure():
 def test_a_refused_key_stops_the_judge_with_the_fix(monkeypatch):
     monkeypatch.setenv("TEST_JUDGE_KEY", "sk-wrong")
     with fake_judge(script := Script(status=401)) as url:
-        out = J.judge(_cfg(url, api_key_env="TEST_JUDGE_KEY"), [_example(0), _example(1)],
+        out = J.judge(_cfg(url, api_key_env="TEST_JUDGE_KEY", concurrency=1), [_example(0), _example(1)],
                       {"fine-tuned": ["RIGHT", "RIGHT"], "rag": ["WRONG", "WRONG"]}, "rag", ["fine-tuned"], "rubric",
                       log=lambda *a: None)
     assert out["status"] == "failed" and "HTTP 401" in out["reason"] and "judge.url" in out["reason"]
     assert script.requests == 1 and script.auth == ["Bearer sk-wrong"]  # no retry of a refusal
+
+
+def test_a_rate_limited_judge_waits_as_asked():
+    import time
+
+    with fake_judge(script := Script()) as url:
+        t0 = time.time()
+        out = J.judge(_cfg(url), [_example(0, "RATELIMIT")], {"fine-tuned": ["RIGHT"], "rag": ["WRONG"]}, "rag",
+                      ["fine-tuned"], "rubric", log=lambda *a: None)
+        waited = time.time() - t0
+    assert out["arms"]["fine-tuned"]["win_rate"] == 1.0 and out["retries"] == 2 and script.requests == 4
+    assert waited >= script.retry_after  # Retry-After (0.3 s) beat our own backoff (0.01 s)
 
 
 def test_parse_reads_only_the_asked_form():

@@ -141,7 +141,8 @@ class JudgeConfig:
     max_examples: int = opt(0, "held-out examples judged (the first N scored); 0: all")
     price_per_1k_tokens: float = opt(0.0, "the judge's price in $ per 1,000 tokens, for its cost")
     max_tokens: int = opt(64, "tokens the judge may answer with")
-    retries: int = opt(3, "retries of a failed request (connection error, 429, 5xx), with exponential backoff")
+    concurrency: int = opt(4, "pairs judged at once (requests in flight)")
+    retries: int = opt(3, "retries of a failed request (connection error, 429, 5xx), with exponential backoff or the server's Retry-After")
     backoff_s: float = opt(1.0, "first retry waits this long; each later one twice as long")
     timeout_s: float = opt(120.0, "seconds to wait for one answer")
 

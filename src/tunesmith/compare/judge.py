@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from tunesmith import UserError
 
@@ -47,6 +49,9 @@ def check(j, arm_names: list[str]) -> None:
     if j.api_key_env and not os.environ.get(j.api_key_env):
         raise UserError(f"judge.api_key_env names {j.api_key_env}, which is not set in the environment. "
                         f"fix: export {j.api_key_env}=<key>, or leave judge.api_key_env empty for an endpoint without a key.")
+    for key in ("concurrency", "max_tokens"):
+        if getattr(j, key) < 1:
+            raise UserError(f"judge.{key} must be at least 1, got {getattr(j, key)}. fix: set judge.{key}.")
     unknown = [a for a in _names(j.arms) if a not in arm_names]
     if unknown:
         raise UserError(f"judge.arms: {', '.join(unknown)} not among the compared arms ({', '.join(arm_names)}). "
@@ -108,17 +113,26 @@ class Client:
         self.url = j.url.rstrip("/") + "/chat/completions"
         self.requests = self.retries = self.usage_missing = 0
         self.prompt_tokens = self.completion_tokens = 0
+        self._lock = threading.Lock()  # pairs are judged concurrently; the counters are shared
+        self.refused = ""  # set by the first refusal: the requests still queued are not sent
+
+    def _count(self, **add):
+        with self._lock:
+            for k, v in add.items():
+                setattr(self, k, getattr(self, k) + v)
 
     def ask(self, msgs: list[dict]) -> tuple[str | None, str | None]:
         """(answer text, None) or (None, what went wrong after the last retry)."""
         import httpx
 
-        error = ""
+        error, wait = "", 0.0
         for attempt in range(self.j.retries + 1):
+            if self.refused:
+                raise JudgeUnusable(self.refused)
             if attempt:
-                self.retries += 1
-                time.sleep(self.j.backoff_s * 2 ** (attempt - 1))
-            self.requests += 1
+                self._count(retries=1)
+                time.sleep(max(wait, self.j.backoff_s * 2 ** (attempt - 1)))
+            self._count(requests=1)
             try:
                 r = self.http.post(self.url, json={"model": self.j.model, "messages": msgs, "temperature": 0,
                                                    "max_tokens": self.j.max_tokens})
@@ -133,13 +147,15 @@ class Client:
                     return None, f"HTTP 200 but not a chat completion: {r.text[:200]!r}"
                 usage = body.get("usage") or {}
                 if "prompt_tokens" in usage:
-                    self.prompt_tokens += int(usage["prompt_tokens"])
-                    self.completion_tokens += int(usage.get("completion_tokens") or 0)
+                    self._count(prompt_tokens=int(usage["prompt_tokens"]),
+                                completion_tokens=int(usage.get("completion_tokens") or 0))
                 else:
-                    self.usage_missing += 1
+                    self._count(usage_missing=1)
                 return str(text or ""), None
             error = f"HTTP {r.status_code}: {r.text[:200]}"
+            wait = _retry_after(r.headers.get("retry-after"))
             if r.status_code in (401, 403, 404):
+                self.refused = error
                 raise JudgeUnusable(error)
             if r.status_code not in (408, 409, 429) and r.status_code < 500:
                 return None, error  # this request is refused (too long?): the next may not be
@@ -147,6 +163,14 @@ class Client:
 
     def close(self):
         self.http.close()
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a 429/503 asks us to wait (capped at a minute); 0 when it says nothing usable."""
+    try:
+        return min(60.0, max(0.0, float(value))) if value else 0.0
+    except ValueError:  # an HTTP date: fall back to our own backoff
+        return 0.0
 
 
 def judge(j, examples: list[dict], texts: dict[str, list[str]], reference: str, arms: list[str], rubric_text: str,
@@ -162,9 +186,12 @@ def judge(j, examples: list[dict], texts: dict[str, list[str]], reference: str, 
     try:
         for arm in arms:
             log(f"judge: {arm} against {reference}, {len(examples)} pairs, both orders")
-            pairs = []
-            for i, ex in enumerate(examples):
-                pairs.append(_pair(client, rubric_text, ex, texts[arm][i], texts[reference][i], i, prompt_of, reference_of))
+            pool = ThreadPoolExecutor(max(1, j.concurrency))
+            try:  # map keeps example order
+                pairs = list(pool.map(lambda i: _pair(client, rubric_text, examples[i], texts[arm][i], texts[reference][i],
+                                                      i, prompt_of, reference_of), range(len(examples))))
+            finally:
+                pool.shutdown(cancel_futures=True)
             out["arms"][arm] = _summary(pairs, resamples, seed, bootstrap_mean)
     except JudgeUnusable as exc:
         out["status"], out["reason"] = "failed", (f"the endpoint refused the judge: {exc}. fix: check judge.url "
