@@ -10,23 +10,49 @@ from __future__ import annotations
 from pathlib import Path
 
 
+# family -> (config class, model class, what sets it apart from Llama). Small windows (8) and caps
+# that bite on a random model's small logits make the features matter in a tiny test.
+WINDOW = 8
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "mistral-window": ("MistralConfig", "MistralForCausalLM", {"sliding_window": WINDOW}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
+        "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"],
+        "query_pre_attn_scalar": 16, "final_logit_softcapping": 0.5, "attn_logit_softcapping": 0.5}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"],
+        "query_pre_attn_scalar": 16}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {
+        "logits_scaling": 0.25, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.25}),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layer_interval": 2}),
+    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", {
+        "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"], "logit_scale": 4.0}),
+}
+
+
 def make_tiny_model(path: str | Path, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                    seed: int = 0, tokenizer=None, chat_template: bool = True) -> Path:
-    """Write a random Llama model with the embedded model's tokenizer into `path` and return it."""
+                    seed: int = 0, tokenizer=None, chat_template: bool = True, family: str = "llama") -> Path:
+    """Write a random model of `family` (FAMILIES) with the embedded model's tokenizer into `path`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     from tunesmith.models import DEFAULT_MODEL, load_tokenizer
 
     tok = tokenizer if tokenizer is not None else load_tokenizer(DEFAULT_MODEL)
-    config = LlamaConfig(
+    config_class, model_class, extra = FAMILIES[family]
+    config = getattr(transformers, config_class)(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
         max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = getattr(transformers, model_class)(config)
     path = Path(path)
     model.save_pretrained(path)
     saved_template = tok.chat_template

