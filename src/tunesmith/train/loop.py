@@ -407,13 +407,14 @@ def _heldout(loss_model, held: list[dict], batch_size: int, packing: bool, pad_i
 def save_final(out: Path, model, tok, cfg: Config) -> None:
     """RUN/final: a peft adapter whose base is the model spec as the user wrote it, or a full model."""
     impl = model.config._attn_implementation
+    plain = "sdpa" if getattr(model, "_supports_sdpa", False) else "eager"  # Gemma 2 has no sdpa (score caps)
     with atomic_dir(out) as tmp:
-        if cfg.train.method == "full" and impl != "sdpa":
-            model.set_attn_implementation("sdpa")  # a saved model must load anywhere, without tunesmith
+        if cfg.train.method == "full" and impl != plain:
+            model.set_attn_implementation(plain)  # a saved model must load anywhere, without tunesmith
         try:
             model.save_pretrained(tmp, safe_serialization=True)
         finally:
-            if cfg.train.method == "full" and impl != "sdpa":
+            if cfg.train.method == "full" and impl != plain:
                 model.set_attn_implementation(impl)
         if (tmp / "adapter_config.json").exists():
             adapter = json.loads((tmp / "adapter_config.json").read_text())
