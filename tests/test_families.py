@@ -155,6 +155,108 @@ def test_windows_and_caps_are_each_layers_own(family_dir, tokenizer):
     assert seen == [(0, WINDOW, 0.5), (1, None, 0.5)]
 
 
+def reference_attention(q, k, v, scale, window, softcap):
+    """Attention with an explicit (L, L) mask, every score written out: q (B, H, L, D), k/v (B, Hkv, L, D)."""
+    k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+    scores = q @ k.transpose(2, 3) * scale
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    i = torch.arange(q.shape[2])
+    allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < (window or q.shape[2]))
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ v
+
+
+@pytest.mark.parametrize("window,softcap", [(None, None), (5, None), (None, 0.7), (5, 0.7), (40, None)])
+def test_varlen_attention_equals_a_written_out_mask_in_value_and_gradient(window, softcap):
+    from tunesmith.train.loss import varlen_attention
+
+    torch.manual_seed(0)
+    lengths = [3, 12, 9]  # shorter than, longer than and about the window
+    q = torch.randn(1, 4, sum(lengths), 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 2, sum(lengths), 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    cu = [0, 3, 15, 24]
+    ours, _ = varlen_attention(None, q, k, v, None, scaling=0.3, cu_seqlens=cu, sliding_window=window, softcap=softcap)
+    ours.square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = torch.cat([reference_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], 0.3, window, softcap)
+                     for a, b in zip(cu[:-1], cu[1:])], dim=2).transpose(1, 2)  # (1, T, H, D)
+    ref.square().sum().backward()
+    assert (ours - ref).abs().max().item() < 1e-12
+    assert all((g - t.grad).abs().max().item() < 1e-12 for g, t in zip(grads, (q, k, v)))
+    if window == 5 or softcap:  # the setting changed the result: the comparison above tested it
+        plain = torch.cat([reference_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], 0.3, None, None)
+                           for a, b in zip(cu[:-1], cu[1:])], dim=2).transpose(1, 2)
+        assert (plain - ref).abs().max().item() > 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("window", [None, 5])
+def test_the_fused_cuda_kernel_keeps_windows_like_the_per_example_path(window):
+    from tunesmith.train.loss import _cuda_varlen, varlen_attention
+
+    if _cuda_varlen() is None:
+        pytest.skip("this torch has no varlen attention")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, h, 24, 64, device="cuda", dtype=torch.bfloat16) for h in (4, 2, 2))
+    fused, _ = varlen_attention(None, q, k, v, None, cu_seqlens=[0, 3, 15, 24], sliding_window=window)
+    ref = torch.cat([reference_attention(*(x[:, :, a:b].double().cpu() for x in (q, k, v)), 64 ** -0.5, window, None)
+                     for a, b in ((0, 3), (3, 15), (15, 24))], dim=2).transpose(1, 2)
+    assert (fused.double().cpu() - ref).abs().max().item() < 2e-2
+
+
+@pytest.mark.parametrize("scale,softcap", [(1.0, 0.8), (4.0, None), (0.25, None)])
+def test_linear_cross_entropy_scales_and_caps_as_the_model_does(scale, softcap):
+    import torch.nn.functional as F
+
+    from tunesmith.train.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(100, 16, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 100, (37,))
+    ours = linear_cross_entropy(h, w, y, chunk=5, scale=scale, softcap=softcap)
+    ours.backward()
+    grads = [t.grad.clone() for t in (h, w)]
+    for t in (h, w):
+        t.grad = None
+    logits = (h @ w.T) * scale
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    ref = F.cross_entropy(logits, y, reduction="sum")
+    ref.backward()
+    assert abs(ours.item() - ref.item()) < 1e-10
+    assert all((g - t.grad).abs().max().item() < 1e-10 for g, t in zip(grads, (h, w)))
+    with torch.no_grad():
+        assert abs(linear_cross_entropy(h, w, y, chunk=7, scale=scale, softcap=softcap).item() - ref.item()) < 1e-10
+        assert abs(linear_cross_entropy(h, w, y).item() - ref.item()) > 1e-3  # the scale or cap mattered
+
+
+def test_what_is_not_supported_is_refused_before_training_naming_family_and_fix(family_dir):
+    from tunesmith.train.loss import logit_transform
+
+    model = load(family_dir("gemma3"))
+    model.config.use_bidirectional_attention = True
+    with pytest.raises(UserError, match=r"^gemma3_text: bidirectional attention .* fix: set train.packing=false"):
+        use_varlen(model)
+    model = load(family_dir("mistral-window"))
+    type(model)._supports_flash_attn, saved = False, type(model)._supports_flash_attn
+    try:
+        with pytest.raises(UserError, match=r"^mistral: its sliding window reaches attention only through a mask"):
+            use_varlen(model)
+    finally:
+        type(model)._supports_flash_attn = saved
+    config = load(family_dir("granite")).config
+    config.output_multiplier = 2.0
+    with pytest.raises(UserError, match=r"^granite: its logits are rescaled .*output_multiplier.* fix:"):
+        logit_transform(config)
+    config.output_multiplier, config.final_logit_softcapping = None, 30.0
+    with pytest.raises(UserError, match=r"logits_scaling, final_logit_softcapping"):
+        logit_transform(config)
+
+
 def chats_file(path, n=8):
     words = "pantry basket planner budget swap nudge cook night weekly plan household leftover".split()
     with open(path, "w") as f:

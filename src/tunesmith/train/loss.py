@@ -88,7 +88,7 @@ def _causal(q, k, v, scale, dropout, window, softcap):
     scores = torch.tanh(scores / softcap) * softcap
     allowed = _band(length, window if banded else length, q.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = torch.softmax(_wide(scores), dim=-1).to(q.dtype)  # float32 at least, as the eager attention
     if dropout:
         probs = F.dropout(probs, p=dropout)
     return probs @ v
