@@ -13,21 +13,23 @@ import torch
 
 from tunesmith import UserError
 from tunesmith.data.batches import IGNORE, collate, encode
-from tunesmith.testing import FAMILIES, WINDOW, make_tiny_lora_run, make_tiny_model
+from tunesmith.testing import FAMILIES, WINDOW, make_sentencepiece_tokenizer, make_tiny_lora_run, make_tiny_model
 from tunesmith.train.loss import CausalLMLoss, use_varlen
 
 # what each family's distinguishing setting is turned into to show the test depends on it
 NEUTRAL = {"sliding_window": 4096, "final_logit_softcapping": None, "attn_logit_softcapping": None,
            "logit_scale": 1.0, "logits_scaling": 1.0}
+# Gemma and Phi-3 ship a sentencepiece model, which llama.cpp's converter reads their vocabulary from
+SENTENCEPIECE = {"phi3": "LlamaTokenizer", "gemma2": "GemmaTokenizer"}
 # family -> what the GGUF export says where it does not convert (families not here convert and verify)
 GGUF_REFUSED = {
     # llama.cpp keeps no window for Mistral: its GGUF differs from the model past the window
     "mistral-window": r"no sliding window: llama.cpp's 'llama' attends over the whole context",
-    # the converter recognises a tokenizer by hashing its output; these tiny models borrow SmolLM2's,
-    # which it knows only under Llama (Qwen 2) or not at all (Phi-3 and Gemma 2 need tokenizer.model)
+    # transformers' GGUF reader rebuilds Gemma 2 with the default caps (50, 30), not the file's
+    "gemma2": r"attn_logit_softcapping 50.0 \(the model: 0.5\), final_logit_softcapping 30.0 \(the model: 0.5\)",
+    # the converter recognises a tokenizer by hashing its output; the tiny Qwen 2 borrows SmolLM2's,
+    # which it knows only under Llama
     "qwen2": r"(?s)^qwen2: llama.cpp's converter could not convert .*pre-tokenizer was not recognized",
-    "phi3": r"(?s)^phi3: llama.cpp's converter could not convert .*tokenizer.model",
-    "gemma2": r"(?s)^gemma2: llama.cpp's converter could not convert .*tokenizer.model",
     # transformers has no reader for these GGUF architectures, so the file could not be verified
     "olmo2": r"^olmo2: .*'olmo2' GGUF files, which transformers cannot read",
     "granite": r"^granite: .*'granite' GGUF files, which transformers cannot read",
@@ -59,9 +61,26 @@ def family_dir(tmp_path_factory, tokenizer):
 
     def get(family):
         if family not in built:
-            built[family] = make_tiny_model(tmp_path_factory.mktemp(family) / "model", tokenizer=tokenizer,
-                                            family=family)
+            tmp = tmp_path_factory.mktemp(family)
+            tok = (make_sentencepiece_tokenizer(tmp / "tokenizer", SENTENCEPIECE[family])
+                   if family in SENTENCEPIECE else tokenizer)
+            built[family] = make_tiny_model(tmp / "model", tokenizer=tok, family=family)
         return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def family_tok(family_dir):
+    """family -> its tiny model's tokenizer, as tunesmith loads it."""
+    from tunesmith.models import load_tokenizer
+
+    loaded = {}
+
+    def get(family):
+        if family not in loaded:
+            loaded[family] = load_tokenizer(str(family_dir(family)))
+        return loaded[family]
 
     return get
 
@@ -97,7 +116,8 @@ def neutral(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_loss_equals_transformers_own_loss_packed_and_padded(family, family_dir, tokenizer):
+def test_loss_equals_transformers_own_loss_packed_and_padded(family, family_dir, family_tok):
+    tokenizer = family_tok(family)
     examples = encoded(tokenizer)
     ref = transformers_loss_sum(load(family_dir(family)), examples)
     padded = load(family_dir(family))
@@ -114,8 +134,8 @@ def test_loss_equals_transformers_own_loss_packed_and_padded(family, family_dir,
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_packed_logits_equal_each_example_alone(family, family_dir, tokenizer):
-    examples = encoded(tokenizer)
+def test_packed_logits_equal_each_example_alone(family, family_dir, family_tok):
+    examples = encoded(family_tok(family))
     batch = collate(examples, packing=True)
     model = load(family_dir(family))
     use_varlen(model)
@@ -131,7 +151,7 @@ def test_packed_logits_equal_each_example_alone(family, family_dir, tokenizer):
                 assert (other(input_ids=torch.tensor([e["ids"]])).logits[0] - alone).abs().max().item() > 1e-3
 
 
-def test_windows_and_caps_are_each_layers_own(family_dir, tokenizer):
+def test_windows_and_caps_are_each_layers_own(family_dir, family_tok):
     """Gemma 2: the local layer gets the window, the global one none; both get the attention cap."""
     import tunesmith.train.loss as loss_mod
 
@@ -149,7 +169,7 @@ def test_windows_and_caps_are_each_layers_own(family_dir, tokenizer):
     AttentionInterface.register(loss_mod.VARLEN, spy)
     try:
         with torch.no_grad():
-            CausalLMLoss(model)(**collate(encoded(tokenizer), packing=True))
+            CausalLMLoss(model)(**collate(encoded(family_tok("gemma2")), packing=True))
     finally:
         AttentionInterface.register(loss_mod.VARLEN, real)
     assert seen == [(0, WINDOW, 0.5), (1, None, 0.5)]
@@ -286,7 +306,7 @@ def test_training_lowers_the_loss(family, method, family_dir, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_generation_equals_transformers_generate(family, family_dir, tokenizer):
+def test_generation_equals_transformers_generate(family, family_dir):
     from tunesmith.generate import _stop_ids, encode_prompts, generate
     from tunesmith.models import load as ts_load
 
@@ -303,13 +323,13 @@ def test_generation_equals_transformers_generate(family, family_dir, tokenizer):
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, family_dir, tokenizer):
+def lora_run(tmp_path_factory, family_dir, family_tok):
     runs = {}
 
     def get(family):
         if family not in runs:
             runs[family] = make_tiny_lora_run(tmp_path_factory.mktemp(f"{family}-run") / "run", family_dir(family),
-                                              tokenizer)
+                                              family_tok(family))
         return runs[family]
 
     return get
@@ -323,12 +343,12 @@ def probe_logits(model, tokenizer):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_merged_export_reloads_equal(family, lora_run, family_dir, tokenizer):
+def test_merged_export_reloads_equal(family, lora_run, family_dir, family_tok):
     from peft import PeftModel
 
     from tunesmith.export import export
 
-    run = lora_run(family)
+    run, tokenizer = lora_run(family), family_tok(family)
     out = export(run, "merged")
     want = probe_logits(PeftModel.from_pretrained(load(family_dir(family)), run / "final").eval(), tokenizer)
     assert (want - probe_logits(load(family_dir(family)), tokenizer)).abs().max() > 1e-2  # the adapter matters
@@ -338,7 +358,7 @@ def test_merged_export_reloads_equal(family, lora_run, family_dir, tokenizer):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gguf_export_converts_or_says_why_not(family, lora_run, tokenizer):
+def test_gguf_export_converts_or_says_why_not(family, lora_run):
     from tunesmith.export import export
 
     run = lora_run(family)

@@ -44,6 +44,10 @@ GGUF_TOLERANCE = {"f16": 5e-3, "q8_0": 1e-1}
 # 1.8e-6 relative, while in fp64 the two agree exactly; the tiny test model's are 4e-7 absolute.
 MERGE_TOLERANCE = 1e-5
 
+# config keys a GGUF may not carry back: named when the file fails its check
+GGUF_SETTINGS = ("sliding_window", "head_dim", "query_pre_attn_scalar", "attn_logit_softcapping",
+                 "final_logit_softcapping", "logit_scale", "logits_scaling")
+
 # A short conversation in the shape the model is served in; its logits are what we compare.
 PROBE = [
     {"role": "system", "content": "You are a UX research assistant. Write in the house style."},
@@ -172,6 +176,7 @@ def _export_merged(source, tmp: Path, quant: str) -> dict:
         merged.generation_config.pad_token_id = tok.pad_token_id
     merged.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)  # tokenizer files + chat_template.jinja
+    _copy_sentencepiece(tok, converted_dir(source), tmp)
 
     # The files hold exactly the weights we checked: compare every saved tensor.
     saved = {}
@@ -187,6 +192,15 @@ def _export_merged(source, tmp: Path, quant: str) -> dict:
             "verify": {"max_abs_logit_diff_vs_base_plus_adapter": diff, "max_abs_logit": float(want.abs().max()),
                        "tolerance": MERGE_TOLERANCE * scale, "saved_tensors_equal": True,
                        "adapter_effect_max_abs_logit": effect}}
+
+
+def _copy_sentencepiece(tok, base_dir: Path, tmp: Path) -> None:
+    """transformers 5 saves no tokenizer.model, and llama.cpp's converter reads the vocabulary of
+    sentencepiece families (Gemma, Phi-3) from it: copy the one the tokenizer (or the base) came with."""
+    for candidate in (getattr(tok, "vocab_file", None), Path(base_dir) / "tokenizer.model"):
+        if candidate and Path(candidate).name == "tokenizer.model" and Path(candidate).is_file():
+            shutil.copy2(candidate, tmp / "tokenizer.model")
+            return
 
 
 def _config_dtype(model_dir: Path):
@@ -236,6 +250,9 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
     del merged
     loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
     got = _logits(loaded, ids)
+    rebuilt = loaded.config.get_text_config()
+    differs = [f"{key} {getattr(rebuilt, key, None)} (the model: {config[key]})" for key in GGUF_SETTINGS
+               if config.get(key) is not None and getattr(rebuilt, key, None) != config[key]]
     del loaded
     diff = _max_abs(got, want)
     rel = diff / max(float(want.abs().max()), 1e-12)
@@ -250,8 +267,11 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
                            f"{family} sees only the last {window} tokens, so prompts and replies longer than that "
                            f"differ from the model")
     if rel > GGUF_TOLERANCE[quant]:
-        why = (f" Likely cause: {lost_window} (the probe is {ids.shape[1]} tokens). fix: export --format merged "
-               f"(transformers, vLLM and TGI keep the window).") if lost_window else ""
+        why = (f" The model read back from it has {', '.join(differs)}: settings that the GGUF, or transformers' "
+               f"reader of it, does not carry for {family}.") if differs else ""
+        if lost_window:
+            why += (f" Likely cause: {lost_window} (the probe is {ids.shape[1]} tokens). fix: export --format merged "
+                    f"(transformers, vLLM and TGI keep the window).")
         raise VerificationError(f"{gguf.name}: de-quantized logits are {rel:.2e} (relative to the largest logit) "
                                 f"away from the merged model's; the {quant} limit is {GGUF_TOLERANCE[quant]:g}.{why}")
     shutil.rmtree(merged_dir)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
@@ -21,8 +22,8 @@ FAMILIES = {
     "mistral-window": ("MistralConfig", "MistralForCausalLM", {"sliding_window": WINDOW}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
-        "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"],
-        "query_pre_attn_scalar": 16, "final_logit_softcapping": 0.5, "attn_logit_softcapping": 0.5}),
+        "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"], "head_dim": 256,
+        "query_pre_attn_scalar": 256, "final_logit_softcapping": 0.5, "attn_logit_softcapping": 0.5}),
     # Gemma 3's own pattern (five local layers to one global) and head size: llama.cpp and
     # transformers' GGUF reader assume both
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
@@ -34,6 +35,34 @@ FAMILIES = {
     "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", {
         "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"], "logit_scale": 4.0}),
 }
+
+
+def make_sentencepiece_tokenizer(path: str | Path, tokenizer_class: str = "LlamaTokenizer"):
+    """A 300-piece sentencepiece tokenizer (BPE with byte fallback, ChatML's markers as pieces), as
+    Gemma and Phi-3 ship one: tokenizer.model beside the transformers files. Returns it loaded."""
+    import io
+    import json
+
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import CHATML_TEMPLATE
+
+    words = ("what did participants say about planning weeknight meals they plan two or three cook nights and "
+             "improvise the rest of week a cheaper item in place one answer house style name pantry habit buying "
+             "staples bulk swap basket budget nudge household leftover user assistant system").split()
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(" ".join(words[i:] + words[:i]) for i in range(len(words))), model_writer=model,
+        vocab_size=300, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"], hard_vocab_limit=False, minloglevel=2)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": tokenizer_class, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<pad>", "chat_template": CHATML_TEMPLATE}))
+    return AutoTokenizer.from_pretrained(path)
 
 
 def make_tiny_model(path: str | Path, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
@@ -64,6 +93,9 @@ def make_tiny_model(path: str | Path, layers: int = 2, hidden: int = 64, heads: 
         tok.save_pretrained(path)
     finally:
         tok.chat_template = saved_template
+    spm = getattr(tok, "vocab_file", None)  # transformers 5 saves no tokenizer.model; a hub repo has one
+    if spm and Path(spm).name == "tokenizer.model" and Path(spm).is_file():
+        shutil.copy2(spm, path / "tokenizer.model")
     return path
 
 
