@@ -2,7 +2,7 @@
 transformers' own, packed examples see exactly what they see alone, LoRA and full training lower
 the loss, generation equals transformers' generate, and the exports reload equal.
 
-Windows are 8 tokens and the examples 30-60, so a sliding window changes every example; Gemma 2's
+Windows are 8 tokens and every example longer than 16, so a sliding window changes every example; Gemma 2's
 caps and Granite's and Cohere's logit scales are set where they change a random model's logits
 (each test checks that the feature it exercises does change the result)."""
 
@@ -313,7 +313,7 @@ def test_generation_equals_transformers_generate(family, family_dir):
     model, tok = ts_load(str(family_dir(family)), dtype="float32", device="cpu")
     convs = [c[:-1] for c in CHATS]
     ours = generate(model, tok, convs, max_new_tokens=12, stop_on_repeat=False)
-    for conv, ids, got in zip(convs, encode_prompts(tok, convs), ours):
+    for ids, got in zip(encode_prompts(tok, convs), ours):
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
                                  eos_token_id=_stop_ids(tok), pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
