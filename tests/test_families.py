@@ -369,3 +369,17 @@ def test_gguf_export_converts_or_says_why_not(family, lora_run):
     report = json.loads((export(run, "gguf", "f16") / "export.json").read_text())
     assert report["verify"]["relative_diff"] <= report["verify"]["tolerance_relative"]
     assert report["verify"]["top1_agreement"] > 0.9
+
+
+@pytest.mark.slow
+def test_gguf_of_a_window_longer_than_the_probe_converts_with_a_warning(family_dir, family_tok, tmp_path):
+    """Mistral 7B v0.1's case: a 4096-token window the GGUF drops, which the probe cannot see."""
+    from tunesmith.export import export
+
+    base = tmp_path / "mistral-4096"
+    load(family_dir("mistral-window"), sliding_window=4096).save_pretrained(base)
+    family_tok("mistral-window").save_pretrained(base)
+    run = make_tiny_lora_run(tmp_path / "run", base, family_tok("mistral-window"))
+    report = json.loads((export(run, "gguf", "f16") / "export.json").read_text())
+    assert report["verify"]["relative_diff"] <= report["verify"]["tolerance_relative"]
+    assert any("no sliding window" in w and "last 4096 tokens" in w for w in report["warnings"]), report["warnings"]
