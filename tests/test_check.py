@@ -92,7 +92,7 @@ def test_malformed_corpus_end_to_end(tiny_model_dir, capsys):
         want.update((int(line), c) for c in codes.split(","))
     assert got == want  # every code, too-long included, on its line
     f = report["files"][0]
-    assert (f["records"], f["valid"], f["duplicates"], f["over_max_len"]) == (143, 42, 3, 3)
+    assert (f["records"], f["valid"], f["duplicates"], f["over_max_len"]) == (143, 46, 3, 3)
     assert all(i["fix"] for i in report["issues"])
 
 

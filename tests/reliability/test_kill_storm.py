@@ -15,10 +15,12 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from conftest import fork_train, make_chats, train_overrides
+from reliability_kit import fork_train, make_chats, train_overrides
 from tunesmith.train.checkpoints import latest_checkpoint, verify_checkpoint
 from tunesmith.config import load_config
 from tunesmith.train import train
+
+pytestmark = pytest.mark.subprocess  # forks the trainers it kills
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ SLOW_FORWARD_S = 0.01
 SLOTS = 2
 HEADER_TIMEOUT_S = BODY_TIMEOUT_S = 1.0
 
+pytestmark = pytest.mark.subprocess  # forks the server
+
 
 def _serve_forever(sock, model_dir):
     """The child: load the tiny model, make it slow, serve until SIGTERM."""

@@ -2,8 +2,9 @@
 model sees. Same base model and decoding for all; only the prompt (and, for the fine-tuned arms,
 the weights) differ.
 
-    from tunesmith.compare.arms import ARMS, TUNED, Context
+    from tunesmith.compare.arms import ARMS, TUNED, Context, build_prompts
     messages = ARMS["few-shot-retrieved"](example, ctx)
+    convs = build_prompts("rag", examples, ctx)   # and ctx.prompt_stats["rag"]: what went in
 
 An arm that cannot run here (no corpus, no style guide, no training examples) raises `Skipped`
 with the reason and the fix; compare reports it as skipped instead of failing.
@@ -11,6 +12,8 @@ with the reason and the fix; compare reports it as skipped instead of failing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,12 +32,15 @@ class Context:
 
     train: list[dict] = field(default_factory=list)  # training examples (chat records)
     style: str = ""  # the house style guide
+    prompt: str = ""  # the team's own engineered system prompt (data.prompt)
     glossary: list[Term] = field(default_factory=list)
     passages: list = field(default_factory=list)  # retrieval.Passage list from the corpus
     k_shots: int = 3
     rag_k: int = 3
     seed: int = 0
     fits: Callable[[list[dict]], bool] = lambda messages: True  # prompt within the token budget?
+    prompt_stats: dict = field(default_factory=dict)  # arm -> what went into its prompts (build_prompts)
+    _added: tuple[int, int] = (0, 0)  # (added, offered) by the last arm call
     _cache: dict = field(default_factory=dict)
 
 
@@ -71,6 +77,7 @@ def _add_while_fits(ctx: Context, build: Callable[[list], list[dict]], candidate
         if not ctx.fits(build(chosen + [c])):
             break
         chosen.append(c)
+    ctx._added = (len(chosen), len(candidates))
     return build(chosen)
 
 
@@ -83,10 +90,13 @@ def zero_shot(example: dict, ctx: Context) -> list[dict]:
 
 
 def engineered_prompt(example: dict, ctx: Context) -> list[dict]:
-    """The house style guide and the glossary in the system prompt."""
-    if not ctx.style and not ctx.glossary:
-        raise Skipped("no style guide or glossary. fix: set data.style and/or data.glossary (tunesmith import writes both).")
-    parts = ["Write the way this team writes. Follow its house style guide and glossary exactly."]
+    """The team's own prompt (data.prompt), the house style guide and the glossary in the system prompt."""
+    if not ctx.prompt and not ctx.style and not ctx.glossary:
+        raise Skipped("no prompt, style guide or glossary. fix: set data.prompt to a file with your own system prompt, "
+                      "and/or data.style and data.glossary (tunesmith import writes both).")
+    ctx._added = (1, 1)
+    parts = [ctx.prompt.strip() if ctx.prompt.strip() else
+             "Write the way this team writes. Follow its house style guide and glossary exactly."]
     if ctx.style:
         parts.append("# House style guide\n\n" + ctx.style.strip())
     if ctx.glossary:
@@ -172,3 +182,30 @@ ARMS = {
     "fine-tuned+rag": rag,
 }
 TUNED = ("fine-tuned", "fine-tuned+rag")
+
+# what an arm adds to its base arm's prompt, and that base: an arm that adds nothing *is* its base
+ADDS = {"engineered-prompt": ("system prompt", "zero-shot"), "few-shot-fixed": ("examples", "zero-shot"),
+        "few-shot-retrieved": ("examples", "zero-shot"), "rag": ("passages", "zero-shot"),
+        "fine-tuned+rag": ("passages", "fine-tuned")}
+
+
+def build_prompts(name: str, examples: list[dict], ctx: Context) -> list[list[dict]]:
+    """Every example's conversation for one arm; what went in lands in ctx.prompt_stats[name]:
+    the mean number added, the prompts where none fit, and a fingerprint of all the prompts (two
+    arms on the same weights with equal fingerprints are one arm, whatever their names)."""
+    convs, added, offered = [], [], []
+    for ex in examples:
+        ctx._added = (0, 0)
+        convs.append(ARMS[name](ex, ctx))
+        added.append(ctx._added[0])
+        offered.append(ctx._added[1])
+    kind, base = ADDS.get(name, (None, None))
+    n = max(1, len(examples))
+    ctx.prompt_stats[name] = {
+        "adds": kind, "base": base, "mean_added": sum(added) / n,
+        "none_fit": sum(a == 0 and o > 0 for a, o in zip(added, offered)),  # there were some, none fitted
+        "none_found": sum(o == 0 for o in offered) if kind else 0,
+        "prompts": len(examples),
+        "fingerprint": hashlib.sha256(json.dumps(convs, sort_keys=True).encode()).hexdigest()[:16],
+    }
+    return convs

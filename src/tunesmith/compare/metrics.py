@@ -1,35 +1,117 @@
-"""Per-example metrics: how close an output is to the team's own text, and whether it follows the
-house rules (glossary, templates).
+"""Per-example metrics: is the answer right (the key facts, exact match, token F1), how close is
+the output to the team's own text (chrF, ROUGE-L), and does it follow the house rules (glossary,
+templates).
 
     from tunesmith.compare.metrics import load_glossary, load_templates, score
     row = score(output, reference, task="insight", glossary=load_glossary("glossary.yaml"),
-                templates=load_templates("style.md"))
-    # {"chrf": 41.2, "rougeL": 33.0, "glossary": 0.67, "rejected_per_100w": 1.9, "template": 1.0, "length_ratio": 0.94}
+                templates=load_templates("style.md"), answer=None)
+    # {"answer": None, "exact_match": None, "token_f1": None, "chrf": 41.2, "rougeL": 33.0, "glossary": 0.67, ...}
 
-Every score is per example; `None` means "does not apply here" (no preferred term in the reference,
-no template for this kind of output) and is left out of that metric's mean, never counted as 0.
+Every score is per example; `None` means "does not apply here" (no key facts given, a reference too
+long for exact match, no preferred term in the reference, no template for this kind of output) and
+is left out of that metric's mean, never counted as 0.
+
+Answer accuracy reads meta.answer: one key fact (a string) or a list of them, every one of which a
+correct reply must contain; a fact may itself be a list of alternatives, any one of which will do
+(`["180 days", ["legal hold", "litigation hold"]]`). A fact is contained when its words, normalised
+as SQuAD normalises answers (lower case, punctuation and a/an/the dropped), appear in the reply in
+that order as whole words: "180 days" is in "Kept for 180 days.", "18 days" is not. It checks the
+facts are stated, not that they are asserted ("not 180 days" contains "180 days"); that is the
+judge's job.
 """
 
 from __future__ import annotations
 
 import re
+import string
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
 from tunesmith import UserError
 
-# metric -> (label in tables, higher is better, shown as percent). A closed set: a dict literal.
+
+
+class Metric(NamedTuple):
+    label: str  # in tables and sentences
+    higher_is_better: bool | None  # None: neither direction is better (length ratio: 1.0 is best)
+    percent: bool  # scores are shares 0-1, shown as percent; differences in percentage points
+
+
+# A closed set: a dict literal, in the order tables show them.
 METRICS = {
-    "chrf": ("chrF", True, False),
-    "rougeL": ("ROUGE-L", True, False),
-    "glossary": ("glossary adherence", True, True),
-    "rejected_per_100w": ("rejected terms /100 words", False, False),
-    "template": ("template conformance", True, True),
-    "length_ratio": ("length ratio", None, False),  # 1.0 is best; neither direction is "better"
+    "answer": Metric("answer accuracy", True, True),
+    "exact_match": Metric("exact match", True, True),
+    "token_f1": Metric("token F1", True, True),
+    "chrf": Metric("chrF", True, False),
+    "rougeL": Metric("ROUGE-L", True, False),
+    "glossary": Metric("glossary adherence", True, True),
+    "rejected_per_100w": Metric("rejected terms /100 words", False, False),
+    "template": Metric("template conformance", True, True),
+    "length_ratio": Metric("length ratio", None, False),
 }
+SHORT_ANSWER_WORDS = 12  # references up to this long are short answers: exact match and token F1 apply
+
+
+def points(key: str, value: float) -> float:
+    """A score on the scale differences and margins are stated in: percentage points for shares."""
+    return 100.0 * value if METRICS[key].percent else value
+
+
+# ------------------------------------------------------------------------------ answers (SQuAD)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, punctuation out, the articles a/an/the out, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+_PUNCTUATION = set(string.punctuation) | set("‘’“”–—…")
+
+
+def exact_match(output: str, reference: str) -> float:
+    return float(normalize_answer(output) == normalize_answer(reference))
+
+
+def token_f1(output: str, reference: str) -> float:
+    """F1 of the normalised words the output shares with the reference (SQuAD's token F1)."""
+    out, ref = normalize_answer(output).split(), normalize_answer(reference).split()
+    if not out or not ref:
+        return float(out == ref)
+    common = sum((Counter(out) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(out), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def contains(output: str, fact: str) -> bool:
+    """The fact's normalised words, in order, as whole words of the normalised output."""
+    words = normalize_answer(fact)
+    return bool(words) and f" {words} " in f" {normalize_answer(output)} "
+
+
+def answer_facts(answer) -> list[list[str]]:
+    """meta.answer as [[alternatives of fact 1], [alternatives of fact 2], ...]; [] when absent."""
+    if answer is None or answer == "" or answer == []:
+        return []
+    facts = answer if isinstance(answer, list) else [answer]
+    return [[str(a) for a in f] if isinstance(f, list) else [str(f)] for f in facts]
+
+
+def answer_accuracy(output: str, answer) -> float | None:
+    """1.0 when the output contains every key fact of meta.answer (any alternative of each), else
+    0.0; None when the example gives no key facts."""
+    facts = answer_facts(answer)
+    if not facts:
+        return None
+    return float(all(any(contains(output, alt) for alt in alts) for alts in facts))
 
 
 # ---------------------------------------------------------------------------------- similarity
@@ -203,13 +285,22 @@ def template_conformance(output: str, labels: list[str]) -> float:
 # ---------------------------------------------------------------------------------------- all
 
 
+def is_short(reference: str) -> bool:
+    return len(reference.split()) <= SHORT_ANSWER_WORDS
+
+
 def score(output: str, reference: str, task: str = "", glossary: list[Term] = (),
-          templates: dict[str, list[str]] | None = None) -> dict:
-    """Every metric for one output. Glossary metrics are None without a glossary; template is None
-    when no template applies to this example."""
+          templates: dict[str, list[str]] | None = None, answer=None) -> dict:
+    """Every metric for one output. Answer accuracy is None without meta.answer, exact match and
+    token F1 are None for a long reference; glossary metrics are None without a glossary; template
+    is None when no template applies to this example."""
     templates = templates or {}
     name = template_for(reference, task, templates)
+    short = is_short(reference)
     return {
+        "answer": answer_accuracy(output, answer),
+        "exact_match": exact_match(output, reference) if short else None,
+        "token_f1": token_f1(output, reference) if short else None,
         "chrf": chrf(output, reference),
         "rougeL": rouge_l(output, reference),
         "glossary": glossary_adherence(output, reference, list(glossary)) if glossary else None,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tunesmith.compare.metrics import METRICS
 
-SHOWN = ("chrf", "rougeL", "glossary", "rejected_per_100w", "template", "length_ratio")
+SHORT = {"answer": "answer", "exact_match": "EM", "token_f1": "F1", "chrf": "chrF", "rougeL": "ROUGE-L",
+         "glossary": "glossary", "rejected_per_100w": "rej/100w", "template": "template", "length_ratio": "length"}
 BASE_COLOUR, TUNED_COLOUR, PICK_COLOUR = "#5b7fa6", "#d9822b", "#2e8b57"
 
 
@@ -61,7 +62,7 @@ def _clean(obj):
 def fmt(key: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if METRICS[key][2]:
+    if METRICS[key].percent:
         return f"{100 * value:.0f}%"
     if key == "length_ratio":
         return f"{value:.2f}"
@@ -71,7 +72,7 @@ def fmt(key: str, value) -> str:
 def fmt_ci(key: str, m: dict) -> str:
     if m["n"] == 0:
         return "–"
-    if METRICS[key][2]:
+    if METRICS[key].percent:
         return f"{fmt(key, m['mean'])} [{100 * m['lo']:.0f}–{100 * m['hi']:.0f}]"
     return f"{fmt(key, m['mean'])} [{fmt(key, m['lo'])}–{fmt(key, m['hi'])}]"
 
@@ -79,12 +80,39 @@ def fmt_ci(key: str, m: dict) -> str:
 def fmt_diff(key: str, d) -> str:
     if not d or d[0] is None or math.isnan(d[0]):
         return "–"
-    scale = 100 if METRICS[key][2] else 1
+    scale = 100 if METRICS[key].percent else 1
     return f"{scale * d[0]:+.1f} [{scale * d[1]:+.1f}, {scale * d[2]:+.1f}]"
 
 
 def _ok(results: dict) -> list[str]:
     return [n for n, a in results["arms"].items() if a["status"] == "ok"]
+
+
+def shown(results: dict) -> list[str]:
+    """The metrics that apply to some arm here, in METRICS order (no column of dashes)."""
+    return [k for k in METRICS if any(results["arms"][n]["metrics"][k]["n"] for n in _ok(results))]
+
+
+def went_in(arm: dict) -> str:
+    """What an arm put into its prompts, in words."""
+    p = arm.get("prompts")
+    if not p:
+        return "–"
+    if not p["adds"]:
+        return "nothing added: the example's own prompt"
+    if p["adds"] == "system prompt":
+        return "a system prompt on every prompt"
+    text = f"{p['mean_added']:.1f} {p['adds']} per prompt"
+    if p["none_fit"]:
+        text += f"; none fit in {p['none_fit']} of {p['prompts']} prompts"
+    if p["none_found"]:
+        text += f"; none found for {p['none_found']} of {p['prompts']}"
+    return text
+
+
+def same_as_lines(results: dict) -> list[str]:
+    return [f"{n} = {a['same_as']}: {a['same_why']}, so it is {a['same_as']} under another name and is not counted as "
+            f"separate evidence." for n, a in results["arms"].items() if a.get("same_as")]
 
 
 # -------------------------------------------------------------------------------------- terminal
@@ -93,35 +121,66 @@ def _ok(results: dict) -> list[str]:
 def print_summary(results: dict) -> None:
     """The verdict table, as it appears in the terminal."""
     print("\n" + summary_table(results))
+    for line in same_as_lines(results):
+        print("\n" + _wrap("warning: " + line))
     print("\n" + _wrap(results["verdict"]["paragraph"]))
+    if results.get("levers") and results["levers"].get("paragraph"):
+        print("\n" + _wrap("The two levers apart: " + results["levers"]["paragraph"]))
+    if results.get("judge"):
+        print("\n" + _wrap(judge_summary(results["judge"])))
 
 
 def summary_table(results: dict) -> str:
     key = results["primary_metric"]
     ref = results["verdict"]["reference"]
-    head = ["arm", "chrF", "ROUGE-L", "glossary", "rej/100w", "template", "length", f"Δ{METRICS[key][0]} vs {ref} [95% CI]",
-            "prompt tok", "p50 s"]
+    keys = shown(results)
+    head = ["arm", *(SHORT[k] for k in keys), f"Δ{SHORT[key]} vs {ref} [95% CI]", "prompt tok", "p50 s", "what went into the prompts"]
     rows = []
     for name, arm in results["arms"].items():
         if arm["status"] != "ok":
             rows.append([name, "skipped: " + arm["reason"].split(". fix:")[0]] + [""] * (len(head) - 2))
             continue
         m = arm["metrics"]
-        rows.append([name + (" *" if name == results["verdict"]["recommend"] else ""),
-                     *(fmt(k, m[k]["mean"]) for k in SHOWN), fmt_diff(key, arm["diff"].get(key)),
-                     f"{arm['cost']['prompt_tokens']:.0f}", f"{arm['cost']['latency_p50_s']:.1f}"])
+        mark = " *" if name == results["verdict"]["recommend"] else " =" if arm.get("same_as") else ""
+        rows.append([name + mark, *(fmt(k, m[k]["mean"]) for k in keys), fmt_diff(key, arm["diff"].get(key)),
+                     f"{arm['cost']['prompt_tokens']:.0f}", f"{arm['cost']['latency_p50_s']:.1f}", went_in(arm)])
     widths = [max(len(head[i]), max((len(str(r[i])) for r in rows if not str(r[1]).startswith("skipped") or i == 0), default=0))
               for i in range(len(head))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
         if str(r[1]).startswith("skipped"):
             lines.append(r[0].ljust(widths[0]) + "  " + r[1])
         else:
-            lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
-    lines.append(f"({results['examples']} held-out examples; * = recommended; Δ is the paired difference from {ref}, "
-                 "the best arm that needs no training)")
+            lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines.append(f"({results['examples']} held-out examples; * = recommended; = : the same prompts as another arm, not "
+                 f"separate evidence; Δ is the paired difference from {ref}, the best arm that needs no training; "
+                 f"primary metric {METRICS[key].label}: {results.get('primary_why', '')})")
     return "\n".join(lines)
+
+
+def judge_summary(j: dict) -> str:
+    if j["status"] == "skipped":
+        return f"Judge: skipped — {j['reason']}"
+    head = f"Judge ({j['model']} at {j['url']}), blind, both orders, against {j['reference']}: "
+    parts = []
+    for name, a in j["arms"].items():
+        if a["win_rate"] is None:
+            parts.append(f"{name}: no verdict on any of {a['pairs']} pairs ({a['off_format']} off-format, {a['failed']} failed)")
+            continue
+        text = (f"{name} wins {100 * a['win_rate']:.0f}% [{100 * a['lo']:.0f}–{100 * a['hi']:.0f}] of {a['judged']} pairs "
+                f"(ties count half; the two orders disagree on {100 * a['disagree_share']:.0f}% of pairs asked)"
+                if a["disagree_share"] is not None else
+                f"{name} wins {100 * a['win_rate']:.0f}% of {a['judged']} pairs (all identical replies)")
+        if a["off_format"] or a["failed"]:
+            text += f"; {a['off_format']} pairs off-format, {a['failed']} failed (listed in the report)"
+        parts.append(text)
+    tokens = j["prompt_tokens"] + j["completion_tokens"]
+    tail = (f" Judge: {j['requests']} requests ({j['retries']} retries), {tokens:,} tokens"
+            + (f" (usage not reported for {j['usage_missing']} answers)" if j["usage_missing"] else "") + f", ${j['cost']:.4f}.")
+    if j["status"] == "failed":
+        tail += f" Stopped: {j['reason']}"
+    return head + "; ".join(parts) + "." + tail
 
 
 def _wrap(text: str, width: int = 100) -> str:
@@ -137,28 +196,50 @@ def markdown(results: dict) -> str:
     v, a = results["verdict"], results["assumptions"]
     key = results["primary_metric"]
     ref = v["reference"]
-    out = [f"# Verdict: {v['recommend']}", "", v["paragraph"], "", f"> **Decision rule.** {v['rule']} "
-           f"Primary score: {METRICS[key][0]}; margin: {results['margin']:g} points.", ""]
+    keys = shown(results)
+    out = [f"# Verdict: {v['recommend']}", "", v["paragraph"], ""]
+    out += [f"> **Warning.** {line}" for line in same_as_lines(results)] + ([""] if same_as_lines(results) else [])
+    out += [f"> **Decision rule.** {v['rule']} Primary score: {METRICS[key].label} ({results.get('primary_why', '')}); "
+            f"margin: {results['margin']:g} points" + (" (percentage points for shares)" if METRICS[key].percent else "") + ".", ""]
+    several = v.get("several")
+    if several and several["rows"]:
+        out += ["## The decision on each metric (Holm-corrected)", "",
+                "Per metric, the best fine-tuned arm against the best arm that needs no training. It *wins* when ahead by more "
+                "than the margin with the one-sided test surviving Holm's correction at 2.5 %; it *loses* when the test of "
+                "being behind survives. Fine-tuning is recommended when it wins at least one and loses none.", "",
+                "| metric | fine-tuned arm | against | difference (points) | 95 % interval | Holm p (ahead) | Holm p (behind) | outcome |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in several["rows"]:
+            out.append(f"| {r['label']} | {r['tuned']} | {r['reference']} | {r['diff']:+.1f} | {r['lo']:+.1f} to {r['hi']:+.1f} "
+                       f"| {r['holm_ahead']:.3f} | {r['holm_behind']:.3f} | **{r['outcome']}** |")
+        out.append("")
     tasks = ", ".join(f"{t or 'no task'} {n}" for t, n in results.get("tasks_scored", {}).items())
     out += [f"## Quality on {results['examples']} held-out examples", "",
             (f"A fixed subset of the {results['heldout_total']} held-out examples" if results.get("heldout_total", 0) > results["examples"]
-             else "Every held-out example") + f", by task: {tasks}. Mean with 95 % bootstrap interval. chrF and ROUGE-L are 0–100 against the team's own text; glossary "
-            "adherence is the share of the reference's preferred terms the output uses; rejected terms are retired "
-            "variants per 100 words (lower is better); template conformance is the share of template-bound outputs with "
-            "every required label in order; length is output words per reference word.", "",
-            "| arm | " + " | ".join(METRICS[k][0] for k in SHOWN) + f" | Δ {METRICS[key][0]} vs {ref} |",
-            "|" + "---|" * (len(SHOWN) + 2)]
+             else "Every held-out example") + f", by task: {tasks}. Mean with 95 % bootstrap interval. " + _metric_notes(keys), "",
+            "| arm | " + " | ".join(METRICS[k].label for k in keys) + f" | Δ {METRICS[key].label} vs {ref} |",
+            "|" + "---|" * (len(keys) + 2)]
     for name, arm in results["arms"].items():
         if arm["status"] != "ok":
-            out.append(f"| {name} | skipped: {arm['reason']} |" + " |" * len(SHOWN))
+            out.append(f"| {name} | skipped: {arm['reason']} |" + " |" * len(keys))
             continue
-        label = f"**{name}**" if name == v["recommend"] else name
-        out.append(f"| {label} | " + " | ".join(fmt_ci(k, arm["metrics"][k]) for k in SHOWN)
+        label = f"**{name}**" if name == v["recommend"] else f"{name} (= {arm['same_as']})" if arm.get("same_as") else name
+        out.append(f"| {label} | " + " | ".join(fmt_ci(k, arm["metrics"][k]) for k in keys)
                    + f" | {fmt_diff(key, arm['diff'].get(key))} |")
     out += ["", f"### Differences from {ref} on every metric (paired, 95 % interval)", "",
-            "| arm | " + " | ".join(METRICS[k][0] for k in SHOWN) + " |", "|" + "---|" * (len(SHOWN) + 1)]
+            "| arm | " + " | ".join(METRICS[k].label for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for name in _ok(results):
-        out.append(f"| {name} | " + " | ".join(fmt_diff(k, results["arms"][name]["diff"].get(k)) for k in SHOWN) + " |")
+        out.append(f"| {name} | " + " | ".join(fmt_diff(k, results["arms"][name]["diff"].get(k)) for k in keys) + " |")
+    out += ["", "## What went into the prompts", "",
+            f"Few-shot examples and passages are added, best first, while the prompt fits {a['max_prompt_tokens']} tokens "
+            f"(passages: at most {a.get('passage_words', '?')} words each). An arm that added nothing is its base arm under "
+            "another name.", "", "| arm | prompt tokens (mean) | what went in |", "|---|---|---|"]
+    for name in _ok(results):
+        arm = results["arms"][name]
+        out.append(f"| {name} | {arm['cost']['prompt_tokens']:.0f} | {went_in(arm)}"
+                   + (f" — **same prompts as {arm['same_as']}**" if arm.get("same_as") else "") + " |")
+    out += _levers_md(results.get("levers"))
+    out += _judge_md(results.get("judge"))
     out += ["", "## Cost", "",
             f"Per request, measured on this machine (generation in batches of {a['generation_batch_size']}, latency is the wall "
             f"time of a request's batch). Serving price assumed: ${a['price_per_1k_tokens']:g} per 1,000 tokens; "
@@ -187,7 +268,7 @@ def markdown(results: dict) -> str:
                 out.append(f"| {r['against']} | {r['tokens_saved_per_request']:.0f} | {r['requests']:,.0f} | {r['months']:.2f} |")
     if results.get("learning_curve"):
         out += ["", "## Learning curve", "", "Would more data help? The fine-tuned arm trained on part of the data:", "",
-                f"| share of training data | examples | {METRICS[key][0]} |", "|---|---|---|"]
+                f"| share of training data | examples | {METRICS[key].label} |", "|---|---|---|"]
         for p in results["learning_curve"]:
             out.append(f"| {p['fraction']:.0%} | {p['examples']} | {fmt(key, p[key])} |")
     out += ["", "## Assumptions and settings", ""]
@@ -198,6 +279,67 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+_NOTES = {
+    "answer": "answer accuracy is the share of replies containing every key fact of meta.answer (normalised, whole words)",
+    "exact_match": "exact match and token F1 compare SQuAD-normalised words, for references of up to 12 words",
+    "chrf": "chrF and ROUGE-L are 0–100 against the team's own text",
+    "glossary": "glossary adherence is the share of the reference's preferred terms the output uses",
+    "rejected_per_100w": "rejected terms are retired variants per 100 words (lower is better)",
+    "template": "template conformance is the share of template-bound outputs with every required label in order",
+    "length_ratio": "length is output words per reference word",
+}
+
+
+def _metric_notes(keys: list[str]) -> str:
+    notes = [_NOTES[k] for k in _NOTES if k in keys or (k == "exact_match" and "token_f1" in keys)]
+    text = "; ".join(notes)
+    return text[:1].upper() + text[1:] + "." if notes else ""
+
+
+def _levers_md(levers: dict | None) -> list[str]:
+    if not levers:
+        return []
+    out = ["", "## The two levers apart: retrieval and fine-tuning", "", levers["paragraph"], ""]
+    if not levers["metrics"]:
+        return out
+    out += ["Means of the four arms on the same examples, and each lever's effect averaged over the other lever's two "
+            "settings (paired, 95 % bootstrap interval; points are percentage points for shares). The interaction is how "
+            "much more retrieval adds on the fine-tuned model than on the base model.", "",
+            "| metric | zero-shot | rag | fine-tuned | fine-tuned+rag | effect of retrieval | effect of fine-tuning | interaction |",
+            "|---|---|---|---|---|---|---|---|"]
+    for t in levers["metrics"]:
+        m = t["means"]
+        eff = lambda e: f"{e[0]:+.1f} [{e[1]:+.1f}, {e[2]:+.1f}]"  # noqa: E731
+        out.append(f"| {t['label']} | {m['zero-shot']:.1f} | {m['rag']:.1f} | {m['fine-tuned']:.1f} | {m['fine-tuned+rag']:.1f} "
+                   f"| {eff(t['retrieval'])} | {eff(t['fine-tuning'])} | {eff(t['interaction'])} |")
+    return out
+
+
+def _judge_md(j: dict | None) -> list[str]:
+    if not j:
+        return []
+    out = ["", "## The judge", "", judge_summary(j), ""]
+    if j["status"] == "skipped" or not j["arms"]:
+        return out
+    out += ["Each pair was judged blind (the judge sees Reply A and Reply B, never the arm names), in both orders; a pair "
+            "scores the mean of its two verdicts (win 1, tie 0.5, loss 0), so a judge that favours the first reply cannot "
+            "tilt the result. Pairs whose answers were off-format or failed are left out of the win rate and listed below.", "",
+            f"| arm vs {j['reference']} | pairs | judged | win rate [95 % CI] | won both orders | lost both | tie or split "
+            "| orders disagree | identical replies | off-format | failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, a in j["arms"].items():
+        rate = "–" if a["win_rate"] is None else f"{100 * a['win_rate']:.0f}% [{100 * a['lo']:.0f}–{100 * a['hi']:.0f}]"
+        disagree = "–" if a["disagree_share"] is None else f"{100 * a['disagree_share']:.0f}%"
+        out.append(f"| {name} | {a['pairs']} | {a['judged']} | {rate} | {a['wins']} | {a['losses']} | {a['ties']} | {disagree} "
+                   f"| {a['identical']} | {a['off_format']} | {a['failed']} |")
+    problems = [(name, p) for name, a in j["arms"].items() for p in a["problems"]]
+    if problems:
+        out += ["", "Pairs without a verdict (never guessed):", ""]
+        out += [f"- {name}, example {p['index']}: {p['status']} — {p['detail']}" for name, p in problems[:30]]
+        if len(problems) > 30:
+            out.append(f"- … and {len(problems) - 30} more in results.json")
+    return out
+
+
 # ------------------------------------------------------------------------------------------ html
 
 
@@ -206,13 +348,14 @@ def render_html(results: dict, samples: list[dict], losses: list[dict]) -> str:
     v, key = results["verdict"], results["primary_metric"]
     e = html.escape
     parts = [f"<h1>Verdict: {e(str(v['recommend']))}</h1>", f"<p class=verdict>{e(v['paragraph'])}</p>",
-             f"<p class=rule><b>Decision rule.</b> {e(v['rule'])} Primary score: {e(METRICS[key][0])}; "
-             f"margin: {results['margin']:g} points.</p>"]
+             *(f"<p class=warn><b>Warning.</b> {e(line)}</p>" for line in same_as_lines(results)),
+             f"<p class=rule><b>Decision rule.</b> {e(v['rule'])} Primary score: {e(METRICS[key].label)} "
+             f"({e(results.get('primary_why', ''))}); margin: {results['margin']:g} points.</p>"]
     parts.append(f"<h2>Quality on {results['examples']} held-out examples</h2>")
     parts.append("<p>Bars are means; whiskers are 95 % bootstrap intervals. Orange arms are fine-tuned; the "
                  "recommended arm is green.</p><div class=grid>")
-    for k in ("chrf", "rougeL", "glossary", "template", "rejected_per_100w", "length_ratio"):
-        parts.append(f"<figure><figcaption>{e(METRICS[k][0])}</figcaption>{bars_svg(results, k)}</figure>")
+    for k in shown(results):
+        parts.append(f"<figure><figcaption>{e(METRICS[k].label)}</figcaption>{bars_svg(results, k)}</figure>")
     parts.append("</div>")
     md = markdown(results).split("\n")
     parts.append(_md_tables_to_html(md))
@@ -226,7 +369,7 @@ def render_html(results: dict, samples: list[dict], losses: list[dict]) -> str:
         parts.append(f"<details><summary>{e(str(meta.get('id', row['index'])))} · {e(str(meta.get('task', '')))}</summary>"
                      f"<h4>prompt</h4><pre>{e(user)}</pre><h4>reference (the team's text)</h4><pre>{e(row['reference'])}</pre>")
         for name, o in row["outputs"].items():
-            parts.append(f"<h4>{e(name)} · {METRICS[key][0]} {fmt(key, o['metrics'][key])}</h4><pre>{e(o['text'])}</pre>")
+            parts.append(f"<h4>{e(name)} · {METRICS[key].label} {fmt(key, o['metrics'][key])}</h4><pre>{e(o['text'])}</pre>")
         parts.append("</details>")
     parts.append("<p class=small>Every output is in samples.jsonl; every number in results.json.</p>")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>tunesmith verdict: {e(str(v['recommend']))}</title>"
@@ -235,7 +378,7 @@ def render_html(results: dict, samples: list[dict], losses: list[dict]) -> str:
 
 _CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1080px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:.2em}.verdict{font-size:1.1em;background:#f3f7f4;border-left:4px solid #2e8b57;padding:.6em 1em}
-.rule{color:#555}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}
+.rule{color:#555}.warn{background:#fff4e5;border-left:4px solid #d9822b;padding:.4em 1em}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}
 th{background:#f5f5f5}.grid{display:grid;grid-template-columns:1fr 1fr;gap:8px}figure{margin:0}figcaption{font-weight:600}
 pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:.5em}.small{color:#777;font-size:12px}
 svg text{font:11px system-ui,sans-serif}"""
@@ -289,7 +432,7 @@ def _colour(results: dict, name: str) -> str:
 def bars_svg(results: dict, key: str, width: int = 520) -> str:
     """Horizontal bars, one per arm, with the 95 % interval as a whisker; skipped arms say so."""
     names = list(results["arms"])
-    pct = METRICS[key][2]
+    pct = METRICS[key].percent
     scale = 100 if pct else 1
     row, left, right = 22, 130, 60
     vals = [results["arms"][n]["metrics"][key] for n in names if results["arms"][n]["status"] == "ok"]
@@ -336,7 +479,7 @@ def scatter_svg(results: dict, key: str, width: int = 680, height: int = 340) ->
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
            f'<text x="{(width - right + left) / 2}" y="{height - 6}" text-anchor="middle">tokens per request (prompt + completion)</text>',
            f'<text x="14" y="{(height - bottom) / 2}" transform="rotate(-90 14 {(height - bottom) / 2})" text-anchor="middle">'
-           f'{html.escape(METRICS[key][0])}</text>']
+           f'{html.escape(METRICS[key].label)}</text>']
     for t in xticks:
         out.append(f'<text x="{X(t):.0f}" y="{height - bottom + 14}" text-anchor="middle">{t:g}</text>')
     for t in yticks:

@@ -67,11 +67,14 @@ class Passage:
 
 
 def read_corpus(directory: str | Path, max_words: int = 120) -> list[Passage]:
-    """Every .md/.txt file under `directory`, cut into passages of whole paragraphs of at most
-    ~max_words words (a longer single paragraph is its own passage). Front matter is dropped."""
+    """Every .md/.txt file under `directory`, cut into passages of at most ~max_words words: whole
+    paragraphs gathered while they fit, and a longer paragraph cut into overlapping windows (see
+    `windows`). Front matter is dropped."""
     root = Path(directory)
     if not root.is_dir():
         raise UserError(f"{root}: corpus directory not found. fix: set data.corpus to the directory `tunesmith import` wrote (OUT/corpus).")
+    if max_words < 10:
+        raise UserError(f"compare.passage_words={max_words} is too small for a passage to say anything. fix: 40 or more (default 120).")
     passages = []
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".md", ".txt") and p.is_file()):
         text = path.read_text(encoding="utf-8-sig", errors="replace").replace("\r\n", "\n")
@@ -87,7 +90,46 @@ def read_corpus(directory: str | Path, max_words: int = 120) -> list[Passage]:
             if current and len(" ".join(current).split()) + len(para.split()) > max_words:
                 passages.append(Passage(name, "\n\n".join(current)))
                 current = []
+            if len(para.split()) > max_words:
+                # a file without blank lines (one record per line, a transcript) is one paragraph:
+                # whole it would never fit a prompt, and the rag arm would silently add nothing
+                passages += [Passage(name, w) for w in windows(para, max_words)]
+                continue
             current.append(para)
         if current:
             passages.append(Passage(name, "\n\n".join(current)))
     return passages
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def windows(paragraph: str, max_words: int) -> list[str]:
+    """A paragraph longer than max_words as windows of at most max_words words, cut at line breaks
+    (one record per line), else at sentence ends, else between words. Each window repeats the last
+    unit of the one before (more, up to a fifth of max_words, when they are short), so a fact that
+    spans a boundary is whole in one of them."""
+    lines = [l.strip() for l in paragraph.split("\n") if l.strip()]
+    units = lines if len(lines) > 1 else [s for s in _SENTENCE_END.split(paragraph.strip()) if s]
+    pieces: list[str] = []  # units, with any unit still too long cut between words
+    for u in units:
+        words = u.split()
+        pieces += [" ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)] or []
+    joiner = "\n" if len(lines) > 1 else " "
+    size = [len(p.split()) for p in pieces]
+    overlap = max_words // 5
+    out, start = [], 0
+    while start < len(pieces):
+        end, words = start, 0
+        while end < len(pieces) and words + size[end] <= max_words:
+            words += size[end]
+            end += 1
+        out.append(joiner.join(pieces[start:end]))
+        if end == len(pieces):
+            break
+        back, kept = end, 0  # repeat the last unit, and more while they fit the overlap
+        while back - 1 > start and (back == end or kept + size[back - 1] <= overlap):
+            back -= 1
+            kept += size[back]
+        start = back
+    return out

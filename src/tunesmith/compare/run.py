@@ -7,9 +7,11 @@
     from tunesmith.compare.run import compare
     report_dir = compare(cfg, run="runs/run")     # report.html, report.md, results.json, samples.jsonl
 
-Steps, top to bottom: load the data → pick the held-out examples to score → build each arm's
-prompts → generate with the base model, then with the fine-tuned one (one model in memory at a
-time) → score every output → bootstrap the differences → apply the decision rule → cost → report.
+Steps, top to bottom: check the settings → load the data → pick the held-out examples to score →
+(train) → build each arm's prompts, recording what went in → generate with the base model, then
+with the fine-tuned one (one model in memory at a time) → score every output → flag arms whose
+prompts equal another's → bootstrap the differences → apply the decision rule (on several metrics,
+Holm) → separate the two levers (2x2) → cost → the judge, if any → report.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import time
 from pathlib import Path
 
 from tunesmith import UserError, cpu
-from tunesmith.compare import arms as A
-from tunesmith.compare import metrics as M
-from tunesmith.compare import stats as S
+from tunesmith.compare import stats
+from tunesmith.compare.arms import ARMS, TUNED, Context, Skipped, build_prompts, prompt_of, reference_of
+from tunesmith.compare.metrics import METRICS, load_glossary, load_templates, points, score
 from tunesmith.config import Config, load_config, to_dict
 from tunesmith.data.split import filter_tasks, has_reply, load_split, select_examples, task_of
 
@@ -44,10 +46,7 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     c = cfg.compare
     t_start = time.time()
     names = arm_names(c.arms)
-    for key in ("max_new_tokens", "batch_size"):  # before any training: a bad value must not cost a run
-        if getattr(cfg.generate, key) < 1:
-            raise UserError(f"generate.{key} must be at least 1, got {getattr(cfg.generate, key)}. "
-                            f"fix: set generate.{key} in the config or on the command line.")
+    check_settings(cfg, names)  # before any training: a bad value must not cost a run
     train_examples, heldout, _ = load_split(cfg, need_train=False)
     train_examples, heldout = [ex for ex in train_examples if has_reply(ex)], [ex for ex in heldout if has_reply(ex)]
     scored = filter_tasks(heldout, c.tasks)
@@ -57,8 +56,19 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     log(f"compare: {len(examples)} of {len(heldout)} held-out examples"
         + (f" (tasks {c.tasks})" if c.tasks else "") + f", arms: {', '.join(names)}")
 
+    # what the arms draw on, read before any training: a missing file must not cost a run
+    glossary = load_glossary(cfg.data.glossary) if cfg.data.glossary else []
+    templates = load_templates(cfg.data.style or None, _templates_dir(cfg))
+    ctx = Context(train=train_examples, glossary=glossary, k_shots=c.k_shots, rag_k=c.rag_k, seed=cfg.data.seed,
+                  style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "",
+                  prompt=_read_prompt(cfg.data.prompt))
+    if cfg.data.corpus:
+        from tunesmith.compare.retrieval import read_corpus
+
+        ctx.passages = read_corpus(cfg.data.corpus, c.passage_words)
+
     skipped: dict[str, str] = {}
-    tuned_wanted = [n for n in names if n in A.TUNED]
+    tuned_wanted = [n for n in names if n in TUNED]
     if tuned_wanted and run is None and not cfg.data.train:
         for n in tuned_wanted:
             skipped[n] = "no run and no training data to make one. fix: pass --run RUN, or set data.train."
@@ -75,18 +85,10 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     base_spec = _base_model(cfg, run, log)
-    glossary = M.load_glossary(cfg.data.glossary) if cfg.data.glossary else []
-    templates = M.load_templates(cfg.data.style or None, _templates_dir(cfg))
-    ctx = A.Context(train=train_examples, glossary=glossary, k_shots=c.k_shots, rag_k=c.rag_k, seed=cfg.data.seed,
-                    style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "")
-    if cfg.data.corpus:
-        from tunesmith.compare.retrieval import read_corpus
-
-        ctx.passages = read_corpus(cfg.data.corpus, c.passage_words)
 
     # ---- generate: every base arm with the base model, then the fine-tuned arms with the tuned one
     outputs: dict[str, list] = {}  # arm -> [Completion] aligned with examples
-    groups = [(base_spec, [n for n in names if n not in A.TUNED]),
+    groups = [(base_spec, [n for n in names if n not in TUNED]),
               (str(run) if run else None, [n for n in tuned_wanted if n not in skipped])]
     for position, (spec, group) in enumerate(groups):
         if not group:
@@ -95,7 +97,9 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
                                 done=len(outputs) + len(skipped), total=len(names)))
 
     # ---- score, compare, cost
-    results = summarise(cfg, examples, outputs, skipped, names, glossary, templates, run)
+    results = summarise(cfg, examples, outputs, skipped, names, glossary, templates, run, ctx.prompt_stats)
+    if cfg.judge.url:
+        results["judge"] = run_judge(cfg, examples, outputs, results, ctx, templates, log)
     if c.learning_curve and run is not None and "fine-tuned" in outputs:
         results["learning_curve"] = learning_curve(cfg, train_examples, heldout, examples, results, out_dir, log,
                                                    glossary, templates)
@@ -113,13 +117,48 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
 # ---------------------------------------------------------------------------------------- data
 
 
+def check_settings(cfg: Config, names: list[str]) -> None:
+    """Every setting compare reads after training, checked before it: a typo must not cost a run."""
+    from tunesmith.compare import judge
+
+    for key in ("max_new_tokens", "batch_size"):
+        if getattr(cfg.generate, key) < 1:
+            raise UserError(f"generate.{key} must be at least 1, got {getattr(cfg.generate, key)}. "
+                            f"fix: set generate.{key} in the config or on the command line.")
+    c = cfg.compare
+    decidable = [k for k, m in METRICS.items() if m.higher_is_better is True]
+    for key, value in [("primary_metric", c.primary_metric)] + [("decide_on", v) for v in _split(c.decide_on)]:
+        if value not in decidable and not (key == "primary_metric" and value == "auto"):
+            why = "cannot decide (higher must be better)" if value in METRICS else "is not a metric"
+            raise UserError(f"compare.{key}: '{value}' {why}. fix: "
+                            + ("auto or " if key == "primary_metric" else "") + f"one of {', '.join(decidable)}.")
+    if cfg.data.prompt:
+        _read_prompt(cfg.data.prompt)
+    judge.check(cfg.judge, names)
+
+
+def _split(spec: str) -> list[str]:
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def _read_prompt(path: str) -> str:
+    if not path:
+        return ""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: data.prompt file not found. fix: point data.prompt at a text file holding your system prompt.")
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise UserError(f"{path}: data.prompt is empty. fix: write your system prompt in it, or unset data.prompt.")
+    return text
+
+
 def arm_names(spec: str) -> list[str]:
     if not spec or spec.strip() == "all":
-        return list(A.ARMS)
+        return list(ARMS)
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in A.ARMS]
+    unknown = [n for n in names if n not in ARMS]
     if unknown:
-        raise UserError(f"compare.arms: unknown arm(s) {', '.join(unknown)}. fix: 'all' or a comma-separated list of {', '.join(A.ARMS)}.")
+        raise UserError(f"compare.arms: unknown arm(s) {', '.join(unknown)}. fix: 'all' or a comma-separated list of {', '.join(ARMS)}.")
     return names
 
 
@@ -154,18 +193,23 @@ def _templates_dir(cfg: Config) -> Path | None:
 # ----------------------------------------------------------------------------------- generation
 
 
-def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx: A.Context, skipped: dict,
+def load_model(cfg: Config, spec: str, tuned: bool):
+    """The one way compare loads a model (the arms and the learning curve alike)."""
+    from tunesmith.models import load
+
+    return load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code, merge_adapter=tuned)
+
+
+def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx: Context, skipped: dict,
              log, tuned: bool, done: int, total: int) -> dict[str, list]:
     """Generate every example's reply for each arm in `group` with one model. Arms that cannot run
     land in `skipped` with their reason."""
     from tunesmith.generate import encode_prompts, generate
-    from tunesmith.models import load
 
     g = cfg.generate
     cpu.use_heap()  # the KV cache grows by concatenation: every step allocates, so reuse the heap
     t0 = time.time()
-    model, tok = load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                      merge_adapter=tuned)
+    model, tok = load_model(cfg, spec, tuned)
     log(f"compare: loaded {'fine-tuned model ' if tuned else 'base model '}{spec} ({time.time() - t0:.0f} s)")
     budget = cfg.compare.max_prompt_tokens
     ctx.fits = lambda messages: len(encode_prompts(tok, [messages])[0]) <= budget
@@ -173,8 +217,8 @@ def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx
     for name in group:
         done += 1
         try:
-            convs = [A.ARMS[name](ex, ctx) for ex in examples]
-        except A.Skipped as exc:
+            convs = build_prompts(name, examples, ctx)
+        except Skipped as exc:
             skipped[name] = str(exc)
             log(f"[{done}/{total}] {name}: skipped — {exc}")
             continue
@@ -216,24 +260,27 @@ class _Ticker:
 
 
 def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, names: list[str],
-              glossary: list, templates: dict, run: Path | None) -> dict:
-    """Everything the report shows, as plain data (this is results.json)."""
+              glossary: list, templates: dict, run: Path | None, prompt_stats: dict | None = None) -> dict:
+    """Everything the report shows, as plain data (this is results.json). Needs no model: `outputs`
+    is {arm: [generate.Completion]} aligned with `examples`; `prompt_stats` is what
+    arms.build_prompts recorded."""
     import numpy as np
 
     c = cfg.compare
-    if c.primary_metric not in M.METRICS or M.METRICS[c.primary_metric][1] is not True:
-        usable = [k for k, v in M.METRICS.items() if v[1] is True]
-        raise UserError(f"compare.primary_metric '{c.primary_metric}' cannot decide (higher must be better). fix: one of {', '.join(usable)}.")
-    refs = [A.reference_of(ex) for ex in examples]
+    prompt_stats = prompt_stats or {}
+    primary, why = primary_metric(c.primary_metric, examples)
+    deciding = _split(c.decide_on) or [primary]
+    refs = [reference_of(ex) for ex in examples]
     scores: dict[str, list[dict]] = {
-        name: [M.score(o.text, ref, task_of(ex), glossary, templates) for o, ref, ex in zip(outs, refs, examples)]
+        name: [score(o.text, ref, task_of(ex), glossary, templates, answer=(ex.get("meta") or {}).get("answer"))
+               for o, ref, ex in zip(outs, refs, examples)]
         for name, outs in outputs.items()
     }
     training = _training(run, c)
     arms = {}
     for name in names:
         if name not in outputs:
-            arms[name] = {"status": "skipped", "reason": skipped.get(name, "not run"), "tuned": name in A.TUNED}
+            arms[name] = {"status": "skipped", "reason": skipped.get(name, "not run"), "tuned": name in TUNED}
             continue
         outs = outputs[name]
         lat = np.array([o.latency_s for o in outs])
@@ -241,12 +288,12 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
         completion_tokens = float(np.mean([o.completion_tokens for o in outs]))
         per_request = (prompt_tokens + completion_tokens) / 1000 * c.price_per_1k_tokens
         metrics = {}
-        for key in M.METRICS:
+        for key in METRICS:
             vals = [s[key] for s in scores[name] if s[key] is not None]
-            mean, lo, hi = S.bootstrap_mean(vals, c.bootstrap, cfg.data.seed) if vals else (math.nan,) * 3
+            mean, lo, hi = stats.bootstrap_mean(vals, c.bootstrap, cfg.data.seed) if vals else (math.nan,) * 3
             metrics[key] = {"mean": mean, "lo": lo, "hi": hi, "n": len(vals)}
         arms[name] = {
-            "status": "ok", "tuned": name in A.TUNED, "metrics": metrics,
+            "status": "ok", "tuned": name in TUNED, "metrics": metrics, "prompts": prompt_stats.get(name),
             "cost": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                      "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
                      "cost_per_1k_requests": per_request * 1000, "cost_per_month": per_request * c.requests_per_month,
@@ -254,37 +301,137 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
                      "stopped_looping": sum(o.finish_reason == "repeat" for o in outs) / len(outs)},
         }
     ran = [n for n in names if n in outputs]
-    primary = {n: {str(i): s[c.primary_metric] for i, s in enumerate(scores[n])} for n in ran}
-    verdict = S.decide({n: {"scores": primary[n], "tuned": n in A.TUNED,
-                            "cost": arms[n]["cost"]["prompt_tokens"] + arms[n]["cost"]["completion_tokens"]} for n in ran},
-                       c.primary_metric, c.margin, c.bootstrap, cfg.data.seed, M.METRICS[c.primary_metric][0])
+    for n, (twin, why_same) in same_prompts(ran, prompt_stats, c.max_prompt_tokens).items():
+        arms[n]["same_as"], arms[n]["same_why"] = twin, why_same
+    evidence = [n for n in ran if "same_as" not in arms[n]]  # an arm equal to another is not separate evidence
+    in_points = lambda n, key: {str(i): None if s[key] is None else points(key, s[key])  # noqa: E731
+                                for i, s in enumerate(scores[n])}
+    verdict = stats.decide({n: {"scores": in_points(n, primary), "tuned": n in TUNED,
+                                "cost": arms[n]["cost"]["prompt_tokens"] + arms[n]["cost"]["completion_tokens"]}
+                            for n in evidence}, primary, c.margin, c.bootstrap, cfg.data.seed, METRICS[primary].label)
     ref = verdict["reference"]
     for n in ran:  # every metric's paired difference from the best cheaper arm
         arms[n]["diff"] = {}
         if ref is None:
             continue
-        for key in M.METRICS:
+        for key in METRICS:
             a = {str(i): s[key] for i, s in enumerate(scores[n])}
             b = {str(i): s[key] for i, s in enumerate(scores[ref])}
-            arms[n]["diff"][key] = list(S.paired_bootstrap(*S.paired(a, b), c.bootstrap, cfg.data.seed))
+            arms[n]["diff"][key] = list(stats.paired_bootstrap(*stats.paired(a, b), c.bootstrap, cfg.data.seed))
+    if deciding != [primary]:
+        several = stats.decide_many({n: {"tuned": n in TUNED, "scores": {k: in_points(n, k) for k in deciding}}
+                                     for n in evidence}, deciding, c.margin, c.bootstrap, cfg.data.seed,
+                                    {k: METRICS[k].label for k in deciding})
+        verdict["several"] = several
+        if several["rows"]:
+            _decide_on_several(verdict, several, arms)
+    levers = None
+    if all(n in outputs for n in stats.LEVER_ARMS):
+        levers = _levers(arms, scores, primary, deciding, c, cfg.data.seed)
     # break-even is about the plain fine-tuned arm's short prompts; its +rag twin pays for passages
     break_even = _break_even(arms, "fine-tuned" if "fine-tuned" in outputs else verdict.get("best_tuned"), training, c)
     verdict["paragraph"] += _cost_sentence(verdict, arms, training, break_even, c)
     return {
-        "examples": len(examples), "primary_metric": c.primary_metric, "margin": c.margin,
-        "base_model": _base_model(cfg, run, lambda *_: None), "run": str(run) if run else None,
-        "arms": arms, "verdict": verdict, "training": training, "break_even": break_even,
+        "examples": len(examples), "primary_metric": primary, "primary_why": why, "decide_on": deciding,
+        "margin": c.margin, "base_model": _base_model(cfg, run, lambda *_: None), "run": str(run) if run else None,
+        "arms": arms, "verdict": verdict, "levers": levers, "training": training, "break_even": break_even,
         "assumptions": {
             "price_per_1k_tokens": c.price_per_1k_tokens, "train_cost_per_hour": c.train_cost_per_hour,
             "requests_per_month": c.requests_per_month, "generation_batch_size": cfg.generate.batch_size,
             "max_new_tokens": cfg.generate.max_new_tokens, "temperature": cfg.generate.temperature,
             "stop_on_repeat": cfg.generate.stop_on_repeat,
             "k_shots": c.k_shots, "rag_k": c.rag_k, "max_prompt_tokens": c.max_prompt_tokens,
-            "bootstrap_resamples": c.bootstrap,
+            "passage_words": c.passage_words, "bootstrap_resamples": c.bootstrap,
         },
         "templates": templates, "glossary_terms": len(glossary),
         "config": to_dict(cfg), "_scores": scores,
     }
+
+
+def primary_metric(setting: str, examples: list[dict]) -> tuple[str, str]:
+    """(metric, why) — the setting, or for `auto` the metric that fits the scored examples: answer
+    accuracy when every one gives key facts (meta.answer), token F1 when every reference is a short
+    answer, chrF (long text) otherwise. Tasks that would each pick another are named."""
+    from tunesmith.compare.metrics import SHORT_ANSWER_WORDS, answer_facts, is_short
+
+    if setting != "auto":
+        return setting, "set in the config (compare.primary_metric)"
+    fits = {}  # task -> the metric its examples alone would get
+    for ex in examples:
+        has = bool(answer_facts((ex.get("meta") or {}).get("answer")))
+        kind = "answer" if has else "token_f1" if is_short(reference_of(ex)) else "chrf"
+        fits.setdefault(task_of(ex) or "no task", set()).add(kind)
+    kinds = set().union(*fits.values())
+    n = len(examples)
+    if kinds == {"answer"}:
+        return "answer", f"every one of the {n} scored examples gives its key facts (meta.answer), and a right answer is what counts"
+    if kinds <= {"answer", "token_f1"} and "token_f1" in kinds:
+        return "token_f1", (f"every reference is a short answer (at most {SHORT_ANSWER_WORDS} words) but not every example gives "
+                            f"key facts (meta.answer): token F1 credits the right words without demanding the exact string")
+    by_task = "; ".join(f"{t}: {', '.join(METRICS[k].label for k in sorted(ks))}" for t, ks in sorted(fits.items()))
+    text = "the references are long text, scored against the team's own wording"
+    if len(kinds) > 1:
+        text = (f"the scored tasks call for different metrics ({by_task}), and chrF is the one that applies to all; "
+                "to decide on the others, set compare.decide_on (e.g. answer,chrf) or compare.tasks")
+    return "chrf", text
+
+
+def same_prompts(ran: list[str], prompt_stats: dict, budget: int) -> dict[str, tuple[str, str]]:
+    """{arm: (the earlier arm it equals, why)}: same weights and the same prompt for every example
+    is one arm under two names, whatever it was meant to add."""
+    out = {}
+    for i, n in enumerate(ran):
+        mine = prompt_stats.get(n)
+        if not mine:
+            continue
+        for m in ran[:i]:
+            theirs = prompt_stats.get(m)
+            if m in out or not theirs or (n in TUNED) != (m in TUNED) or mine["fingerprint"] != theirs["fingerprint"]:
+                continue
+            if mine["adds"] and mine["mean_added"] == 0:
+                cause = (f"none of the {mine['adds']} found fit the {budget}-token prompt budget"
+                         if mine["none_fit"] else f"no {mine['adds']} were found")
+                out[n] = (m, f"it added no {mine['adds']} to any prompt ({cause})")
+            else:
+                out[n] = (m, "its prompts are identical to those of " + m)
+            break
+    return out
+
+
+def _decide_on_several(verdict: dict, several: dict, arms: dict) -> None:
+    """Several decision metrics: fine-tune when it wins one and loses none (Holm-corrected)."""
+    verdict["fine_tune"] = several["fine_tune"]
+    verdict["recommend"] = (verdict.get("best_tuned") or several["rows"][0]["tuned"]) if several["fine_tune"] else verdict["cheapest"]
+    then = f"{verdict['recommend']} is the fine-tuned arm to use." if several["fine_tune"] else verdict["choice"]
+    verdict["paragraph"] = (f"Recommendation: {verdict['recommend']}. {several['sentence']} The rule across several "
+                            f"metrics: fine-tune only when it wins at least one and loses none. {then}")
+
+
+def _levers(arms: dict, scores: dict, primary: str, deciding: list[str], c, seed: int) -> dict:
+    """Retrieval and fine-tuning apart (the 2x2 of zero-shot, rag, fine-tuned, fine-tuned+rag)."""
+    degenerate = [n for n in ("rag", "fine-tuned+rag") if "same_as" in arms[n]]
+    if degenerate:
+        n = degenerate[0]
+        return {"metrics": [], "paragraph": f"Retrieval and fine-tuning cannot be told apart here: {n} equals "
+                f"{arms[n]['same_as']} ({arms[n]['same_why']}). fix: raise compare.max_prompt_tokens or lower compare.passage_words."}
+    wanted = list(dict.fromkeys([primary, *deciding, "answer", "chrf", "template", "glossary"]))
+    keys = [k for k in wanted if all(arms[n]["metrics"][k]["n"] for n in stats.LEVER_ARMS)][:5]
+    table = {k: {n: [None if s[k] is None else points(k, s[k]) for s in scores[n]] for n in stats.LEVER_ARMS} for k in keys}
+    return stats.two_by_two(table, keys, c.bootstrap, seed, {k: METRICS[k].label for k in keys})
+
+
+def run_judge(cfg: Config, examples: list[dict], outputs: dict, results: dict, ctx: Context, templates: dict, log) -> dict:
+    """The judge's verdict: every judged arm against the best arm that needs no training."""
+    from tunesmith.compare.judge import judge, rubric
+
+    reference = results["verdict"]["reference"]
+    if reference is None:
+        return {"status": "skipped", "reason": "no arm that needs no training ran, so there is nothing to judge against."}
+    ok = [n for n, a in results["arms"].items() if a["status"] == "ok" and "same_as" not in a and n != reference]
+    wanted = _split(cfg.judge.arms) or ok
+    texts = {n: [o.text for o in outputs[n]] for n in outputs}
+    return judge(cfg.judge, examples, texts, reference, [n for n in wanted if n in ok],
+                 rubric(ctx.style, ctx.glossary, templates, ctx.prompt), cfg.compare.bootstrap, cfg.data.seed, log)
 
 
 def _training(run: Path | None, c) -> dict | None:
@@ -337,7 +484,7 @@ def _samples(examples: list[dict], outputs: dict, results: dict) -> list[dict]:
     rows = []
     for i, ex in enumerate(examples):
         rows.append({
-            "index": i, "meta": ex.get("meta") or {}, "prompt": A.prompt_of(ex), "reference": A.reference_of(ex),
+            "index": i, "meta": ex.get("meta") or {}, "prompt": prompt_of(ex), "reference": reference_of(ex),
             "outputs": {name: {"text": outs[i].text, "prompt_tokens": outs[i].prompt_tokens,
                                "completion_tokens": outs[i].completion_tokens, "latency_s": round(outs[i].latency_s, 3),
                                "finish_reason": outs[i].finish_reason, "metrics": scores[name][i]}
@@ -355,10 +502,9 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
     score the fine-tuned arm on the same examples: does the primary score still rise at 100 %?"""
     from tunesmith.data.formats import write_jsonl
     from tunesmith.generate import generate
-    from tunesmith.models import load
     from tunesmith.train import train
 
-    key = cfg.compare.primary_metric
+    key = results["primary_metric"]
     folder = out_dir / "learning-curve"
     folder.mkdir(parents=True, exist_ok=True)
     heldout_path = folder / "heldout.jsonl"
@@ -375,15 +521,16 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
         sub_cfg.train.output_dir = str(folder / f"run-{int(fraction * 100)}")
         log(f"learning curve: training on {len(subset)} examples ({fraction:.0%})")
         sub_run = train(sub_cfg)
-        model, tok = load(str(sub_run), dtype=cfg.model.dtype, merge_adapter=True)
+        model, tok = load_model(cfg, str(sub_run), tuned=True)
         tick = _Ticker(f"learning curve {fraction:.0%}", len(examples))
-        outs = generate(model, tok, [A.prompt_of(ex) for ex in examples], max_new_tokens=cfg.generate.max_new_tokens,
+        outs = generate(model, tok, [prompt_of(ex) for ex in examples], max_new_tokens=cfg.generate.max_new_tokens,
                         temperature=cfg.generate.temperature, top_p=cfg.generate.top_p,
                         batch_size=cfg.generate.batch_size, seed=cfg.data.seed, progress=tick,
                         stop_on_repeat=cfg.generate.stop_on_repeat)
         tick.close()
         del model
-        vals = [M.score(o.text, A.reference_of(ex), task_of(ex), glossary, templates)[key] for o, ex in zip(outs, examples)]
+        vals = [score(o.text, reference_of(ex), task_of(ex), glossary, templates, (ex.get("meta") or {}).get("answer"))[key]
+                for o, ex in zip(outs, examples)]
         vals = [v for v in vals if v is not None]
         points.append({"fraction": fraction, "examples": len(subset), key: sum(vals) / len(vals) if vals else None})
     full = results["arms"]["fine-tuned"]["metrics"][key]["mean"]

@@ -10,6 +10,7 @@ reports tokens, time and cost (`tunesmith check`).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from tunesmith import UserError
@@ -23,6 +24,7 @@ def load_examples(path: str | Path, fmt: str = "auto") -> list[dict]:
     Any format of formats.py (chat, prompt-completion, alpaca, sharegpt JSONL; CSV, with a map as
     `csv:user=Question,assistant=Answer`). Raises UserError listing every bad record as file:line,
     code and message. Duplicates are kept here (the data is the user's); `tunesmith check` reports them.
+    Warnings (a top-level key kept in meta) are printed to stderr, one per key.
     """
     from tunesmith.data.validate import CODES, errors, read_dataset
 
@@ -35,4 +37,6 @@ def load_examples(path: str | Path, fmt: str = "auto") -> list[dict]:
         records = len({i.line for i in bad})
         raise UserError(f"{path}: {records} of {ds.records} records are bad ({len(bad)} problems):\n{shown}{more}\n"
                         f"  fix: {fixes}. `tunesmith check {path}` lists every problem.")
+    for issue in ds.issues:
+        print(f"warning: {issue}", file=sys.stderr)
     return ds.examples

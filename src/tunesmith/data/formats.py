@@ -11,6 +11,8 @@ validate.py's business, the same for every format.
 
 Formats (one per line of a JSONL file, or rows of a CSV file):
   chat               {"messages": [{"role", "content", "weight"?}], "system"?, "meta"?, "id"?}
+Any other top-level key (`group`, `source`, `category`) is kept in meta with one warning per key;
+a top-level `group` is the split group.
   prompt-completion  {"prompt", "completion", "system"?}   (strings, or lists of messages as in TRL)
   alpaca             {"instruction", "input"?, "output", "system"?}
   sharegpt           {"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}
@@ -114,7 +116,7 @@ ROLE_ALIASES = {  # sharegpt's `from` values -> roles
 
 
 def from_chat(rec: dict):
-    problems = _unknown_keys(rec, ("messages", "system", "meta", "id"))
+    problems = _extra_keys(rec, ("messages", "system", "meta", "id"))
     if "messages" not in rec:
         return None, problems + [("missing-messages", f"no 'messages' key (keys: {', '.join(map(str, rec)) or 'none'})")]
     msgs = rec["messages"]
@@ -135,7 +137,7 @@ def from_chat(rec: dict):
 
 
 def from_prompt_completion(rec: dict):
-    problems = _unknown_keys(rec, ("prompt", "completion", "system", "meta", "id"))
+    problems = _extra_keys(rec, ("prompt", "completion", "system", "meta", "id"))
     missing = [k for k in ("prompt", "completion") if k not in rec]
     if missing:
         return None, problems + [("missing-field", f"no {' or '.join(repr(k) for k in missing)}")]
@@ -152,7 +154,7 @@ def from_prompt_completion(rec: dict):
 
 
 def from_alpaca(rec: dict):
-    problems = _unknown_keys(rec, ("instruction", "input", "output", "system", "meta", "id"))
+    problems = _extra_keys(rec, ("instruction", "input", "output", "system", "meta", "id"))
     missing = [k for k in ("instruction", "output") if k not in rec]
     if missing:
         return None, problems + [("missing-field", f"no {' or '.join(repr(k) for k in missing)}")]
@@ -167,7 +169,7 @@ def from_alpaca(rec: dict):
 
 
 def from_sharegpt(rec: dict):
-    problems = _unknown_keys(rec, ("conversations", "system", "meta", "id"))
+    problems = _extra_keys(rec, ("conversations", "system", "meta", "id"))
     if "conversations" not in rec:
         return None, problems + [("missing-messages", "no 'conversations' key")]
     turns = rec["conversations"]
@@ -222,11 +224,23 @@ def _system(rec: dict, problems: list) -> list[dict]:
     return [{"role": "system", "content": rec["system"]}]
 
 
+KNOWN = ("messages", "conversations", "prompt", "completion", "instruction", "input", "output", "system", "meta", "id")
+
+
 def _example(rec: dict, messages: list[dict]) -> dict:
+    """The example, with `id` and every key the format does not know (`group`, `source`, `category`
+    ...) kept in meta; meta's own value wins. A top-level `group` is then the split group."""
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    extra = {k: v for k, v in rec.items() if k not in KNOWN and k not in meta}
     if "id" in rec and "id" not in meta:
-        meta = {**meta, "id": rec["id"]}
-    return {"messages": messages, "meta": meta}
+        extra["id"] = rec["id"]
+    return {"messages": messages, "meta": {**meta, **extra} if extra else meta}
+
+
+def _extra_keys(rec: dict, allowed: tuple) -> list:
+    """Top-level keys of another format or of the user's own (`group`, `source`) are no error: they
+    go into meta, and validate.py warns once per key, not once per record."""
+    return [("extra-key", str(k)) for k in rec if k not in allowed]
 
 
 def _unknown_keys(obj: dict, allowed: tuple, where: str = "") -> list:

@@ -27,6 +27,7 @@ CODES = {
     "missing-field": ("error", "every message needs both 'role' and 'content'"),
     "unknown-role": ("error", "roles are system, user and assistant"),
     "unknown-key": ("error", "remove the key, or move it into \"meta\": {...}"),
+    "extra-key": ("warning", "nothing to do if it is yours: it is kept in meta (a top-level group is the split group)"),
     "empty-content": ("error", "write the message, or remove it"),
     "no-assistant": ("error", "add the assistant reply the model should learn"),
     "system-not-first": ("error", "put the system message first, once"),
@@ -72,6 +73,7 @@ class Dataset:
     lines: list[int] = field(default_factory=list)  # lines[i]: where examples[i] starts
     issues: list[Issue] = field(default_factory=list)
     records: int = 0  # records read, good and bad
+    extra_keys: dict = field(default_factory=dict)  # top-level key -> [first line, records], warned once each
 
 
 # ------------------------------------------------------------------------------------ per record
@@ -158,11 +160,18 @@ def read_dataset(path: str | Path, fmt: str = "auto") -> Dataset:
             ds.issues.append(Issue(name, line, "wrong-type", f"a record must be a JSON object, got {type(rec).__name__}"))
         else:
             _add(ds, line, *reader(rec))
+    for key, (first, count) in ds.extra_keys.items():
+        where = "meta.group, the split group (one group's examples stay on one side)" if key == "group" else f"meta.{key}"
+        ds.issues.append(Issue(name, first, "extra-key", f"top-level key '{key}' (in {count} of {ds.records} records) is not "
+                                                         f"part of the {fmt} format: kept in {where}"))
     return ds
 
 
 def _add(ds: Dataset, line: int, example: dict | None, problems: list) -> None:
     ds.records += 1
+    for _, key in (p for p in problems if p[0] == "extra-key"):
+        ds.extra_keys.setdefault(key, [line, 0])[1] += 1
+    problems = [p for p in problems if p[0] != "extra-key"]
     # A message the reader could not take apart would make the conversation checks report
     # knock-on errors (an apparent missing reply); an extra key does not.
     if example is not None and all(code == "unknown-key" for code, _ in problems):

@@ -37,7 +37,7 @@ from tunesmith.config import Config, load_config, save_config, to_dict
 from tunesmith.data.batches import collate, encode_examples, micro_batches, n_targets, step_indices
 from tunesmith.data.split import load_split
 from tunesmith.fsutil import atomic_dir
-from tunesmith.train.loss import CausalLMLoss, use_varlen
+from tunesmith.train.loss import CausalLMLoss, logit_transform, use_varlen
 
 METHODS = ("lora", "dora", "qlora", "full")
 SCHEDULES = {
@@ -454,10 +454,8 @@ def _load_4bit(cfg: Config, accelerator):
 
 
 def _check_head(model) -> None:
-    c = model.config
-    if getattr(c, "final_logit_softcapping", None) or getattr(c, "logit_scale", None) not in (None, 1, 1.0):
-        raise UserError(f"{c.model_type}: models that rescale their logits (softcapping, logit_scale) are not "
-                        f"supported by tunesmith's training loss yet.")
+    """Refuse, before training, logits the training loss would compute differently from the model."""
+    logit_transform(model.config)
 
 
 def _tokenizer(cfg: Config):
@@ -511,14 +509,15 @@ def mean_loss(loss_model, encoded: list[dict], batch_size: int, packing: bool, p
 def save_final(out: Path, model, tok, cfg: Config) -> None:
     """RUN/final: a peft adapter whose base is the model spec as the user wrote it, or a full model."""
     impl = model.config._attn_implementation
+    plain = "sdpa" if getattr(model, "_supports_sdpa", False) else "eager"  # Gemma 2 has no sdpa (score caps)
     need = sum(p.numel() * p.element_size() for p in model.parameters() if cfg.train.method == "full" or p.requires_grad)
     with atomic_dir(out, need=need + (8 << 20), what="the final model") as tmp:  # + the tokenizer files
-        if cfg.train.method == "full" and impl != "sdpa":
-            model.set_attn_implementation("sdpa")  # a saved model must load anywhere, without tunesmith
+        if cfg.train.method == "full" and impl != plain:
+            model.set_attn_implementation(plain)  # a saved model must load anywhere, without tunesmith
         try:
             model.save_pretrained(tmp, safe_serialization=True)
         finally:
-            if cfg.train.method == "full" and impl != "sdpa":
+            if cfg.train.method == "full" and impl != plain:
                 model.set_attn_implementation(impl)
         if (tmp / "adapter_config.json").exists():
             adapter = json.loads((tmp / "adapter_config.json").read_text())

@@ -28,26 +28,32 @@ from tunesmith.data.batches import IGNORE
 VARLEN = "tunesmith_varlen"
 
 
-def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seqlens=None, **_):
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seqlens=None,
+                     sliding_window=None, softcap=None, **_):
     """Causal attention that never crosses an example boundary.
 
     query (B, H, T, D), key/value (B, Hkv, T, D) -> (B, T, H, D), the shape transformers expects.
     With cu_seqlens (a packed row, B = 1) each example [cu[i], cu[i+1]) attends only to itself:
-    one fused varlen kernel on CUDA, one causal SDPA call per example elsewhere — the cost is the
+    one fused varlen kernel on CUDA, one attention call per example elsewhere — the cost is the
     sum of per-example squares, not the square of the row. Without cu_seqlens the batch is
-    right-padded and plain causal attention is exact for every real token.
+    right-padded and causal attention per row is exact for every real token.
+
+    transformers passes each layer's own settings: `sliding_window` (a token sees itself and the
+    window - 1 before it; None on a global layer of a local/global model) and `softcap` (Gemma 2's
+    scores -> softcap * tanh(scores / softcap), before the mask).
     """
-    if cu_seqlens is None or len(cu_seqlens) == 2:
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
-                                             dropout_p=dropout, enable_gqa=True)
-        return out.transpose(1, 2).contiguous(), None
-    kernel = _cuda_varlen() if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and not dropout else None
-    if kernel is not None:
+    bounds = list(cu_seqlens) if cu_seqlens is not None else [0, query.shape[2]]
+    kernel = _cuda_varlen() if (query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and not dropout
+                                and not softcap and len(bounds) > 2) else None
+    if kernel is not None and (sliding_window is None or "window_size" in kernel[1]):
         fn, params = kernel
-        cu = _device_cu(tuple(cu_seqlens), query.device)
-        longest = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+        cu = _device_cu(tuple(bounds), query.device)
+        longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
         q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # (T, heads, D)
-        extra = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}  # newer / older torch
+        if "window_size" in params:  # newer torch: (left, right); right 0 is causal
+            extra = {"window_size": (sliding_window - 1 if sliding_window else -1, 0)}
+        else:
+            extra = {"is_causal": True}
         if k.shape[1] != q.shape[1]:
             if "enable_gqa" in params:
                 extra["enable_gqa"] = True
@@ -55,12 +61,46 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
                 k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
         out = fn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
         return out.unsqueeze(0), None
+    if len(bounds) == 2:
+        return _causal(query, key, value, scaling, dropout, sliding_window, softcap).transpose(1, 2).contiguous(), None
     # split, not slicing: its backward is one concatenation, where each slice's backward would
     # write into a zero-filled copy of the whole row
-    lengths = [b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])]
-    outs = [F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=True)
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    outs = [_causal(q, k, v, scaling, dropout, sliding_window, softcap)
             for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _causal(q, k, v, scale, dropout, window, softcap):
+    """Causal attention of one example (or right-padded rows): q (B, H, L, D), k/v (B, Hkv, L, D) -> (B, H, L, D)."""
+    length = q.shape[2]
+    banded = window is not None and length > window  # a window as long as the example changes nothing
+    if not softcap:
+        if not banded:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout,
+                                                  enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_band(length, window, q.device), scale=scale,
+                                              dropout_p=dropout, enable_gqa=True)
+    # SDPA cannot cap scores: written out as the model's eager attention does it, one example at a time
+    groups = q.shape[1] // k.shape[1]
+    k, v = (x.repeat_interleave(groups, dim=1) for x in (k, v))
+    scores = (q @ k.transpose(2, 3)) * (scale if scale is not None else q.shape[-1] ** -0.5)  # (B, H, L, L)
+    scores = torch.tanh(scores / softcap) * softcap
+    allowed = _band(length, window if banded else length, q.device)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(_wide(scores), dim=-1).to(q.dtype)  # float32 at least, as the eager attention
+    if dropout:
+        probs = F.dropout(probs, p=dropout)
+    return probs @ v
+
+
+@functools.lru_cache(maxsize=16)
+def _band(length: int, window: int, device) -> torch.Tensor:
+    """(L, L) bool, True where query i may see key j: j <= i and i - j < window (transformers' sliding
+    window: the token itself and the window - 1 before it). Cached: every layer of a forward asks."""
+    i = torch.arange(length, device=device)
+    dist = i[:, None] - i[None, :]
+    return (dist >= 0) & (dist < window)
 
 
 _CU: dict = {}
@@ -88,28 +128,66 @@ def use_varlen(model) -> None:
     """Switch a transformers model to the varlen attention (registered once, by name).
 
     A name transformers has no mask builder for also makes it skip building a (T, T) mask.
+    What the varlen attention cannot do is refused here, before any training.
     """
     from transformers import AttentionInterface
 
+    cfg = model.config.get_text_config()
+    family, fix = cfg.model_type, "fix: set train.packing=false (padded batches use the model's own attention)."
+    refused = {
+        "use_bidirectional_attention": "bidirectional attention (packed attention is causal)",
+        "attention_chunk_size": "chunked attention",
+    }
+    for key, feature in refused.items():
+        if getattr(cfg, key, None):
+            raise UserError(f"{family}: {feature} ({key}={getattr(cfg, key)}) is not supported by tunesmith's "
+                            f"packed attention. {fix}")
+    if any(hasattr(m, "sinks") for m in model.modules()):
+        raise UserError(f"{family}: attention sinks are not supported by tunesmith's packed attention. {fix}")
+    windowed = getattr(cfg, "sliding_window", None) and "sliding_attention" in (getattr(cfg, "layer_types", None)
+                                                                                 or ["sliding_attention"])
+    if windowed and not getattr(model, "_supports_flash_attn", False):
+        # transformers hands a layer's window to the attention function only in families that can run
+        # flash attention (flash takes no mask); elsewhere the window lives in a mask we never build
+        raise UserError(f"{family}: its sliding window reaches attention only through a mask, which tunesmith's "
+                        f"packed attention does not build. {fix}")
     AttentionInterface.register(VARLEN, varlen_attention)
-    cfg = model.config
-    for unsupported in ("sliding_window", "attn_logit_softcapping"):
-        if getattr(cfg, unsupported, None):
-            raise UserError(f"{cfg.model_type}: {unsupported} is not supported by tunesmith's packed attention yet. "
-                            f"fix: set train.packing=false.")
     model.set_attn_implementation(VARLEN)
 
 
 # ---------------------------------------------------------------------------------------- the loss
 
+# config key -> what the model's forward does to lm_head's output before its loss.
+# Cohere: logits * logit_scale; Granite: logits / logits_scaling; Gemma 2: c * tanh(logits / c).
+LOGIT_SCALES = {"logit_scale": lambda x: x, "logits_scaling": lambda x: 1.0 / x}
+UNSUPPORTED_HEADS = ("output_multiplier",)
+
+
+def logit_transform(config) -> tuple[float, float | None]:
+    """(scale, softcap) the model's forward applies to its logits: logits * scale, then
+    softcap * tanh(logits / softcap) when softcap is set. Raises for what tunesmith cannot reproduce."""
+    cfg = config.get_text_config()
+    scales = {key: to_scale(getattr(cfg, key)) for key, to_scale in LOGIT_SCALES.items()
+              if getattr(cfg, key, None) not in (None, 1, 1.0)}
+    softcap = getattr(cfg, "final_logit_softcapping", None) or None
+    unknown = [key for key in UNSUPPORTED_HEADS if getattr(cfg, key, None) not in (None, 1, 1.0)]
+    if unknown or len(scales) + bool(softcap) > 1:
+        keys = unknown or [*scales, *(["final_logit_softcapping"] if softcap else [])]
+        raise UserError(f"{cfg.model_type}: its logits are rescaled in a way tunesmith's training loss does not "
+                        f"reproduce ({', '.join(keys)}). fix: none in tunesmith yet; train this model with "
+                        f"transformers' own Trainer, or pick another base model.")
+    return (next(iter(scales.values())) if scales else 1.0), softcap
+
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         bias: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+                         bias: torch.Tensor | None = None, chunk: int | None = None,
+                         scale: float = 1.0, softcap: float | None = None) -> torch.Tensor:
     """Sum of cross-entropy of `targets` under logits hidden @ weight.T (+ bias), in chunks.
 
     hidden (N, d) holds only positions with a target; weight (V, d). The (chunk, V) logits live one
     chunk at a time, in float32. When gradients are wanted they are computed in the same pass
     (softmax - onehot is the gradient of the logits), so nothing of size (N, V) is kept for backward.
+    scale and softcap reshape the logits as the model's own forward does (logit_transform).
     """
     if chunk is None:  # float32 logits per chunk: ~16 MB on a CPU (stays in cache), ~256 MB on a GPU
         chunk = max(1, (1 << (26 if hidden.is_cuda else 22)) // weight.shape[0])
@@ -117,17 +195,28 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return hidden.sum() * 0.0 + weight.sum() * 0.0
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk)
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, scale, softcap)
     total = torch.zeros((), dtype=_wide(hidden).dtype, device=hidden.device)
     for a in range(0, hidden.shape[0], chunk):
-        logits = _wide(F.linear(hidden[a:a + chunk], weight, bias))  # (chunk, V)
+        logits, _ = _head(F.linear(hidden[a:a + chunk], weight, bias), scale, softcap)  # (chunk, V)
         total += F.cross_entropy(logits, targets[a:a + chunk], reduction="sum")
     return total
 
 
+def _head(raw: torch.Tensor, scale: float, softcap: float | None):
+    """(logits at least float32, tanh(logits / softcap) or None) from lm_head's output."""
+    logits = _wide(raw)
+    if scale != 1.0:
+        logits = logits * scale
+    if not softcap:
+        return logits, None
+    capped = torch.tanh(logits / softcap)
+    return capped * softcap, capped
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk):
+    def forward(ctx, hidden, weight, bias, targets, chunk, scale, softcap):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         total = torch.zeros((), dtype=_wide(hidden).dtype, device=hidden.device)
         d_hidden = torch.empty_like(hidden) if need_h else None
@@ -135,12 +224,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         d_bias = torch.zeros_like(_wide(bias)) if need_b else None
         for a in range(0, hidden.shape[0], chunk):
             h, t = hidden[a:a + chunk], targets[a:a + chunk]
-            logits = _wide(F.linear(h, weight, bias))  # (chunk, V), at least float32
+            logits, capped = _head(F.linear(h, weight, bias), scale, softcap)  # (chunk, V), at least float32
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
             # d(sum CE)/d logits = softmax - onehot, computed in place of the logits
             grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(len(t), device=t.device), t] -= 1.0
+            if capped is not None:  # d/dx softcap * tanh(x / softcap) = 1 - tanh²
+                grad.mul_(capped.square_().neg_().add_(1.0))
+            if scale != 1.0:
+                grad.mul_(scale)
             grad = grad.to(hidden.dtype)
             if need_h:
                 d_hidden[a:a + chunk] = grad @ weight
@@ -158,7 +251,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (None if d_hidden is None else d_hidden * g.to(d_hidden.dtype),
                 None if d_weight is None else (d_weight * g).to(ctx.weight_dtype),
                 None if d_bias is None else (d_bias * g).to(ctx.weight_dtype),
-                None, None)
+                None, None, None, None)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -173,12 +266,14 @@ class CausalLMLoss(torch.nn.Module):
     """A causal LM and its loss in one forward, so DDP/FSDP see one call that uses every parameter.
 
     forward returns the SUM of token losses: the caller decides what to divide by. The LM head runs
-    only on the hidden states whose next token carries loss (linear_cross_entropy).
+    only on the hidden states whose next token carries loss (linear_cross_entropy), and its logits
+    are scaled and capped as the model's own forward does (logit_transform).
     """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.scale, self.softcap = logit_transform(model.config)
 
     def forward(self, input_ids, position_ids, labels, cu_seqlens=None):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -186,4 +281,5 @@ class CausalLMLoss(torch.nn.Module):
                                     use_cache=False).last_hidden_state  # (B, T, d)
         keep = labels != IGNORE  # (B, T): the only positions that reach the LM head
         head = base.get_output_embeddings()
-        return linear_cross_entropy(hidden[keep], head.weight, labels[keep], head.bias)
+        return linear_cross_entropy(hidden[keep], head.weight, labels[keep], head.bias,
+                                    scale=self.scale, softcap=self.softcap)
