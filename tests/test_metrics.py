@@ -2,6 +2,7 @@
 
 import pytest
 
+from tunesmith import UserError
 from tunesmith.compare import metrics as M
 
 GLOSSARY = [
@@ -130,7 +131,7 @@ def test_score_row():
 def test_glossary_file_errors(tmp_path):
     bad = tmp_path / "glossary.yaml"
     bad.write_text("terms:\n  - rejected: [x]\n")
-    with pytest.raises(Exception, match="entry 1"):
+    with pytest.raises(UserError, match="entry 1"):
         M.load_glossary(bad)
     good = tmp_path / "g.yaml"
     good.write_text("terms:\n  - term: basket\n    rejected: [cart]\n    definition: the groceries\n")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from tunesmith import UserError
 from tunesmith.workbench import db, review
 
 
@@ -103,7 +104,7 @@ def test_pairs_are_blind_stable_and_rated_once(con):
         if p["id"] != nxt["id"]:
             review.rate(con, p["id"], "Ana", "tie")
     assert review.next_pair(con, 1, "Ana", skip=nxt["id"])[0]["id"] == nxt["id"]  # until it is the last one
-    with pytest.raises(Exception, match="choice must be"):
+    with pytest.raises(UserError, match="choice must be"):
         review.rate(con, pair["id"], "Ana", "C")
 
 
