@@ -551,8 +551,8 @@ def _check_new_run_dir(run: Path) -> None:
     that holds other things, rather than overwrite a user's own config.yaml or data."""
     if run.exists() and not run.is_dir():
         raise UserError(f"train.output_dir={run} is a file. fix: set train.output_dir to a new directory.")
-    others = sorted(p.name for p in run.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith(".")) \
-        if run.is_dir() else []
+    ours = lambda name: name in RUN_ENTRIES or name.startswith((".", "export-"))  # noqa: E731 (export's default target)
+    others = sorted(p.name for p in run.iterdir() if not ours(p.name)) if run.is_dir() else []
     if others:
         raise UserError(f"train.output_dir={run} holds files that are not a tunesmith run ({', '.join(others[:5])}"
                         f"{', ...' if len(others) > 5 else ''}); a run writes config.yaml, data.json, checkpoints/ "
