@@ -57,6 +57,7 @@ class Request:
     seed: int = 0  # sampling only: the same seed gives the same reply
     stop_on_repeat: bool = True  # LoopGuard: stop where the reply starts to repeat itself, drop the repeat
     on_text: Callable[[str], None] | None = None  # streaming: called from the engine's thread with each new piece
+    on_done: Callable[["Request"], None] | None = None  # called from the engine's thread once the reply is finished
     # ---- the reply
     tokens: list[int] = field(default_factory=list)  # generated ids, the stop id included when there was one
     kept: int = 0  # tokens that make the reply (before the stop id or the repeat)
@@ -94,7 +95,7 @@ class Engine:
         self.stop = set(_stop_ids(tok))
         self._newline_ids = lambda: _newline_ids(tok)
         self.top_k = int(getattr(getattr(model, "generation_config", None), "top_k", 0) or 0)
-        self.kv = _BatchKV(self._n_layers(model))
+        self.kv = _BatchKV(self._n_layers(model), self.max_rows)
         self.rows: list[Request] = []  # row i of the batch answers rows[i]
         self.waiting: collections.deque[Request] = collections.deque()
         self.prefilling: _Prefill | None = None
@@ -320,13 +321,15 @@ class Engine:
                 self._stream(req, final=True)
         finally:
             req.done.set()
+            if req.on_done is not None:
+                req.on_done(req)
 
     def _fail_all(self, exc: BaseException) -> None:
         with self.cond:
             reqs = self.rows + ([self.prefilling.req] if self.prefilling else []) + list(self.waiting)
             self.rows, self.prefilling = [], None
             self.waiting.clear()
-        self.kv = _BatchKV(self.kv.n_layers)
+        self.kv = _BatchKV(self.kv.n_layers, self.max_rows)
         for req in reqs:
             req.error = exc
             self._finish(req, "error")
@@ -356,10 +359,11 @@ class _BatchKV:
     right one column per step; when it reaches the buffer's end it is copied back to the left.
     """
 
-    def __init__(self, n_layers: int):
+    def __init__(self, n_layers: int, max_rows: int, room: int = 128):
         from transformers.cache_utils import Cache
 
-        self.n_layers = n_layers
+        # room: columns kept free to the right of the window, so it is copied back once per `room` steps
+        self.n_layers, self.max_rows, self.room = n_layers, max_rows, room
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.mask = torch.zeros(0, 0, dtype=torch.bool)
@@ -370,12 +374,13 @@ class _BatchKV:
         """Copy a prefilled prompt's keys and values, each (1, kv_heads, length, head_dim), into a new row."""
         if not self.k:
             k0 = layers[0][0]
-            self._alloc(4, 2 * length + 64, k0.shape[1], k0.shape[3], k0.dtype, k0.device)
+            self._alloc(self.max_rows, length + self.room, k0.shape[1], k0.shape[3], k0.dtype, k0.device)
+            self.start = self.end = length
         if self.rows == self.k[0].shape[0]:
-            self._regrow(rows=2 * self.rows)
+            self._regrow(rows=self.rows + self.max_rows)
         if length > self.end - self.start:  # the window widens to the left
             if length > self.end:
-                self._regrow(cols=max(2 * length, self.k[0].shape[2]), left=length)
+                self._regrow(cols=max(length + self.room, self.k[0].shape[2]), left=length)
             new_start = self.end - length
             self.mask[:self.rows, new_start:self.start] = False
             self.start = new_start
@@ -404,7 +409,7 @@ class _BatchKV:
     def reserve_column(self) -> None:
         """Make sure column `end` exists for the next token."""
         if self.end == self.k[0].shape[2]:
-            self._regrow(cols=max(2 * (self.end - self.start) + 64, self.k[0].shape[2]), left=self.end - self.start)
+            self._regrow(cols=self.end - self.start + self.room, left=self.end - self.start)
 
     def _alloc(self, rows, cols, heads, dim, dtype, device) -> None:
         self.k = [torch.zeros(rows, heads, cols, dim, dtype=dtype, device=device) for _ in range(self.n_layers)]

@@ -44,20 +44,30 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
              top_p: float = 1.0, batch_size: int = 8, seed: int = 0, progress=None,
              reuse_prefix: bool = True, stop_on_repeat: bool = True, prefill_tokens: int = 2048) -> list[Completion]:
     """Reply to each conversation, `batch_size` replies in flight at once (continuous batching: a
-    finished reply's row goes to the next prompt at the next step).
+    finished reply's row goes to the next prompt at the next step). `model` may also be a
+    tunesmith.vllm_engine.VllmModel (generate.engine=vllm).
 
     reuse_prefix: a prefix several prompts share (a long system prompt, the same few-shot block) is
     prefilled once and its keys and values copied for the others; replies and token counts are the same.
     stop_on_repeat: a reply that starts to loop stops there and loses the repeat (finish_reason
     "repeat"; completion_tokens counts what was generated).
-    Prompts are taken in token order, so prompts sharing a prefix run one after another.
+    Prompts are taken shortest first, so the rows running together have similar lengths (a row's
+    padding up to the longest one costs attention at every step); shared prefixes are found in any order.
     """
     from tunesmith.engine import Engine, Request
+    from tunesmith.vllm_engine import VllmModel
 
     prompts = encode_prompts(tok, conversations)
+    if isinstance(model, VllmModel):  # generate.engine=vllm: vLLM batches them itself
+        from tunesmith import vllm_engine
+
+        outs = vllm_engine.generate(model, tok, prompts, max_new_tokens, temperature, top_p, seed, stop_on_repeat)
+        if progress is not None:
+            progress(len(outs))
+        return outs
     engine = Engine(model, tok, max_rows=batch_size, prefill_tokens=prefill_tokens,
                     min_prefix=64 if reuse_prefix else 1 << 30)
-    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))
     reqs = [Request(prompts[i], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                     seed=seed + i, stop_on_repeat=stop_on_repeat) for i in order]
     engine.run(reqs, progress=progress)

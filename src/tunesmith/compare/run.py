@@ -48,6 +48,9 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
         if getattr(cfg.generate, key) < 1:
             raise UserError(f"generate.{key} must be at least 1, got {getattr(cfg.generate, key)}. "
                             f"fix: set generate.{key} in the config or on the command line.")
+    from tunesmith.vllm_engine import choose
+
+    choose(cfg.generate.engine)
     train_examples, heldout, _ = load_split(cfg, need_train=False)
     train_examples, heldout = [ex for ex in train_examples if has_reply(ex)], [ex for ex in heldout if has_reply(ex)]
     scored = filter_tasks(heldout, c.tasks)
@@ -161,30 +164,42 @@ def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx
     from tunesmith.generate import encode_prompts, generate
     from tunesmith.models import load
 
+    from tunesmith import vllm_engine
+
     g = cfg.generate
-    cpu.use_heap()  # the KV cache grows by concatenation: every step allocates, so reuse the heap
+    cpu.use_heap()  # prefill caches and prefix copies are short-lived: serve them from the heap
     t0 = time.time()
-    model, tok = load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                      merge_adapter=tuned)
+    if vllm_engine.choose(g.engine) == "vllm":
+        model, tok = vllm_engine.load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+    else:
+        model, tok = load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
+                          merge_adapter=tuned)
     log(f"compare: loaded {'fine-tuned model ' if tuned else 'base model '}{spec} ({time.time() - t0:.0f} s)")
     budget = cfg.compare.max_prompt_tokens
     ctx.fits = lambda messages: len(encode_prompts(tok, [messages])[0]) <= budget
-    out = {}
+    built: dict[str, list] = {}
     for name in group:
         done += 1
         try:
-            convs = [A.ARMS[name](ex, ctx) for ex in examples]
+            built[name] = [A.ARMS[name](ex, ctx) for ex in examples]
         except A.Skipped as exc:
             skipped[name] = str(exc)
             log(f"[{done}/{total}] {name}: skipped — {exc}")
-            continue
-        tick = _Ticker(f"[{done}/{total}] {name}", len(convs))
-        # a prefix every prompt shares (the engineered arm's style guide) is computed once, as a
-        # serving stack's prompt cache would; token counts and replies are unchanged
-        out[name] = generate(model, tok, convs, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                             top_p=g.top_p, batch_size=g.batch_size, seed=cfg.data.seed, progress=tick,
-                             reuse_prefix=True, stop_on_repeat=g.stop_on_repeat)
-        tick.close()
+    if not built:
+        del model
+        return {}
+    # every arm of this model goes through the engine together, so no arm waits for another's
+    # slowest reply; a prefix prompts share (the engineered arm's style guide, a few-shot block) is
+    # prefilled once. Latency is per reply, from its prefill to its last token.
+    convs = [c for cs in built.values() for c in cs]
+    tick = _Ticker(f"[{done}/{total}] {', '.join(built)}", len(convs))
+    replies = generate(model, tok, convs, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                       batch_size=g.batch_size, seed=cfg.data.seed, progress=tick, reuse_prefix=True,
+                       stop_on_repeat=g.stop_on_repeat)
+    tick.close()
+    out, at = {}, 0
+    for name, cs in built.items():
+        out[name], at = replies[at:at + len(cs)], at + len(cs)
     del model
     return out
 
