@@ -15,8 +15,10 @@ Systems, each in its own process (so its peak memory is its own), one after anot
                (--one-by-one N prompts spread over the arms) is timed and the time extrapolated per
                arm from its mean per prompt; the table says so.
   batched      the batched path before the engine (bench/old_generate.py: left-padded batches of
-               generate.batch_size sorted by length, the engineered arm's shared prefix reused).
-  engine       tunesmith.generate.generate on the engine, the same batch size.
+               --old-batch-size, 10 as the demo ran it, sorted by length, the engineered arm's
+               shared prefix reused), one call per arm as compare made them.
+  engine       tunesmith.generate.generate on the engine, --batch-size rows (the demo profile's),
+               every arm in one call as compare makes it now.
   hf-cb        transformers' continuous batching (`generate_batch`), no loop guard, so its replies
                run longer where a reply loops: compare its tokens/s, not its wall time.
   llama.cpp    llama-cpp-python on an f16 GGUF of the same model, one prompt at a time (skipped
@@ -93,7 +95,7 @@ def worker(args) -> dict:
     arms = workload(Path(args.data), tok, args.examples)
     convs = [(arm, c) for arm, cs in arms.items() for c in cs]
     t0, c0 = time.perf_counter(), time.process_time()
-    replies, extra = RUNNERS[args.system](model, tok, [c for _, c in convs], args)
+    replies, extra = RUNNERS[args.system](model, tok, [c for _, c in convs], args, arms)
     wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     prompts = encode_prompts(tok, [c for _, c in convs])
     timed = [i for i, r in enumerate(replies) if r is not None]
@@ -114,16 +116,18 @@ def worker(args) -> dict:
             "threads": torch.get_num_threads(), "texts": [r["text"] if r else None for r in replies], **extra}
 
 
-def run_batched(model, tok, convs, args):
+def run_batched(model, tok, convs, args, arms):
     sys.path.insert(0, str(HERE))
     from old_generate import generate
 
-    outs = generate(model, tok, convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                    reuse_prefix=True, stop_on_repeat=True)
+    outs = []
+    for arm_convs in arms.values():  # one call per arm, as compare made them
+        outs += generate(model, tok, arm_convs, max_new_tokens=args.max_new_tokens, batch_size=args.old_batch_size,
+                         reuse_prefix=True, stop_on_repeat=True)
     return [_reply(o.text, o.completion_tokens, o.latency_s) for o in outs], {}
 
 
-def run_engine(model, tok, convs, args):
+def run_engine(model, tok, convs, args, arms):
     import tunesmith.engine as E
     from tunesmith.generate import generate
 
@@ -142,7 +146,7 @@ def run_engine(model, tok, convs, args):
     return [_reply(o.text, o.completion_tokens, o.latency_s) for o in outs], {"engine": stats, "bound": bound(model, stats)}
 
 
-def run_one_by_one(model, tok, convs, args):
+def run_one_by_one(model, tok, convs, args, arms):
     sys.path.insert(0, str(HERE))
     from old_generate import generate
 
@@ -154,7 +158,7 @@ def run_one_by_one(model, tok, convs, args):
     return replies, {}
 
 
-def run_hf_cb(model, tok, convs, args):
+def run_hf_cb(model, tok, convs, args, arms):
     from transformers import GenerationConfig
 
     from tunesmith.generate import _stop_ids, encode_prompts
@@ -175,7 +179,7 @@ def run_hf_cb(model, tok, convs, args):
     return replies, {}
 
 
-def run_llama_cpp(model, tok, convs, args):
+def run_llama_cpp(model, tok, convs, args, arms):
     from llama_cpp import Llama
 
     from tunesmith.generate import encode_prompts
@@ -256,7 +260,8 @@ def main() -> int:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--examples", type=int, default=0, help="held-out examples per arm (0: the demo profile's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=0, help="rows at once (0: the demo profile's generate.batch_size)")
+    p.add_argument("--batch-size", type=int, default=0, help="the engine's rows at once (0: the demo profile's generate.batch_size)")
+    p.add_argument("--old-batch-size", type=int, default=10, help="the batched path's batch (10: the demo profile's before the engine)")
     p.add_argument("--systems", default="one-by-one,batched,engine,hf-cb,llama.cpp")
     p.add_argument("--one-by-one", type=int, default=21, help="prompts timed one at a time (0: all of them)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per system (0: the cores others leave free)")
@@ -292,6 +297,7 @@ def main() -> int:
         out = data / f"{system}.json"
         cmd = [sys.executable, __file__, "--worker", system, "--model", args.model, "--examples", str(args.examples),
                "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
+               "--old-batch-size", str(args.old_batch_size),
                "--one-by-one", str(args.one_by_one), "--threads", str(args.threads), "--data", str(data),
                "--out", str(out)]
         t0 = time.time()
