@@ -160,14 +160,19 @@ def run_one_by_one(model, tok, convs, args, arms):
 
 def run_hf_cb(model, tok, convs, args, arms):
     from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     from tunesmith.generate import _stop_ids, encode_prompts
 
     prompts = encode_prompts(tok, convs)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=_stop_ids(tok),
                               pad_token_id=tok.pad_token_id)
+    # its defaults size the paged cache from free GPU memory; on a CPU, room for the batch's longest rows
+    longest = max(map(len, prompts)) + args.max_new_tokens
+    cb = ContinuousBatchingConfig(page_size=256, num_blocks=args.batch_size * (longest // 256 + 1),
+                                  max_batch_tokens=512, max_requests_per_batch=args.batch_size)
     t0 = time.perf_counter()
-    out = model.generate_batch(prompts, generation_config=config, progress_bar=False)
+    out = model.generate_batch(prompts, generation_config=config, continuous_batching_config=cb, progress_bar=False)
     wall = time.perf_counter() - t0
     stop = set(_stop_ids(tok))
     replies = []

@@ -96,6 +96,7 @@ class Engine:
         self._newline_ids = lambda: _newline_ids(tok)
         self.top_k = int(getattr(getattr(model, "generation_config", None), "top_k", 0) or 0)
         self.kv = _BatchKV(self._n_layers(model), self.max_rows)
+        self.window = self._sliding_window(model)
         self.rows: list[Request] = []  # row i of the batch answers rows[i]
         self.waiting: collections.deque[Request] = collections.deque()
         self.prefilling: _Prefill | None = None
@@ -110,6 +111,13 @@ class Engine:
     # ------------------------------------------------------------------------------ the outside
 
     def submit(self, req: Request) -> Request:
+        if self.window is not None and len(req.prompt) + req.max_new_tokens > self.window:
+            from tunesmith import UserError
+
+            raise UserError(f"this model attends over a sliding window of {self.window} tokens in some layers, which "
+                            f"tunesmith's engine does not implement, and a prompt of {len(req.prompt)} tokens plus "
+                            f"{req.max_new_tokens} new ones is longer. fix: shorter prompts or max_new_tokens, or "
+                            f"generate.engine=vllm on a GPU.")
         req.t_submit = time.perf_counter()
         with self.cond:
             self.waiting.append(req)
@@ -335,6 +343,16 @@ class Engine:
             self._finish(req, "error")
 
     @staticmethod
+    def _sliding_window(model) -> int | None:
+        """The sliding window some layers use, if any: the batch's mask is full attention, which
+        equals theirs only while a sequence fits the window."""
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        types = getattr(config, "layer_types", None) or []
+        if any(t != "full_attention" for t in types) or (getattr(config, "use_sliding_window", False)):
+            return getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None) or 0
+        return None
+
+    @staticmethod
     def _n_layers(model) -> int:
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         return int(config.num_hidden_layers)
@@ -417,19 +435,22 @@ class _BatchKV:
         self.mask = torch.zeros(rows, cols, dtype=torch.bool, device=device)
 
     def _regrow(self, rows: int | None = None, cols: int | None = None, left: int | None = None) -> None:
-        """New buffers (more rows, or more columns), the window copied with `left` columns before `end`."""
-        old_k, old_v, old_mask = self.k, self.v, self.mask
-        n_rows = rows or old_k[0].shape[0]
-        n_cols = cols or old_k[0].shape[2]
+        """New buffers (more rows, or more columns), the window copied with `left` columns before `end`.
+        Columns grow by half again at least, so prompts that come longest last do not copy every time."""
+        old_rows, old_cols = self.k[0].shape[0], self.k[0].shape[2]
+        n_rows = rows or old_rows
+        n_cols = max(cols, old_cols + old_cols // 2) if cols and cols > old_cols else (cols or old_cols)
         width = self.end - self.start
         left = self.end if left is None else max(left, width)
-        _, heads, _, dim = old_k[0].shape
-        self._alloc(n_rows, n_cols, heads, dim, old_k[0].dtype, old_k[0].device)
         new_start = left - width
-        for new, old in zip(self.k + self.v, old_k + old_v):
-            new[:self.rows, :, new_start:left] = old[:self.rows, :, self.start:self.end]
-        self.mask[:self.rows, new_start:left] = old_mask[:self.rows, self.start:self.end]
-        self.start, self.end = new_start, left
+        for buffers in (self.k, self.v):
+            for i, old in enumerate(buffers):  # one layer at a time: the copy never holds two whole caches
+                new = old.new_zeros(n_rows, old.shape[1], n_cols, old.shape[3])
+                new[:self.rows, :, new_start:left] = old[:self.rows, :, self.start:self.end]
+                buffers[i] = new
+        mask = self.mask.new_zeros(n_rows, n_cols)
+        mask[:self.rows, new_start:left] = self.mask[:self.rows, self.start:self.end]
+        self.mask, self.start, self.end = mask, new_start, left
 
 
 def _layer_base():

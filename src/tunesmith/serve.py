@@ -160,7 +160,11 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
             raise ApiError(429, f"{max_concurrency} requests are generating and {max_queue} waiting, the most this "
                                 f"server takes; retry shortly.",
                            type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        gen = _Generation(backend, prompt, req, max_tokens, slots)  # owns the slot from here on
+        try:
+            gen = _Generation(backend, prompt, req, max_tokens, slots)  # owns the slot from here on
+        except UserError as exc:  # the engine cannot take this request (e.g. past a sliding window)
+            slots.release()
+            raise ApiError(400, str(exc), param="messages") from None
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             return StreamingResponse(_sse(gen, rid, now, name, req), media_type="text/event-stream",
