@@ -136,7 +136,7 @@ class ServeConfig:
     port: int = opt(8000, "TCP port")
     api_key: str = opt("", "if set, every route but /health needs `Authorization: Bearer KEY`")
     max_body_bytes: int = opt(1_000_000, "largest request body accepted (413 above)")
-    max_concurrency: int = opt(16, "requests generated at once, in one batch")
+    max_concurrency: int = opt(32, "requests generated at once, in one batch")
     max_queue: int = opt(32, "requests waiting for a place in the batch; more are answered 429")
     default_max_tokens: int = opt(512, "reply length when a request sets no max_tokens (capped by the context length)")
 

@@ -344,8 +344,9 @@ class _EngineBackend:
         from tunesmith.engine import Engine
 
         # 256 prompt tokens per step: a newcomer's prefill delays the running replies by about as
-        # much as a few decode steps, not by its whole prompt
-        self.engine = Engine(model, tok, max_rows=max_rows, prefill_tokens=256)
+        # much as a few decode steps, not by its whole prompt. A shared prefix from 16 tokens is
+        # reused: even the chat template's default system prompt is cheaper copied than recomputed.
+        self.engine = Engine(model, tok, max_rows=max_rows, prefill_tokens=256, min_prefix=16)
         self.engine.start()
 
     @property
