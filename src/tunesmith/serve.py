@@ -383,9 +383,12 @@ class _VllmBackend:
                 async for piece in self.backend.stream(self.tok, prompt, max_tokens, req.temperature, req.top_p, True,
                                                        gen.usage):
                     gen.put(piece)
+            except asyncio.CancelledError:  # the client went away; vLLM aborts the request itself
+                gen.usage.setdefault("finish_reason", "cancelled")
             except Exception as exc:  # reported to the client by the event loop
                 error = exc
-            gen.end(error)
+            finally:
+                gen.end(error)
 
         task = asyncio.get_running_loop().create_task(run())
         return lambda: gen.loop.call_soon_threadsafe(task.cancel)

@@ -159,15 +159,16 @@ class AsyncBackend:
         from tunesmith.generate import _newline_ids, repeat_start
 
         rid, sent, reason, spent = f"tunesmith-{uuid.uuid4().hex}", "", "length", 0
-        newlines = _newline_ids(tok) if stop_on_repeat else set()
+        newlines, stops = _newline_ids(tok) if stop_on_repeat else set(), _stop_set(tok)
         self.running += 1
         try:
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt),
                                                _params(tok, max_tokens, temperature, top_p, None), rid,
                                                lora_request=self.lora):
                 o = out.outputs[0]
-                spent = len(o.token_ids)
-                if stop_on_repeat and repeat_start(list(o.token_ids), newlines) is not None:
+                ids = [t for t in o.token_ids if t not in stops]  # the stop id is not part of the reply
+                spent = len(ids)
+                if stop_on_repeat and repeat_start(ids, newlines) is not None:
                     await self.llm.abort(rid)
                     reason = "repeat"
                     break
@@ -176,7 +177,6 @@ class AsyncBackend:
                     sent = o.text
                 if out.finished:
                     reason = "stop" if o.finish_reason == "stop" else "length"
-                    spent -= reason == "stop" and bool(o.token_ids) and o.token_ids[-1] in _stop_set(tok)
         finally:
             self.running -= 1
         usage.update(prompt_tokens=len(prompt), completion_tokens=spent, finish_reason=reason)
