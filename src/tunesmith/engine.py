@@ -436,10 +436,10 @@ class _BatchKV:
 
     def _regrow(self, rows: int | None = None, cols: int | None = None, left: int | None = None) -> None:
         """New buffers (more rows, or more columns), the window copied with `left` columns before `end`.
-        Columns grow by half again at least, so prompts that come longest last do not copy every time."""
+        Columns grow by a quarter at least, so prompts that come longest last do not copy every time."""
         old_rows, old_cols = self.k[0].shape[0], self.k[0].shape[2]
         n_rows = rows or old_rows
-        n_cols = max(cols, old_cols + old_cols // 2) if cols and cols > old_cols else (cols or old_cols)
+        n_cols = max(cols, old_cols + old_cols // 4) if cols and cols > old_cols else (cols or old_cols)
         width = self.end - self.start
         left = self.end if left is None else max(left, width)
         new_start = left - width
