@@ -44,9 +44,10 @@ def lively(tiny_model_dir):
     return model, tok
 
 
-def check_exact(model, tok, lengths: list[int], max_rows: int, prefill_tokens: int):
+def check_exact(model, tok, lengths: list[int], max_rows: int, prefill_tokens: int, shared_attention: int = 256):
     prompts = encode_prompts(tok, conversations())
-    engine = Engine(model, tok, max_rows=max_rows, prefill_tokens=prefill_tokens, min_prefix=32)
+    engine = Engine(model, tok, max_rows=max_rows, prefill_tokens=prefill_tokens, min_prefix=32,
+                    shared_attention=shared_attention)
     reqs = engine.run([Request(p, max_new_tokens=n, stop_on_repeat=False) for p, n in zip(prompts, lengths)])
     for req, prompt, n in zip(reqs, prompts, lengths):
         assert req.tokens == alone(model, tok, prompt, n), f"prompt of {len(prompt)} tokens"
@@ -55,14 +56,18 @@ def check_exact(model, tok, lengths: list[int], max_rows: int, prefill_tokens: i
     assert engine.stats["reused_tokens"] >= 2 * shared  # the style guide was prefilled once, not three times
     assert engine.stats["prefill_tokens"] == sum(map(len, prompts)) - engine.stats["reused_tokens"]
     assert engine.rows == [] and engine.kv.rows == 0
+    # the style guide stayed out of the rows that share it, and decode read it once per step for them
+    assert engine.stats["shared_rows"] == (3 if shared_attention else 0)
     return reqs
 
 
-def test_greedy_replies_equal_generate_alone(lively):
+@pytest.mark.parametrize("shared_attention", [256, 0], ids=["prefix-read-once", "prefix-in-every-row"])
+def test_greedy_replies_equal_generate_alone(lively, shared_attention):
     model, tok = lively
     # 5 prompts, 2 rows: three newcomers join a running batch; 7-token chunks split every prompt;
     # each reply has its own length, so rows leave at different steps
-    reqs = check_exact(model, tok, lengths=[9, 3, 14, 6, 11], max_rows=2, prefill_tokens=7)
+    reqs = check_exact(model, tok, lengths=[9, 3, 14, 6, 11], max_rows=2, prefill_tokens=7,
+                       shared_attention=shared_attention)
     assert len({len(r.tokens) for r in reqs}) >= 4
 
 
@@ -101,6 +106,7 @@ def test_embedded_model_replies_equal_generate_alone():
 
     model, tok = load(DEFAULT_MODEL)
     check_exact(model, tok, lengths=[24, 8, 32, 16, 40], max_rows=3, prefill_tokens=96)
+    check_exact(model, tok, lengths=[24, 8, 32, 16, 40], max_rows=5, prefill_tokens=4096, shared_attention=0)
 
 
 def test_cancel_frees_the_row_for_the_next_prompt(lively):

@@ -21,7 +21,10 @@ finished row is replaced by the last row (one row's copy, not the whole cache's)
 A prefix several prompts share (a system prompt, a style guide, the same few-shot block) is
 prefilled once: after a prompt's prefill, the longest prefix it shares with a prompt still to come
 (or a recent one) is kept, and a later prompt that starts with it copies its keys and values
-instead of recomputing them.
+instead of recomputing them. A long shared prefix (`shared_attention` tokens or more) also stays
+out of the rows: decode attends over it once for every row that shares it (a small matmul over
+the prefix, merged with each row's own columns by softmax maximum and sum), where a copy per row
+would be read once per row at every step, and would pad every other row's window to its length.
 
 Exact: with greedy decoding every reply equals transformers' `generate` for that prompt alone,
 token for token (tests/test_engine.py, fp32), as far as fp32 rounding allows: the padded batch and the
@@ -70,6 +73,7 @@ class Request:
     t_done: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
     _cancel: bool = False
+    _prefix: tuple | None = None  # (per-layer (k, v), length): a shared prefix kept out of its row
     _printed: int = 0  # characters of the reply already streamed
     _shown: int = 0  # tokens whose text is settled
 
@@ -85,11 +89,16 @@ class Engine:
     """Continuous batching on one model. Plain state, one lock; `step` is the whole algorithm."""
 
     def __init__(self, model, tok, max_rows: int = 8, prefill_tokens: int = 512, min_prefix: int = 64,
-                 prefix_bytes: int = 256 << 20):
+                 prefix_bytes: int = 256 << 20, shared_attention: int = 256):
         from tunesmith.generate import _newline_ids, _stop_ids
 
         self.model, self.tok, self.max_rows = model, tok, max(1, max_rows)
         self.prefill_tokens, self.min_prefix = max(1, prefill_tokens), min_prefix
+        # a reused prefix this long stays out of the rows: decode reads it once for all the rows that
+        # share it, not once per row (0: never)
+        self.shared_attention = shared_attention
+        if shared_attention:
+            _register_attention()
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.stop = set(_stop_ids(tok))
@@ -106,7 +115,7 @@ class Engine:
         self._generators: dict[int, torch.Generator] = {}
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0,
-                      "decode_rows": 0}
+                      "decode_rows": 0, "shared_rows": 0}
 
     # ------------------------------------------------------------------------------ the outside
 
@@ -207,7 +216,7 @@ class Engine:
         for i, (k, v) in enumerate(layers or []):
             cache.update(k[:, :, :shared], v[:, :, :shared], i)
         self.stats["reused_tokens"] += shared
-        return _Prefill(req, cache, shared, upcoming)
+        return _Prefill(req, cache, shared, upcoming, layers, shared)
 
     def _prefill_chunk(self, p: "_Prefill", budget: int | None) -> int:
         """Run up to `budget` more prompt tokens of the newcomer; when its prompt is done, pick its
@@ -228,7 +237,15 @@ class Engine:
             token = self._pick(out.logits[:, -1].float(), [req])[0]
             req.t_first = time.perf_counter()
             if not self._advance(req, token):
-                self.kv.admit([(layer.keys, layer.values) for layer in p.cache.layers], len(req.prompt))
+                layers, own = p.layers, p.shared
+                if self.shared_attention and own < self.shared_attention:  # it may have just stored one
+                    own, layers = self.prefixes.lookup(req.prompt)
+                own = own if self.shared_attention and own >= self.shared_attention else 0
+                if own:
+                    req._prefix = (layers, own)
+                    self.stats["shared_rows"] += 1
+                self.kv.admit([(layer.keys[:, :, own:], layer.values[:, :, own:]) for layer in p.cache.layers],
+                              len(req.prompt) - own)
                 self.rows.append(req)
         self.stats["prefill_s"] += time.perf_counter() - t0
         return n
@@ -245,8 +262,22 @@ class Engine:
         visible = kv.mask[:kv.rows, kv.start:kv.end + 1]
         # (rows, 1, 1, columns) additive: 0 where a row attends, the dtype's minimum on its padding
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, torch.finfo(self.dtype).min)
-        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask[:, None, None, :], use_cache=True,
-                         **{self._cache_kw: kv.cache})
+        groups: dict[tuple, list] = {}  # rows that share a prefix kept out of the batch
+        for i, r in enumerate(self.rows):
+            if r._prefix is not None:
+                groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])[1].append(i)
+        extra = {}
+        config = self.model.config
+        saved = config._attn_implementation_internal
+        if groups:
+            extra["tunesmith_prefixes"] = [(layers, n, torch.tensor(idx, device=self.device))
+                                           for (layers, n), idx in groups.values()]
+            config._attn_implementation_internal = _ATTENTION
+        try:
+            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask[:, None, None, :], use_cache=True,
+                             **{self._cache_kw: kv.cache}, **extra)
+        finally:
+            config._attn_implementation_internal = saved
         kv.end += 1
         tokens = self._pick(out.logits[:, -1].float(), self.rows)
         self.stats["decode_steps"] += 1
@@ -364,6 +395,51 @@ class _Prefill:
     cache: object  # transformers DynamicCache: this prompt's keys and values alone
     done: int  # prompt tokens already in the cache (a reused prefix counts)
     upcoming: list[list[int]]  # prompts queued behind it: a prefix they share is worth keeping
+    layers: list | None = None  # the stored prefix it started from, per layer (k, v)
+    shared: int = 0  # tokens of that prefix it reuses
+
+
+# --------------------------------------------------------------------- attention over a shared prefix
+
+_ATTENTION = "tunesmith_shared_prefix"
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(_ATTENTION, _shared_prefix_attention)
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                             tunesmith_prefixes=(), **kwargs):
+    """Decode attention when some rows share a prefix kept out of the batch: each row attends over
+    its own columns (key, value: (rows, kv_heads, columns, head_dim), masked) and over its group's
+    prefix, read once for the whole group; the two softmax parts are merged by their maxima and sums
+    (the same sum, in another order). Returns (rows, 1, heads, head_dim) as transformers expects."""
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    rep = heads // kv_heads
+    scale = scaling if scaling is not None else dim ** -0.5
+    q = query.view(rows, kv_heads, rep, dim)  # a decode step: one query per row
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scale + attention_mask  # (rows, kv_heads, rep, columns)
+    top = scores.amax(-1, keepdim=True)
+    weights = torch.exp(scores - top)
+    num, den = torch.matmul(weights, value), weights.sum(-1, keepdim=True)  # (rows, kv_heads, rep, dim | 1)
+    for layers, n, idx in tunesmith_prefixes:
+        pk, pv = layers[module.layer_idx]
+        pk, pv = pk[0, :, :n], pv[0, :, :n]  # (kv_heads, n, dim), shared by the group's rows
+        g = len(idx)
+        qg = q[idx].transpose(0, 1).reshape(kv_heads, g * rep, dim)
+        sp = torch.matmul(qg, pk.transpose(-1, -2)) * scale  # (kv_heads, g * rep, n)
+        own_top = top[idx].transpose(0, 1).reshape(kv_heads, g * rep, 1)
+        new_top = torch.maximum(sp.amax(-1, keepdim=True), own_top)
+        wp = torch.exp(sp - new_top)
+        rescale = torch.exp(own_top - new_top)
+        ng = num[idx].transpose(0, 1).reshape(kv_heads, g * rep, dim) * rescale + torch.matmul(wp, pv)
+        dg = den[idx].transpose(0, 1).reshape(kv_heads, g * rep, 1) * rescale + wp.sum(-1, keepdim=True)
+        num[idx] = ng.reshape(kv_heads, g, rep, dim).transpose(0, 1)
+        den[idx] = dg.reshape(kv_heads, g, rep, 1).transpose(0, 1)
+    return (num / den).reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 
 # ------------------------------------------------------------------------------ the batch's KV
