@@ -90,7 +90,7 @@ class Engine:
 
     def __init__(self, model, tok, max_rows: int = 8, prefill_tokens: int = 512, min_prefix: int = 64,
                  prefix_bytes: int = 256 << 20, shared_attention: int = 256):
-        from tunesmith.generate import _newline_ids, _stop_ids
+        from tunesmith.stopping import newline_ids, stop_ids
 
         self.model, self.tok, self.max_rows = model, tok, max(1, max_rows)
         self.prefill_tokens, self.min_prefix = max(1, prefill_tokens), min_prefix
@@ -101,8 +101,8 @@ class Engine:
             _register_attention()
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.stop = set(_stop_ids(tok))
-        self._newline_ids = lambda: _newline_ids(tok)
+        self.stop = set(stop_ids(tok))
+        self._newline_ids = lambda: newline_ids(tok)
         self.top_k = int(getattr(getattr(model, "generation_config", None), "top_k", 0) or 0)
         self.kv = _BatchKV(self._n_layers(model), self.max_rows)
         self.window = self._sliding_window(model)
@@ -321,7 +321,7 @@ class Engine:
             req.kept = req.spent = len(req.tokens) - 1
             self._finish(req, "stop")
             return True
-        from tunesmith.generate import repeat_start
+        from tunesmith.stopping import repeat_start
 
         cut = repeat_start(req.tokens, self._newline_ids()) if req.stop_on_repeat else None
         if cut is not None:

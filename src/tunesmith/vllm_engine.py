@@ -93,16 +93,16 @@ def load(spec, dtype: str = "auto", trust_remote_code: bool = False):
 def _params(tok, max_new_tokens: int, temperature: float, top_p: float, seed: int | None):
     from vllm import SamplingParams
 
-    from tunesmith.generate import _stop_ids
+    from tunesmith.stopping import stop_ids
 
     return SamplingParams(max_tokens=max_new_tokens, temperature=temperature or 0.0,
-                          top_p=top_p if temperature else 1.0, seed=seed, stop_token_ids=_stop_ids(tok),
+                          top_p=top_p if temperature else 1.0, seed=seed, stop_token_ids=stop_ids(tok),
                           skip_special_tokens=True)
 
 
 def guard_cut(ids: list[int], newlines: set[int]) -> int | None:
     """Where the loop guard would have stopped this reply: (tokens generated at that point) or None."""
-    from tunesmith.generate import repeat_start
+    from tunesmith.stopping import repeat_start
 
     for n in range(1, len(ids) + 1):
         if repeat_start(ids[:n], newlines) is not None:
@@ -111,18 +111,18 @@ def guard_cut(ids: list[int], newlines: set[int]) -> int | None:
 
 
 def generate(vm: VllmModel, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
-             seed: int, stop_on_repeat: bool) -> list:
-    """Completions for token-id prompts, in order. vLLM reports no per-request time here: each reply's
-    latency is the batch's wall time."""
+             seed: int, stop_on_repeat: bool) -> list[tuple[str, int, int, float, str]]:
+    """(text, prompt tokens, completion tokens, latency, finish reason) per token-id prompt, in order.
+    vLLM reports no per-request time here: each reply's latency is the batch's wall time."""
     from vllm.inputs import TokensPrompt
 
-    from tunesmith.generate import Completion, _newline_ids, _stop_ids, repeat_start
+    from tunesmith.stopping import newline_ids, repeat_start, stop_ids
 
     t0 = time.perf_counter()
     outs = vm.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                            _params(tok, max_new_tokens, temperature, top_p, seed), lora_request=vm.lora, use_tqdm=False)
     wall = time.perf_counter() - t0
-    stop, newlines = set(_stop_ids(tok)), _newline_ids(tok) if stop_on_repeat else set()
+    stop, newlines = set(stop_ids(tok)), newline_ids(tok) if stop_on_repeat else set()
     results = []
     for prompt, out in zip(prompts, outs):
         ids = [t for t in out.outputs[0].token_ids if t not in stop]
@@ -132,7 +132,7 @@ def generate(vm: VllmModel, tok, prompts: list[list[int]], max_new_tokens: int, 
         else:
             kept, spent = ids, len(ids)
             reason = "stop" if out.outputs[0].finish_reason == "stop" else "length"
-        results.append(Completion(tok.decode(kept, skip_special_tokens=True).strip(), len(prompt), spent, wall, reason))
+        results.append((tok.decode(kept, skip_special_tokens=True).strip(), len(prompt), spent, wall, reason))
     return results
 
 
@@ -156,10 +156,10 @@ class AsyncBackend:
         early (the client went away) aborts the request in vLLM."""
         from vllm.inputs import TokensPrompt
 
-        from tunesmith.generate import _newline_ids, repeat_start
+        from tunesmith.stopping import newline_ids, repeat_start
 
         rid, sent, reason, spent = f"tunesmith-{uuid.uuid4().hex}", "", "length", 0
-        newlines, stops = _newline_ids(tok) if stop_on_repeat else set(), _stop_set(tok)
+        newlines, stops = newline_ids(tok) if stop_on_repeat else set(), _stop_set(tok)
         self.running += 1
         try:
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt),
@@ -183,6 +183,6 @@ class AsyncBackend:
 
 
 def _stop_set(tok) -> set[int]:
-    from tunesmith.generate import _stop_ids
+    from tunesmith.stopping import stop_ids
 
-    return set(_stop_ids(tok))
+    return set(stop_ids(tok))
