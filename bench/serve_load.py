@@ -128,14 +128,17 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--max-concurrency", type=int, default=4, help="the server's limit; clients above it get 429 and retry")
+    p.add_argument("--max-concurrency", type=int, default=None, help="rows in the server's batch (default: serve.max_concurrency)")
+    p.add_argument("--max-queue", type=int, default=None, help="requests the server lets wait (default: serve.max_queue); more get 429 and retry")
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "serve_load.json"))
     args = p.parse_args()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "tunesmith.cli", "serve", args.model, "--host", "127.0.0.1", "--port", str(port),
-           "--max-concurrency", str(args.max_concurrency)]
+    cmd = [sys.executable, "-m", "tunesmith.cli", "serve", args.model, "--host", "127.0.0.1", "--port", str(port)]
+    for flag, value in (("--max-concurrency", args.max_concurrency), ("--max-queue", args.max_queue)):
+        if value is not None:
+            cmd += [flag, str(value)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     log = open(Path(args.out).with_suffix(".server.log"), "w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TUNESMITH_API_KEY": ""})
@@ -152,8 +155,11 @@ def main() -> int:
                 return 1
             time.sleep(0.5)
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+        health = httpx.get(f"{url}/health").json()
+        args.max_concurrency, args.max_queue = health["max_concurrency"], health["max_queue"]
         print(f"server up in {time.time() - t0:.1f} s; {args.clients} clients for {args.seconds:.0f} s, "
-              f"max_tokens {args.max_tokens}, server max-concurrency {args.max_concurrency}", flush=True)
+              f"max_tokens {args.max_tokens}, server batch {args.max_concurrency} rows + {args.max_queue} waiting; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
         stats = asyncio.run(load(url, model, args.clients, args.seconds, args.max_tokens))
     finally:
         server.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
@@ -165,7 +171,8 @@ def main() -> int:
 
     result = {
         "model": args.model, "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
-        "max_concurrency": args.max_concurrency, "requests_ok": stats["ok"], "responses_429": stats["429"],
+        "max_concurrency": args.max_concurrency, "max_queue": args.max_queue, "load_avg_1m": os.getloadavg()[0],
+        "requests_ok": stats["ok"], "responses_429": stats["429"],
         "responses_5xx": stats["5xx"], "other_4xx": stats["other_4xx"], "truncated_streams": stats["truncated"],
         "latency_p50_s": percentile(stats["latency"], 50), "latency_p99_s": percentile(stats["latency"], 99),
         "ttft_p50_s": percentile(stats["ttft"], 50), "ttft_p99_s": percentile(stats["ttft"], 99),

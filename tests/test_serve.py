@@ -80,7 +80,7 @@ def keyed(tiny):
 def slow(tiny_model_dir):
     model, tok = lively_copy(tiny_model_dir)
     model.register_forward_pre_hook(lambda *_: time.sleep(SLOW_FORWARD_S))
-    with running(create_app((model, tok), model_name=NAME, max_concurrency=1)) as url:
+    with running(create_app((model, tok), model_name=NAME, max_concurrency=1, max_queue=0)) as url:
         yield url
 
 
@@ -158,7 +158,8 @@ def test_models_health_and_ui(server):
     assert [m.id for m in models.data] == [NAME]
     assert client(server).models.retrieve(NAME).id == NAME
     health = httpx.get(f"{server}/health").json()
-    assert health == {"status": "ok", "model": NAME, "busy": 0, "max_concurrency": 2}
+    assert health == {"status": "ok", "model": NAME, "busy": 0, "running": 0, "queued": 0, "max_concurrency": 2,
+                      "max_queue": 32}
     page = httpx.get(f"{server}/")
     assert page.status_code == 200 and "/v1/chat/completions" in page.text
 
@@ -347,3 +348,75 @@ def test_cli_serves_a_run_on_loopback_with_the_key_from_the_environment(tmp_path
         out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out
     assert f"API     http://127.0.0.1:{port}/v1" in out and "API key required" in out
+
+
+# ------------------------------------------------------------------------- the shared batch
+
+
+def test_concurrent_requests_share_the_batch_and_match_library_generation(server, tiny):
+    model, tok = tiny
+    questions = [[{"role": "user", "content": q}] for q in ("hi", "What is a cook night?", "Name three staples.")]
+    results = [None] * 3
+
+    def ask(i):
+        results[i] = client(server).chat.completions.create(model=NAME, messages=questions[i], max_tokens=10)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]  # 3 requests, 2 rows: one waits
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    want = generate(model, tok, questions, max_new_tokens=10)
+    assert [r.choices[0].message.content.strip() for r in results] == [w.text for w in want]
+    assert busy(server) == 0
+
+
+@pytest.fixture(scope="module")
+def slow_queue(tiny_model_dir):
+    model, tok = lively_copy(tiny_model_dir)
+    model.register_forward_pre_hook(lambda *_: time.sleep(SLOW_FORWARD_S))
+    with running(create_app((model, tok), model_name=NAME, max_concurrency=1, max_queue=1)) as url:
+        yield url
+
+
+def test_a_full_batch_queues_up_to_max_queue_then_429(slow_queue):
+    body = {"model": NAME, "messages": MESSAGES, "max_tokens": 1000, "stream": True}
+    waiting = {}
+
+    def queued_request():
+        waiting["reply"] = client(slow_queue).chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=3)
+
+    with httpx.Client(timeout=30) as http, http.stream("POST", f"{slow_queue}/v1/chat/completions", json=body) as holder:
+        lines = holder.iter_lines()
+        next(lines)  # the one row is generating
+        t = threading.Thread(target=queued_request)
+        t.start()
+        deadline = time.time() + 10
+        while httpx.get(f"{slow_queue}/health").json()["queued"] != 1:
+            assert time.time() < deadline, "the second request never queued"
+            time.sleep(0.05)
+        health = httpx.get(f"{slow_queue}/health").json()
+        assert health["running"] == 1 and health["queued"] == 1 and health["max_queue"] == 1
+        with pytest.raises(openai.RateLimitError) as err:  # batch full, queue full
+            client(slow_queue).chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=2)
+        assert err.value.status_code == 429
+    t.join(30)  # the first stream closed: its row went to the waiting request
+    assert waiting["reply"].usage.completion_tokens == 3
+    assert wait_idle(slow_queue, within_s=3) < 3
+
+
+def test_serve_takes_its_settings_from_the_config_then_the_flags(tmp_path, monkeypatch):
+    import uvicorn
+
+    import tunesmith.serve as serve_module
+    from tunesmith.cli import build_parser
+
+    (tmp_path / "c.yaml").write_text("serve:\n  port: 8123\n  max_queue: 5\n  max_concurrency: 3\n")
+    seen = {}
+    monkeypatch.setattr(serve_module, "create_app", lambda model, **kw: seen.update(kw, model=model) or object())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(run=kw))
+    args = build_parser().parse_args(["serve", "tiny-dir", "--config", str(tmp_path / "c.yaml"), "--max-queue", "7"])
+    assert serve_module.cli_serve(args) == 0
+    assert seen["run"]["port"] == 8123 and seen["run"]["host"] == "127.0.0.1"  # from the file; the default
+    assert seen["max_concurrency"] == 3 and seen["max_queue"] == 7  # the file; the flag over the file
+    assert seen["model"] == "tiny-dir" and seen["engine"] == "auto"

@@ -86,13 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     v["export"].add_argument("-o", "--out", default=None, help="output directory (default: RUN/export-FORMAT)")
 
     # --- serve
-    v["serve"].add_argument("model", nargs="?", default=None, help="run directory or model spec (default: embedded)")
-    v["serve"].add_argument("--host", default="127.0.0.1")
-    v["serve"].add_argument("--port", type=int, default=8000)
-    v["serve"].add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (or env TUNESMITH_API_KEY)")
-    v["serve"].add_argument("--max-concurrency", type=int, default=4, help="requests generated at once; more get 429")
-    v["serve"].add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
-    v["serve"].add_argument("--default-max-tokens", type=int, default=512, help="reply length when a request sets no max_tokens")
+    import dataclasses
+
+    from tunesmith.config import ServeConfig
+
+    serve_defaults = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
+    serve_docs = {f.name: f.metadata["doc"] for f in dataclasses.fields(ServeConfig)}
+    v["serve"].add_argument("model", nargs="?", default=None, help="run directory or model spec (default: the config's model.name, else embedded)")
+    v["serve"].add_argument("--config", default=None, help="YAML config: its serve: section sets the defaults of the flags below")
+    for key, kind in (("host", str), ("port", int), ("api_key", str), ("max_concurrency", int), ("max_queue", int),
+                      ("max_body_bytes", int), ("default_max_tokens", int)):
+        extra = " (or env TUNESMITH_API_KEY)" if key == "api_key" else ""
+        v["serve"].add_argument("--" + key.replace("_", "-"), type=kind, default=None,
+                                help=f"{serve_docs[key]}{extra} (default: serve.{key}, {serve_defaults[key]!r})")
+    v["serve"].add_argument("--engine", default=None, choices=["auto", "tunesmith", "vllm"],
+                            help="generation engine (default: generate.engine, 'auto': vLLM on CUDA where installed)")
+    v["serve"].add_argument("--system", default="", help="system prompt for conversations that bring none")
 
     # --- ui
     v["ui"].add_argument("projects_dir", nargs="?", default="projects", help="where projects, jobs and reviews live (SQLite inside)")

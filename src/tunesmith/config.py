@@ -103,9 +103,9 @@ class GenerateConfig:
     max_new_tokens: int = opt(256, "tokens to generate at most")
     temperature: float = opt(0.0, "0: greedy")
     top_p: float = opt(1.0, "nucleus sampling (only with temperature > 0)")
-    batch_size: int = opt(8, "prompts generated together")
+    batch_size: int = opt(8, "replies generated at once (continuous batching: a finished reply's row takes the next prompt)")
     stop_on_repeat: bool = opt(True, "stop a reply where it starts to loop (a repeated line or phrase) and drop the repeat; every arm alike")
-    system: str = opt("", "system prompt for chat and generate")
+    engine: str = opt("auto", "tunesmith (this package's engine, CPU or GPU), vllm (CUDA with vllm installed), or auto: vllm where both are there")
 
 
 @dataclass
@@ -155,7 +155,8 @@ class ServeConfig:
     port: int = opt(8000, "TCP port")
     api_key: str = opt("", "if set, every route but /health needs `Authorization: Bearer KEY`")
     max_body_bytes: int = opt(1_000_000, "largest request body accepted (413 above)")
-    max_concurrency: int = opt(4, "requests generated at once (429 above)")
+    max_concurrency: int = opt(32, "requests generated at once, in one batch")
+    max_queue: int = opt(32, "requests waiting for a place in the batch; more are answered 429")
     default_max_tokens: int = opt(512, "reply length when a request sets no max_tokens (capped by the context length)")
 
 

@@ -8,10 +8,12 @@
 Routes: POST /v1/chat/completions (streamed over SSE or not), GET /v1/models, GET /health, and the
 web UI at /. Every answer a client can cause is a 4xx in OpenAI's error shape
 {"error": {"message", "type", "param", "code"}}: 401 without the key, 413 for a large body, 400 for
-bad parameters or a prompt + max_tokens past the context length, 429 (with Retry-After) when every
-generation slot is busy. Generation runs in worker threads; the event loop only moves bytes. A client
-that goes away mid-reply stops its generation at the next token and frees its slot. A client that
-sends its headers or body too slowly is cut off (the connection closed, or 408) and never holds a slot.
+bad parameters or a prompt + max_tokens past the context length, 429 (with Retry-After) when the
+batch is full and `max_queue` requests already wait. Every request joins one running batch (the
+engine, tunesmith.engine: continuous batching in its own thread; or vLLM with --engine vllm); the
+event loop only moves bytes. A client that goes away mid-reply loses its row at the next step. A
+client that sends its headers or body too slowly is cut off (the connection closed, or 408) and
+never holds a place in the batch.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
@@ -77,22 +79,36 @@ class ChatRequest:
 
 
 def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_key: str | None = None,
-               max_concurrency: int = _CFG.max_concurrency, max_body_bytes: int = _CFG.max_body_bytes,
-               default_max_tokens: int = _CFG.default_max_tokens, body_timeout_s: float = BODY_TIMEOUT_S):
-    """A FastAPI app serving one model: a spec (run dir, model dir, embedded name) or a (model, tok) pair."""
+               max_concurrency: int = _CFG.max_concurrency, max_queue: int = _CFG.max_queue,
+               max_body_bytes: int = _CFG.max_body_bytes, default_max_tokens: int = _CFG.default_max_tokens,
+               engine: str = "tunesmith", system: str = "", body_timeout_s: float = BODY_TIMEOUT_S):
+    """A FastAPI app serving one model: a spec (run dir, model dir, embedded name) or a (model, tok) pair.
+    engine: tunesmith | vllm | auto (generate.engine). system: a system prompt put in front of every
+    conversation that brings none."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import HTMLResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
-    if isinstance(model_spec_or_loaded, tuple):
-        model, tok = model_spec_or_loaded
-    else:
-        from tunesmith.models import load
+    from tunesmith import vllm_engine
 
-        model, tok = load(model_spec_or_loaded, merge_adapter=True)
+    kind = vllm_engine.choose(engine) if not isinstance(model_spec_or_loaded, tuple) else "tunesmith"
+    if kind == "vllm":
+        from tunesmith.models import load_tokenizer
+
+        tok = load_tokenizer(model_spec_or_loaded)
+        backend = _VllmBackend(vllm_engine.AsyncBackend(model_spec_or_loaded, max_concurrency=max_concurrency), tok)
+        context = int(tok.model_max_length) if tok.model_max_length < 1e9 else 2048
+    else:
+        if isinstance(model_spec_or_loaded, tuple):
+            model, tok = model_spec_or_loaded
+        else:
+            from tunesmith.models import load
+
+            model, tok = load(model_spec_or_loaded, merge_adapter=True)
+        backend = _EngineBackend(model, tok, max_concurrency)
+        context = int(getattr(model.config, "max_position_embeddings", 0) or tok.model_max_length)
     name = model_name or _served_name(model_spec_or_loaded)
-    context = int(getattr(model.config, "max_position_embeddings", 0) or tok.model_max_length)
-    slots = _Slots(max_concurrency)
+    slots = _Slots(max_concurrency + max_queue)  # in the batch or waiting for a row
     created = int(time.time())
 
     async def authorize(request: Request):  # async: a sync dependency costs a thread-pool hop per request
@@ -104,7 +120,7 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
 
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(authorize)])
-    app.state.slots = slots
+    app.state.slots, app.state.backend = slots, backend
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -120,7 +136,8 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "busy": slots.busy, "max_concurrency": slots.limit}
+        return {"status": "ok", "model": name, "busy": slots.busy, "running": backend.running,
+                "queued": max(0, slots.busy - backend.running), "max_concurrency": max_concurrency, "max_queue": max_queue}
 
     @app.get("/v1/models")
     async def models():
@@ -141,15 +158,23 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
     async def chat_completions(request: Request):
         body = await _read_json(request, max_body_bytes, body_timeout_s)
         req = parse_chat_request(body, name)
-        # The slot is taken before the prompt is tokenized: in a burst, every request past the limit
+        if system and req.messages[0]["role"] != "system":
+            req.messages.insert(0, {"role": "system", "content": system})
+        # The place is taken before the prompt is tokenized: in a burst, every request past the limit
         # is refused at once instead of queueing for the tokenizer behind all the others.
         if not slots.try_acquire():
-            raise _busy(slots)
+            raise ApiError(429, f"{max_concurrency} requests are generating and {max_queue} waiting, the most this "
+                                f"server takes; retry shortly.",
+                           type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
         try:
-            prompt_tokens = await asyncio.to_thread(_count_prompt, tok, req.messages)
+            prompt = await asyncio.to_thread(_encode_prompt, tok, req.messages)
+            prompt_tokens = len(prompt)
             max_tokens = _fit_context(prompt_tokens, req.max_tokens, context, default_max_tokens)
-            gen = _Generation(model, tok, req, max_tokens, slots)  # owns the slot from here on
-        except BaseException:  # refused (400) or the client left: the slot was never used
+            gen = _Generation(backend, prompt, req, max_tokens, slots)  # owns the slot from here on
+        except UserError as exc:  # the engine cannot take this request (e.g. past a sliding window)
+            slots.release()
+            raise ApiError(400, str(exc), param="messages") from None
+        except BaseException:  # refused (400) or the client left: the place was never used
             slots.release()
             raise
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -166,11 +191,6 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
 
 
 # ------------------------------------------------------------------------- request checks
-
-
-def _busy(slots) -> ApiError:
-    return ApiError(429, f"All {slots.limit} generation slots are busy; retry shortly.",
-                    type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
 
 
 async def _read_json(request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> dict:
@@ -277,11 +297,11 @@ def _messages(messages) -> list[dict]:
     return out
 
 
-def _count_prompt(tok, messages: list[dict]) -> int:
+def _encode_prompt(tok, messages: list[dict]) -> list[int]:
     from tunesmith.generate import encode_prompts
 
     try:
-        return len(encode_prompts(tok, [messages])[0])
+        return encode_prompts(tok, [messages])[0]
     except Exception as exc:  # the chat template refused this conversation (e.g. roles must alternate)
         raise ApiError(400, f"The model's chat template rejected these messages: {exc}", param="messages") from None
 
@@ -318,7 +338,7 @@ def _key_matches(request, api_key: str) -> bool:
 
 
 class _Slots:
-    """At most `limit` generations at once; a full house is answered 429, not queued."""
+    """At most `limit` requests generating or waiting; one more is answered 429."""
 
     def __init__(self, limit: int):
         self.limit, self.busy, self._lock = limit, 0, threading.Lock()
@@ -335,41 +355,88 @@ class _Slots:
             self.busy -= 1
 
 
-class _Generation:
-    """One reply generated in a worker thread, handed to the event loop piece by piece.
+class _EngineBackend:
+    """The tunesmith engine, stepping in its own thread; every request is one row of its batch."""
 
-    The worker owns the slot and frees it when generation has really ended, so a slot is never free
-    while its tokens are still being computed. `cancel()` ends generation at the next token.
+    def __init__(self, model, tok, max_rows: int):
+        from tunesmith.engine import Engine
+
+        # 256 prompt tokens per step: a newcomer's prefill delays the running replies by about as
+        # much as a few decode steps, not by its whole prompt. A shared prefix from 16 tokens is
+        # reused: even the chat template's default system prompt is cheaper copied than recomputed.
+        self.engine = Engine(model, tok, max_rows=max_rows, prefill_tokens=256, min_prefix=16)
+        self.engine.start()
+
+    @property
+    def running(self) -> int:
+        return self.engine.running
+
+    def submit(self, gen: "_Generation", prompt: list[int], req: ChatRequest, max_tokens: int):
+        from tunesmith.engine import Request
+
+        def done(r: Request):
+            gen.usage.update(prompt_tokens=len(r.prompt), completion_tokens=r.spent, finish_reason=r.finish_reason)
+            gen.end(r.error)
+
+        handle = Request(prompt, max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                         seed=int.from_bytes(os.urandom(4), "little"), on_text=gen.put, on_done=done)
+        self.engine.submit(handle)
+        return handle.cancel
+
+
+class _VllmBackend:
+    """vLLM's own engine (generate.engine=vllm): an asyncio task per request."""
+
+    def __init__(self, backend, tok):
+        self.backend, self.tok = backend, tok
+
+    @property
+    def running(self) -> int:
+        return self.backend.running
+
+    def submit(self, gen: "_Generation", prompt: list[int], req: ChatRequest, max_tokens: int):
+        async def run():
+            error = None
+            try:
+                async for piece in self.backend.stream(self.tok, prompt, max_tokens, req.temperature, req.top_p, True,
+                                                       gen.usage):
+                    gen.put(piece)
+            except asyncio.CancelledError:  # the client went away; vLLM aborts the request itself
+                gen.usage.setdefault("finish_reason", "cancelled")
+            except Exception as exc:  # reported to the client by the event loop
+                error = exc
+            finally:
+                gen.end(error)
+
+        task = asyncio.get_running_loop().create_task(run())
+        return lambda: gen.loop.call_soon_threadsafe(task.cancel)
+
+
+class _Generation:
+    """One reply, handed to the event loop piece by piece by the backend (from its own thread).
+
+    The slot is freed when generation has really ended, so a slot is never free while its tokens
+    are still being computed. `cancel()` takes the request out of the batch at the next step.
     """
 
-    def __init__(self, model, tok, req: ChatRequest, max_tokens: int, slots: _Slots):
+    def __init__(self, backend, prompt: list[int], req: ChatRequest, max_tokens: int, slots: _Slots):
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.stop_event = threading.Event()
         self.usage: dict = {}
         self.stops = req.stop
         self.finish: str | None = None
-        args = (model, tok, req.messages, max_tokens, req.temperature, req.top_p)
-        threading.Thread(target=self._work, args=(args, slots), daemon=True, name="tunesmith-generate").start()
+        self.slots = slots
+        self._cancel = backend.submit(self, prompt, req, max_tokens)
 
-    def _work(self, args, slots: _Slots) -> None:
-        from tunesmith.generate import stream
-
-        end: object = None
-        try:
-            for piece in stream(*args, stop_event=self.stop_event, usage=self.usage):
-                self._put(piece)
-        except Exception as exc:  # reported to the client by the event loop
-            end = exc
-        finally:
-            slots.release()
-            self._put(end if end is not None else StopIteration())
-
-    def _put(self, item) -> None:
+    def put(self, item) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the event loop is closed: the server is shutting down
             pass
+
+    def end(self, error: BaseException | None) -> None:
+        self.slots.release()
+        self.put(error if error is not None else StopIteration())
 
     async def pieces(self):
         """Text as it comes, cut at the first stop string; sets self.finish at the end."""
@@ -406,7 +473,7 @@ class _Generation:
             pass
 
     def cancel(self) -> None:
-        self.stop_event.set()
+        self._cancel()
 
 
 async def _collect(gen: _Generation, request) -> tuple[str, str]:
@@ -530,23 +597,35 @@ def _slow_headers_protocol(timeout_s: float):
 def cli_serve(args) -> int:
     import uvicorn
 
-    api_key = args.api_key or os.environ.get("TUNESMITH_API_KEY") or None
-    if args.max_concurrency < 1:
-        raise UserError(f"--max-concurrency {args.max_concurrency}: must be at least 1.")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use "
+    from tunesmith.config import load_config
+
+    cfg = load_config(args.config) if args.config else load_config(None)
+    s = cfg.serve  # the config's serve: section, then the flags given on the command line
+    for key in ("host", "port", "api_key", "max_concurrency", "max_queue", "max_body_bytes", "default_max_tokens"):
+        if getattr(args, key, None) is not None:
+            setattr(s, key, getattr(args, key))
+    engine = args.engine or cfg.generate.engine
+    api_key = s.api_key or os.environ.get("TUNESMITH_API_KEY") or None
+    if s.max_concurrency < 1:
+        raise UserError(f"max_concurrency {s.max_concurrency}: must be at least 1. fix: --max-concurrency N or serve.max_concurrency.")
+    if s.max_queue < 0:
+        raise UserError(f"max_queue {s.max_queue}: must be 0 or more. fix: --max-queue N or serve.max_queue.")
+    if s.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {s.host} without an API key: anyone who can reach this port can use "
               f"the model. Add --api-key KEY (or set TUNESMITH_API_KEY).", flush=True)
     t0 = time.perf_counter()
-    app = create_app(args.model, api_key=api_key, max_concurrency=args.max_concurrency,
-                     max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens)
-    name = _served_name(args.model)
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    model = args.model or (cfg.model.name if args.config else None)
+    app = create_app(model, api_key=api_key, max_concurrency=s.max_concurrency, max_queue=s.max_queue,
+                     max_body_bytes=s.max_body_bytes, default_max_tokens=s.default_max_tokens, engine=engine,
+                     system=args.system)
+    name = _served_name(model)
+    host = f"[{s.host}]" if ":" in s.host else s.host
     print(f"tunesmith serve: {name} loaded in {time.perf_counter() - t0:.1f} s\n"
-          f"  API     http://{host}:{args.port}/v1  (model id \"{name}\"{', API key required' if api_key else ''})\n"
-          f"  web UI  http://{host}:{args.port}/\n"
-          f"  limits  {args.max_concurrency} concurrent generations, {args.max_body_bytes} byte bodies", flush=True)
+          f"  API     http://{host}:{s.port}/v1  (model id \"{name}\"{', API key required' if api_key else ''})\n"
+          f"  web UI  http://{host}:{s.port}/\n"
+          f"  limits  {s.max_concurrency} requests in the batch, {s.max_queue} waiting, {s.max_body_bytes} byte bodies", flush=True)
     try:
-        uvicorn.Server(server_config(app, args.host, args.port, log_level="info", timeout_graceful_shutdown=5)).run()
+        uvicorn.Server(server_config(app, s.host, s.port, log_level="info", timeout_graceful_shutdown=5)).run()
     except KeyboardInterrupt:  # Ctrl-C after a clean shutdown (uvicorn re-raises the signal it caught)
         pass
     return 0

@@ -135,6 +135,9 @@ def check_settings(cfg: Config, names: list[str]) -> None:
     if cfg.data.prompt:
         _read_prompt(cfg.data.prompt)
     judge.check(cfg.judge, names)
+    from tunesmith import vllm_engine
+
+    vllm_engine.choose(cfg.generate.engine)  # generate.engine=vllm without CUDA or vllm: say so now
 
 
 def _split(spec: str) -> list[str]:
@@ -194,9 +197,13 @@ def _templates_dir(cfg: Config) -> Path | None:
 
 
 def load_model(cfg: Config, spec: str, tuned: bool):
-    """The one way compare loads a model (the arms and the learning curve alike)."""
+    """The one way compare loads a model (the arms and the learning curve alike): on vLLM where
+    generate.engine chooses it, else with transformers for tunesmith's engine."""
+    from tunesmith import vllm_engine
     from tunesmith.models import load
 
+    if vllm_engine.choose(cfg.generate.engine) == "vllm":
+        return vllm_engine.load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
     return load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code, merge_adapter=tuned)
 
 
@@ -207,28 +214,35 @@ def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx
     from tunesmith.generate import encode_prompts, generate
 
     g = cfg.generate
-    cpu.use_heap()  # the KV cache grows by concatenation: every step allocates, so reuse the heap
+    cpu.use_heap()  # prefill caches and prefix copies are short-lived: serve them from the heap
     t0 = time.time()
     model, tok = load_model(cfg, spec, tuned)
     log(f"compare: loaded {'fine-tuned model ' if tuned else 'base model '}{spec} ({time.time() - t0:.0f} s)")
     budget = cfg.compare.max_prompt_tokens
     ctx.fits = lambda messages: len(encode_prompts(tok, [messages])[0]) <= budget
-    out = {}
+    built: dict[str, list] = {}
     for name in group:
         done += 1
         try:
-            convs = build_prompts(name, examples, ctx)
+            built[name] = build_prompts(name, examples, ctx)
         except Skipped as exc:
             skipped[name] = str(exc)
             log(f"[{done}/{total}] {name}: skipped — {exc}")
-            continue
-        tick = _Ticker(f"[{done}/{total}] {name}", len(convs))
-        # a prefix every prompt shares (the engineered arm's style guide) is computed once, as a
-        # serving stack's prompt cache would; token counts and replies are unchanged
-        out[name] = generate(model, tok, convs, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                             top_p=g.top_p, batch_size=g.batch_size, seed=cfg.data.seed, progress=tick,
-                             reuse_prefix=True, stop_on_repeat=g.stop_on_repeat)
-        tick.close()
+    if not built:
+        del model
+        return {}
+    # every arm of this model goes through the engine together, so no arm waits for another's
+    # slowest reply; a prefix prompts share (the engineered arm's style guide, a few-shot block) is
+    # prefilled once. Latency is per reply, from its prefill to its last token.
+    convs = [c for cs in built.values() for c in cs]
+    tick = _Ticker(f"[{done}/{total}] {', '.join(built)}", len(convs))
+    replies = generate(model, tok, convs, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                       batch_size=g.batch_size, seed=cfg.data.seed, progress=tick, reuse_prefix=True,
+                       stop_on_repeat=g.stop_on_repeat)
+    tick.close()
+    out, at = {}, 0
+    for name, cs in built.items():
+        out[name], at = replies[at:at + len(cs)], at + len(cs)
     del model
     return out
 

@@ -1,0 +1,608 @@
+"""The generation engine behind compare, chat, generate and serve: continuous batching on one model.
+
+    from tunesmith.engine import Engine, Request
+    engine = Engine(model, tok, max_rows=16)
+    done = engine.run([Request(ids, max_new_tokens=128) for ids in prompts])  # batch: every reply, in order
+    engine.start(); engine.submit(Request(ids, on_text=print))                # serve: a thread steps while there is work
+
+One step of the engine: (1) requests whose client went away leave; (2) waiting prompts are prefilled
+into free rows, at most `prefill_tokens` prompt tokens per step while replies are running (chunked
+prefill: a long prompt does not stall them for its whole length), any amount when none is;
+(3) one decode step for every running row. A reply that ends (stop id, its token limit, a loop, a
+cancel) leaves the batch at the end of that step, and a waiting prompt takes its row at the next.
+
+The KV cache of the running rows is one buffer per layer, (rows, kv_heads, columns, head_dim), rows
+right-aligned: row r's tokens fill columns [end - len_r, end), columns to their left are padding
+that the attention mask hides. Every row writes its next token into column `end`, so a decode step
+is one forward pass of (rows, 1) tokens. A newcomer is prefilled alone in its own cache (exactly
+the computation transformers' `generate` does for that prompt), then copied into a free row; a
+finished row is replaced by the last row (one row's copy, not the whole cache's).
+
+A prefix several prompts share (a system prompt, a style guide, the same few-shot block) is
+prefilled once: after a prompt's prefill, the longest prefix it shares with a prompt still to come
+(or a recent one) is kept, and a later prompt that starts with it copies its keys and values
+instead of recomputing them. A long shared prefix (`shared_attention` tokens or more) also stays
+out of the rows: decode attends over it once for every row that shares it (a small matmul over
+the prefix, merged with each row's own columns by softmax maximum and sum), where a copy per row
+would be read once per row at every step, and would pad every other row's window to its length.
+
+Exact: with greedy decoding every reply equals transformers' `generate` for that prompt alone,
+token for token (tests/test_engine.py, fp32), as far as fp32 rounding allows: the padded batch and the
+chunked prefill sum in another order, which can only flip a near-tie between two tokens.
+
+Why not transformers' own continuous batching (`generate_batch`, paged attention, transformers
+5.24): it gives the same replies, but on a CPU it was 1.8× today's batched `generate` on the demo's
+zero-shot prompts (64 new tokens; bench/generate_speed.py prints both), below the 2.5× this needs;
+it runs its loop in its own thread with no per-step hook, so the loop guard could only stop a reply
+after the fact; and it keeps a paged cache sized for a GPU's memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Request:
+    """One prompt to answer; the engine fills in the reply fields."""
+
+    prompt: list[int]  # token ids, chat template applied
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0  # sampling only: the same seed gives the same reply
+    stop_on_repeat: bool = True  # LoopGuard: stop where the reply starts to repeat itself, drop the repeat
+    on_text: Callable[[str], None] | None = None  # streaming: called from the engine's thread with each new piece
+    on_done: Callable[["Request"], None] | None = None  # called from the engine's thread once the reply is finished
+    # ---- the reply
+    tokens: list[int] = field(default_factory=list)  # generated ids, the stop id included when there was one
+    kept: int = 0  # tokens that make the reply (before the stop id or the repeat)
+    spent: int = 0  # tokens generated, the repeat included, the stop id not
+    finish_reason: str | None = None  # stop | length | repeat | cancelled | error
+    error: BaseException | None = None
+    t_submit: float = 0.0
+    t_admit: float = 0.0  # prefill began
+    t_first: float = 0.0  # first token
+    t_done: float = 0.0
+    done: threading.Event = field(default_factory=threading.Event)
+    _cancel: bool = False
+    _prefix: tuple | None = None  # (per-layer (k, v), length): a shared prefix kept out of its row
+    _printed: int = 0  # characters of the reply already streamed
+    _shown: int = 0  # tokens whose text is settled
+
+    def cancel(self) -> None:
+        """Stop at the next step (a client went away); finish_reason "cancelled"."""
+        self._cancel = True
+
+    def text(self, tok) -> str:
+        return tok.decode(self.tokens[:self.kept], skip_special_tokens=True).strip()
+
+
+class Engine:
+    """Continuous batching on one model. Plain state, one lock; `step` is the whole algorithm."""
+
+    def __init__(self, model, tok, max_rows: int = 8, prefill_tokens: int = 512, min_prefix: int = 64,
+                 prefix_bytes: int = 256 << 20, shared_attention: int = 256):
+        from tunesmith.stopping import newline_ids, stop_ids
+
+        self.model, self.tok, self.max_rows = model, tok, max(1, max_rows)
+        self.prefill_tokens, self.min_prefix = max(1, prefill_tokens), min_prefix
+        # a reused prefix this long stays out of the rows: decode reads it once for all the rows that
+        # share it, not once per row (0: never)
+        self.shared_attention = shared_attention
+        if shared_attention:
+            _register_attention()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.stop = set(stop_ids(tok))
+        self._newline_ids = lambda: newline_ids(tok)
+        self.top_k = int(getattr(getattr(model, "generation_config", None), "top_k", 0) or 0)
+        self.kv = _BatchKV(self._n_layers(model), self.max_rows)
+        self.window = self._sliding_window(model)
+        self.rows: list[Request] = []  # row i of the batch answers rows[i]
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.prefilling: _Prefill | None = None
+        self.prefixes = _Prefixes(min_prefix, prefix_bytes)
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self._generators: dict[int, torch.Generator] = {}
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0,
+                      "decode_rows": 0, "shared_rows": 0}
+
+    # ------------------------------------------------------------------------------ the outside
+
+    def submit(self, req: Request) -> Request:
+        if self.window is not None and len(req.prompt) + req.max_new_tokens > self.window:
+            from tunesmith import UserError
+
+            raise UserError(f"this model attends over a sliding window of {self.window} tokens in some layers, which "
+                            f"tunesmith's engine does not implement, and a prompt of {len(req.prompt)} tokens plus "
+                            f"{req.max_new_tokens} new ones is longer. fix: shorter prompts or max_new_tokens, or "
+                            f"generate.engine=vllm on a GPU.")
+        req.t_submit = time.perf_counter()
+        with self.cond:
+            self.waiting.append(req)
+            self.cond.notify()
+        return req
+
+    def run(self, requests: list[Request], progress: Callable[[int], None] | None = None) -> list[Request]:
+        """Answer every request in this thread and return them (the engine must not be started)."""
+        for req in requests:
+            self.submit(req)
+        pending = set(map(id, requests))
+        while pending:
+            self.step()
+            for req in requests:
+                if id(req) in pending and req.done.is_set():
+                    pending.discard(id(req))
+                    if progress is not None:
+                        progress(1)
+        return requests
+
+    def start(self) -> None:
+        """Step in a daemon thread whenever there is work (serve)."""
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="tunesmith-engine")
+        self.thread.start()
+
+    @property
+    def running(self) -> int:
+        return len(self.rows) + (self.prefilling is not None)
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not (self.waiting or self.rows or self.prefilling):
+                    self.cond.wait()
+            try:
+                self.step()
+            except Exception as exc:  # our bug or the model's: fail what is in flight, keep serving
+                self._fail_all(exc)
+
+    # ---------------------------------------------------------------------------------- a step
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self._drop_cancelled()
+        budget = self.prefill_tokens if self.rows else None  # None: no reply waits, prefill freely
+        while len(self.rows) < self.max_rows and (budget is None or budget > 0):
+            if self.prefilling is None:
+                with self.cond:
+                    if not self.waiting:
+                        break
+                    req = self.waiting.popleft()
+                    upcoming = [r.prompt for r in self.waiting]
+                self.prefilling = self._begin_prefill(req, upcoming)
+            used = self._prefill_chunk(self.prefilling, budget)
+            if budget is not None:
+                budget -= used
+        if self.rows:
+            self._decode()
+
+    def _drop_cancelled(self) -> None:
+        with self.cond:
+            for req in [r for r in self.waiting if r._cancel]:
+                self.waiting.remove(req)
+                self._finish(req, "cancelled")
+        if self.prefilling is not None and self.prefilling.req._cancel:
+            self._finish(self.prefilling.req, "cancelled")
+            self.prefilling = None
+        for i in reversed(range(len(self.rows))):
+            if self.rows[i]._cancel:
+                self._finish(self.rows[i], "cancelled")
+                self._evict(i)
+
+    # ------------------------------------------------------------------------------- prefill
+
+    def _begin_prefill(self, req: Request, upcoming: list[list[int]]) -> "_Prefill":
+        from transformers import DynamicCache
+
+        req.t_admit = time.perf_counter()
+        if req.temperature and req.temperature > 0:
+            self._generators[id(req)] = torch.Generator(device=self.device).manual_seed(req.seed)
+        cache = DynamicCache()
+        shared, layers = self.prefixes.lookup(req.prompt)
+        for i, (k, v) in enumerate(layers or []):
+            cache.update(k[:, :, :shared], v[:, :, :shared], i)
+        self.stats["reused_tokens"] += shared
+        return _Prefill(req, cache, shared, upcoming, layers, shared)
+
+    def _prefill_chunk(self, p: "_Prefill", budget: int | None) -> int:
+        """Run up to `budget` more prompt tokens of the newcomer; when its prompt is done, pick its
+        first token and give it a row. Returns the prompt tokens run."""
+        t0 = time.perf_counter()
+        n = len(p.req.prompt) - p.done
+        if budget is not None:
+            n = min(n, budget)
+        ids = torch.tensor([p.req.prompt[p.done:p.done + n]], device=self.device)
+        pos = torch.arange(p.done, p.done + n, device=self.device)[None]
+        out = self.model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{self._cache_kw: p.cache})
+        p.done += n
+        self.stats["prefill_tokens"] += n
+        if p.done == len(p.req.prompt):
+            self.prefilling = None
+            self.prefixes.learn(p.req.prompt, p.cache, p.upcoming)
+            req = p.req
+            token = self._pick(out.logits[:, -1].float(), [req])[0]
+            req.t_first = time.perf_counter()
+            if not self._advance(req, token):
+                layers, own = p.layers, p.shared
+                if self.shared_attention and own < self.shared_attention:  # it may have just stored one
+                    own, layers = self.prefixes.lookup(req.prompt)
+                own = own if self.shared_attention and own >= self.shared_attention else 0
+                if own:
+                    req._prefix = (layers, own)
+                    self.stats["shared_rows"] += 1
+                self.kv.admit([(layer.keys[:, :, own:], layer.values[:, :, own:]) for layer in p.cache.layers],
+                              len(req.prompt) - own)
+                self.rows.append(req)
+        self.stats["prefill_s"] += time.perf_counter() - t0
+        return n
+
+    # -------------------------------------------------------------------------------- decode
+
+    def _decode(self) -> None:
+        t0 = time.perf_counter()
+        kv = self.kv
+        kv.reserve_column()
+        ids = torch.tensor([[r.tokens[-1]] for r in self.rows], device=self.device)
+        pos = torch.tensor([[len(r.prompt) + len(r.tokens) - 1] for r in self.rows], device=self.device)
+        kv.mask[:kv.rows, kv.end] = True
+        visible = kv.mask[:kv.rows, kv.start:kv.end + 1]
+        # (rows, 1, 1, columns) additive: 0 where a row attends, the dtype's minimum on its padding
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, torch.finfo(self.dtype).min)
+        groups: dict[tuple, list] = {}  # rows that share a prefix kept out of the batch
+        for i, r in enumerate(self.rows):
+            if r._prefix is not None:
+                groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])[1].append(i)
+        extra = {}
+        config = self.model.config
+        saved = config._attn_implementation_internal
+        if groups:
+            extra["tunesmith_prefixes"] = [(layers, n, torch.tensor(idx, device=self.device))
+                                           for (layers, n), idx in groups.values()]
+            config._attn_implementation_internal = _ATTENTION
+        try:
+            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask[:, None, None, :], use_cache=True,
+                             **{self._cache_kw: kv.cache}, **extra)
+        finally:
+            config._attn_implementation_internal = saved
+        kv.end += 1
+        tokens = self._pick(out.logits[:, -1].float(), self.rows)
+        self.stats["decode_steps"] += 1
+        self.stats["decode_rows"] += len(self.rows)
+        for i in reversed(range(len(self.rows))):
+            if self._advance(self.rows[i], tokens[i]):
+                self._evict(i)
+        self.stats["decode_s"] += time.perf_counter() - t0
+
+    def _evict(self, i: int) -> None:
+        self.kv.evict(i)
+        last = self.rows.pop()
+        if i < len(self.rows):
+            self.rows[i] = last
+
+    def _pick(self, logits: torch.Tensor, reqs: list[Request]) -> list[int]:
+        """Next token per row: argmax for greedy rows; temperature, top-k, top-p for sampling ones."""
+        picks = logits.argmax(-1).tolist()
+        for i, req in enumerate(reqs):
+            if req.temperature and req.temperature > 0:
+                scores = logits[i] / req.temperature
+                if self.top_k:
+                    kth = torch.topk(scores, min(self.top_k, scores.numel())).values[-1]
+                    scores = scores.masked_fill(scores < kth, float("-inf"))
+                if req.top_p < 1.0:
+                    sorted_scores, order = torch.sort(scores, descending=False)
+                    cum = sorted_scores.softmax(-1).cumsum(-1)
+                    drop = cum <= 1 - req.top_p
+                    drop[-1] = False  # keep at least the most likely token
+                    scores = scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+                probs = scores.softmax(-1)
+                picks[i] = int(torch.multinomial(probs, 1, generator=self._generators[id(req)]))
+        return picks
+
+    # ------------------------------------------------------------------------ a reply's end
+
+    def _advance(self, req: Request, token: int) -> bool:
+        """Add one generated token to the reply; True when the reply is finished."""
+        req.tokens.append(token)
+        if token in self.stop:
+            req.kept = req.spent = len(req.tokens) - 1
+            self._finish(req, "stop")
+            return True
+        from tunesmith.stopping import repeat_start
+
+        cut = repeat_start(req.tokens, self._newline_ids()) if req.stop_on_repeat else None
+        if cut is not None:
+            req.kept, req.spent = cut, len(req.tokens)
+            self._finish(req, "repeat")
+            return True
+        req.kept = req.spent = len(req.tokens)
+        if len(req.tokens) >= req.max_new_tokens:
+            self._finish(req, "length")
+            return True
+        self._stream(req)
+        return False
+
+    def _stream(self, req: Request, final: bool = False) -> None:
+        """Hand the client the reply's new text once it is settled: up to the last space or line
+        break (a later token can still change how the last word decodes), all of it at the end."""
+        if req.on_text is None:
+            return
+        text = self.tok.decode(req.tokens[:req.kept], skip_special_tokens=True)
+        if not final:
+            if text.endswith("\ufffd"):  # half a multi-byte character
+                return
+            text = text if text.endswith("\n") else text[:text.rfind(" ") + 1]
+        if len(text) > req._printed:
+            req.on_text(text[req._printed:])
+            req._printed = len(text)
+
+    def _finish(self, req: Request, reason: str) -> None:
+        if reason == "cancelled":
+            req.kept = req.spent = min(req.kept, len(req.tokens))
+        req.finish_reason = reason
+        req.t_done = time.perf_counter()
+        self._generators.pop(id(req), None)
+        try:
+            if reason != "error":
+                self._stream(req, final=True)
+        finally:
+            req.done.set()
+            if req.on_done is not None:
+                req.on_done(req)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self.cond:
+            reqs = self.rows + ([self.prefilling.req] if self.prefilling else []) + list(self.waiting)
+            self.rows, self.prefilling = [], None
+            self.waiting.clear()
+        self.kv = _BatchKV(self.kv.n_layers, self.max_rows)
+        for req in reqs:
+            req.error = exc
+            self._finish(req, "error")
+
+    @staticmethod
+    def _sliding_window(model) -> int | None:
+        """The sliding window some layers use, if any: the batch's mask is full attention, which
+        equals theirs only while a sequence fits the window."""
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        types = getattr(config, "layer_types", None) or []
+        if any(t != "full_attention" for t in types) or (getattr(config, "use_sliding_window", False)):
+            return getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None) or 0
+        return None
+
+    @staticmethod
+    def _n_layers(model) -> int:
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        return int(config.num_hidden_layers)
+
+
+@dataclass
+class _Prefill:
+    req: Request
+    cache: object  # transformers DynamicCache: this prompt's keys and values alone
+    done: int  # prompt tokens already in the cache (a reused prefix counts)
+    upcoming: list[list[int]]  # prompts queued behind it: a prefix they share is worth keeping
+    layers: list | None = None  # the stored prefix it started from, per layer (k, v)
+    shared: int = 0  # tokens of that prefix it reuses
+
+
+# --------------------------------------------------------------------- attention over a shared prefix
+
+_ATTENTION = "tunesmith_shared_prefix"
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(_ATTENTION, _shared_prefix_attention)
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                             tunesmith_prefixes=(), **kwargs):
+    """Decode attention when some rows share a prefix kept out of the batch: each row attends over
+    its own columns (key, value: (rows, kv_heads, columns, head_dim), masked) and over its group's
+    prefix, read once for the whole group; the two softmax parts are merged by their maxima and sums
+    (the same sum, in another order). Returns (rows, 1, heads, head_dim) as transformers expects."""
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    rep = heads // kv_heads
+    scale = scaling if scaling is not None else dim ** -0.5
+    q = query.view(rows, kv_heads, rep, dim)  # a decode step: one query per row
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scale + attention_mask  # (rows, kv_heads, rep, columns)
+    top = scores.amax(-1, keepdim=True)
+    weights = torch.exp(scores - top)
+    num, den = torch.matmul(weights, value), weights.sum(-1, keepdim=True)  # (rows, kv_heads, rep, dim | 1)
+    for layers, n, idx in tunesmith_prefixes:
+        pk, pv = layers[module.layer_idx]
+        pk, pv = pk[0, :, :n], pv[0, :, :n]  # (kv_heads, n, dim), shared by the group's rows
+        g = len(idx)
+        qg = q[idx].transpose(0, 1).reshape(kv_heads, g * rep, dim)
+        sp = torch.matmul(qg, pk.transpose(-1, -2)) * scale  # (kv_heads, g * rep, n)
+        own_top = top[idx].transpose(0, 1).reshape(kv_heads, g * rep, 1)
+        new_top = torch.maximum(sp.amax(-1, keepdim=True), own_top)
+        wp = torch.exp(sp - new_top)
+        rescale = torch.exp(own_top - new_top)
+        ng = num[idx].transpose(0, 1).reshape(kv_heads, g * rep, dim) * rescale + torch.matmul(wp, pv)
+        dg = den[idx].transpose(0, 1).reshape(kv_heads, g * rep, 1) * rescale + wp.sum(-1, keepdim=True)
+        num[idx] = ng.reshape(kv_heads, g, rep, dim).transpose(0, 1)
+        den[idx] = dg.reshape(kv_heads, g, rep, 1).transpose(0, 1)
+    return (num / den).reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+# ------------------------------------------------------------------------------ the batch's KV
+
+
+class _BatchKV:
+    """The running rows' keys and values: per layer (row capacity, kv_heads, column capacity, head_dim).
+
+    Rows 0..rows-1 are live and right-aligned at column `end`; [start, end) is the window every
+    row's tokens lie in. `mask[r, c]` says whether row r has a token in column c. The window moves
+    right one column per step; when it reaches the buffer's end it is copied back to the left.
+    """
+
+    def __init__(self, n_layers: int, max_rows: int, room: int = 128):
+        from transformers.cache_utils import Cache
+
+        # room: columns kept free to the right of the window, so it is copied back once per `room` steps
+        self.n_layers, self.max_rows, self.room = n_layers, max_rows, room
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.mask = torch.zeros(0, 0, dtype=torch.bool)
+        self.rows = self.start = self.end = 0
+        self.cache = Cache(layers=[_Layer(self, i) for i in range(n_layers)])
+
+    def admit(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        """Copy a prefilled prompt's keys and values, each (1, kv_heads, length, head_dim), into a new row."""
+        if not self.k:
+            k0 = layers[0][0]
+            self._alloc(self.max_rows, length + self.room, k0.shape[1], k0.shape[3], k0.dtype, k0.device)
+            self.start = self.end = length
+        if self.rows == self.k[0].shape[0]:
+            self._regrow(rows=self.rows + self.max_rows)
+        if length > self.end - self.start:  # the window widens to the left
+            if length > self.end:
+                self._regrow(cols=max(length + self.room, self.k[0].shape[2]), left=length)
+            new_start = self.end - length
+            self.mask[:self.rows, new_start:self.start] = False
+            self.start = new_start
+        r = self.rows
+        for i, (k, v) in enumerate(layers):
+            self.k[i][r, :, self.end - length:self.end] = k[0]
+            self.v[i][r, :, self.end - length:self.end] = v[0]
+        self.mask[r, self.start:self.end] = False
+        self.mask[r, self.end - length:self.end] = True
+        self.rows += 1
+
+    def evict(self, r: int) -> None:
+        """Free row r: the last row moves into it."""
+        last = self.rows - 1
+        if r != last:
+            for t in self.k + self.v:
+                t[r, :, self.start:self.end] = t[last, :, self.start:self.end]
+            self.mask[r, self.start:self.end] = self.mask[last, self.start:self.end]
+        self.rows -= 1
+        if self.rows == 0:
+            self.start = self.end
+        else:  # columns no live row uses any more drop out of the window
+            used = self.mask[:self.rows, self.start:self.end].any(0).nonzero()
+            self.start += int(used[0]) if len(used) else self.end - self.start
+
+    def reserve_column(self) -> None:
+        """Make sure column `end` exists for the next token."""
+        if self.end == self.k[0].shape[2]:
+            self._regrow(cols=self.end - self.start + self.room, left=self.end - self.start)
+
+    def _alloc(self, rows, cols, heads, dim, dtype, device) -> None:
+        self.k = [torch.zeros(rows, heads, cols, dim, dtype=dtype, device=device) for _ in range(self.n_layers)]
+        self.v = [torch.zeros(rows, heads, cols, dim, dtype=dtype, device=device) for _ in range(self.n_layers)]
+        self.mask = torch.zeros(rows, cols, dtype=torch.bool, device=device)
+
+    def _regrow(self, rows: int | None = None, cols: int | None = None, left: int | None = None) -> None:
+        """New buffers (more rows, or more columns), the window copied with `left` columns before `end`.
+        Columns grow by a quarter at least, so prompts that come longest last do not copy every time."""
+        old_rows, old_cols = self.k[0].shape[0], self.k[0].shape[2]
+        n_rows = rows or old_rows
+        n_cols = max(cols, old_cols + old_cols // 4) if cols and cols > old_cols else (cols or old_cols)
+        width = self.end - self.start
+        left = self.end if left is None else max(left, width)
+        new_start = left - width
+        for buffers in (self.k, self.v):
+            for i, old in enumerate(buffers):  # one layer at a time: the copy never holds two whole caches
+                new = old.new_zeros(n_rows, old.shape[1], n_cols, old.shape[3])
+                new[:self.rows, :, new_start:left] = old[:self.rows, :, self.start:self.end]
+                buffers[i] = new
+        mask = self.mask.new_zeros(n_rows, n_cols)
+        mask[:self.rows, new_start:left] = self.mask[:self.rows, self.start:self.end]
+        self.mask, self.start, self.end = mask, new_start, left
+
+
+def _layer_base():
+    from transformers.cache_utils import DynamicLayer
+
+    return DynamicLayer
+
+
+class _Layer(_layer_base()):
+    """One layer's view of the batch buffer, in the shape transformers' attention expects: a decode
+    step writes its (rows, kv_heads, 1, head_dim) keys and values into column `end` and attends over
+    [start, end]."""
+
+    def __init__(self, kv: _BatchKV, index: int):
+        super().__init__()
+        self.kv, self.index, self.is_initialized = kv, index, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        kv, i = self.kv, self.index
+        n = key_states.shape[2]
+        kv.k[i][:kv.rows, :, kv.end:kv.end + n] = key_states
+        kv.v[i][:kv.rows, :, kv.end:kv.end + n] = value_states
+        return kv.k[i][:kv.rows, :, kv.start:kv.end + n], kv.v[i][:kv.rows, :, kv.start:kv.end + n]
+
+    def get_seq_length(self) -> int:
+        return self.kv.end - self.kv.start
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+
+# ------------------------------------------------------------------------------- shared prefixes
+
+
+class _Prefixes:
+    """Keys and values of prefixes that several prompts share, least recently used dropped first."""
+
+    def __init__(self, min_tokens: int, max_bytes: int, recent: int = 16):
+        self.min_tokens, self.max_bytes = min_tokens, max_bytes
+        self.entries: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+        self.recent: collections.deque[list[int]] = collections.deque(maxlen=recent)
+
+    def lookup(self, prompt: list[int]) -> tuple[int, list | None]:
+        """(tokens reusable, per-layer (k, v)) of the stored prefix that covers most of `prompt`; the
+        prompt keeps at least its last token, whose logits pick the first reply token."""
+        best, layers, key = 0, None, None
+        for tokens, kv in self.entries.items():
+            n = min(_common(tokens, prompt), len(prompt) - 1)
+            if n > best:
+                best, layers, key = n, kv, tokens
+        if best < self.min_tokens:
+            return 0, None
+        self.entries.move_to_end(key)
+        return best, layers
+
+    def learn(self, prompt: list[int], cache, upcoming: list[list[int]]) -> None:
+        """After `prompt` is prefilled: keep the longest prefix it shares with a prompt to come or a
+        recent one, unless a stored prefix already covers it."""
+        others = list(upcoming) + list(self.recent)
+        self.recent.append(prompt)
+        n = max((min(_common(prompt, o), len(o) - 1, len(prompt)) for o in others), default=0)
+        if n < self.min_tokens or self.lookup(prompt)[0] >= n:
+            return
+        layers = [(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone()) for layer in cache.layers]
+        self.entries[tuple(prompt[:n])] = layers
+        while sum(_nbytes(kv) for kv in self.entries.values()) > self.max_bytes and len(self.entries) > 1:
+            self.entries.popitem(last=False)
+
+
+def _common(a, b) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _nbytes(layers: list) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
