@@ -414,7 +414,8 @@ def test_serve_takes_its_settings_from_the_config_then_the_flags(tmp_path, monke
     (tmp_path / "c.yaml").write_text("serve:\n  port: 8123\n  max_queue: 5\n  max_concurrency: 3\n")
     seen = {}
     monkeypatch.setattr(serve_module, "create_app", lambda model, **kw: seen.update(kw, model=model) or object())
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(run=kw))
+    monkeypatch.setattr(serve_module, "server_config", lambda app, host, port, **kw: seen.update(run={"host": host, "port": port}))
+    monkeypatch.setattr(uvicorn, "Server", lambda config: type("NoServer", (), {"run": lambda self: None})())
     args = build_parser().parse_args(["serve", "tiny-dir", "--config", str(tmp_path / "c.yaml"), "--max-queue", "7"])
     assert serve_module.cli_serve(args) == 0
     assert seen["run"]["port"] == 8123 and seen["run"]["host"] == "127.0.0.1"  # from the file; the default
