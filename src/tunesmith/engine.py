@@ -31,10 +31,11 @@ token for token (tests/test_engine.py, fp32), as far as fp32 rounding allows: th
 chunked prefill sum in another order, which can only flip a near-tie between two tokens.
 
 Why not transformers' own continuous batching (`generate_batch`, paged attention, transformers
-5.24): it gives the same replies, but on a CPU it was 1.8× today's batched `generate` on the demo's
-zero-shot prompts (64 new tokens; bench/generate_speed.py prints both), below the 2.5× this needs;
-it runs its loop in its own thread with no per-step hook, so the loop guard could only stop a reply
-after the fact; and it keeps a paged cache sized for a GPU's memory.
+5.24): it gives the same replies, but on a CPU it was 1.8× the batched `generate` it replaces on the
+demo's zero-shot prompts (64 new tokens), below the 2.5× this needs, and on the demo's whole compare
+workload it was slower than this engine by more than 5× (figures: docs/compare.md, and
+`bench/generate_speed.py --systems hf-cb,engine`); it runs its loop in its own thread with no
+per-step hook, so the loop guard could only stop a reply after the fact.
 """
 
 from __future__ import annotations
