@@ -1,11 +1,13 @@
 """Batched and streamed generation on a tiny model; the CLI verbs that use them."""
 
+import io
 import json
-import subprocess
 import sys
 
+import pytest
 import torch
 
+from tunesmith.cli import main
 from tunesmith.generate import _newline_ids, encode_prompts, generate, repeat_start, stream
 
 
@@ -21,8 +23,10 @@ def test_batched_equals_one_by_one(tiny_model):
     assert [b.text for b in batched] == [s.text for s in single]  # left padding changes nothing
     for out, c in zip(batched, convs):
         assert out.prompt_tokens == len(encode_prompts(tok, [c])[0])
+    for out, s in zip(batched, single):
         assert 0 < out.completion_tokens <= 12 and out.latency_s > 0
-        assert out.finish_reason in ("stop", "length", "repeat")
+        assert (out.finish_reason, out.completion_tokens) == (s.finish_reason, s.completion_tokens)
+        assert (out.finish_reason == "length") == (out.completion_tokens == 12)  # a short reply stopped for a reason
 
 
 def test_stops_at_eos(tiny_model):
@@ -45,29 +49,25 @@ def test_stream_matches_batched_text(tiny_model):
     assert "".join(pieces).strip() == whole.text
 
 
-def test_generate_cli_reads_stdin_and_prints_json(tiny_model_dir):
-    proc = subprocess.run([sys.executable, "-m", "tunesmith.cli", "generate", str(tiny_model_dir), "--json",
-                           "--max-new-tokens", "5"], input="What is a persona?", capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_generate_cli_reads_stdin_and_prints_json(tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is a persona?"))
+    assert main(["generate", str(tiny_model_dir), "--json", "--max-new-tokens", "5"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["completion_tokens"] <= 5 and out["prompt_tokens"] > 5
 
 
-def test_cli_user_error_exits_2_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "tunesmith.cli", "generate", "no-such-model", "--prompt", "hi"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: unknown model 'no-such-model'") and "Traceback" not in proc.stderr
+def test_cli_user_error_exits_2_without_traceback(capsys):
+    assert main(["generate", "no-such-model", "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model 'no-such-model'") and "Traceback" not in err
 
 
-def test_chat_session_through_stdin(tiny_model_dir):
-    proc = subprocess.run([sys.executable, "-m", "tunesmith.cli", "chat", str(tiny_model_dir), "--max-new-tokens", "4"],
-                          input="hello\n/reset\n/system be brief\nagain\n/exit\n", capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("model> ") == 2
-    assert "(conversation cleared)" in proc.stdout and "(system prompt set" in proc.stdout
+def test_chat_session_through_stdin(tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/reset\n/system be brief\nagain\n/exit\n"))
+    assert main(["chat", str(tiny_model_dir), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2
+    assert "(conversation cleared)" in out and "(system prompt set" in out
 
 
 NL = 10  # a stand-in newline id for the pure tests
@@ -130,8 +130,9 @@ def test_a_looping_reply_stops_at_the_repeat_and_loses_it(tiny_model):
     assert streamed_usage["finish_reason"] == "repeat" and streamed_usage["completion_tokens"] == guarded.completion_tokens
 
 
-def test_cli_rejects_a_reply_length_below_one():
+def test_cli_rejects_a_reply_length_below_one(capsys):
     for value, message in (("0", "must be at least 1, got 0"), ("many", "expected a whole number, got 'many'")):
-        proc = subprocess.run([sys.executable, "-m", "tunesmith.cli", "generate", "--prompt", "hi", "--max-new-tokens", value],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+        with pytest.raises(SystemExit) as exit_:
+            main(["generate", "--prompt", "hi", "--max-new-tokens", value])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and "Traceback" not in err

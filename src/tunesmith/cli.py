@@ -111,13 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     v["ui"].add_argument("--max-upload-mb", type=int, default=200, help="largest upload accepted")
     v["ui"].add_argument("--model", default=None, help="base model new projects start with (default: embedded)")
 
-    # --- chat / generate / models / config
+    # --- chat / generate / models / config: decoding defaults are the config's (GenerateConfig)
+    from tunesmith.config import GenerateConfig
+
+    gen = GenerateConfig()
     for name in ("chat", "generate"):
         v[name].add_argument("model", nargs="?", default=None, help="model spec or run directory (default: embedded)")
         v[name].add_argument("--system", default="", help="system prompt")
-        v[name].add_argument("--max-new-tokens", type=_at_least_one, default=256)
-        v[name].add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-        v[name].add_argument("--top-p", type=float, default=1.0)
+        v[name].add_argument("--max-new-tokens", type=_at_least_one, default=gen.max_new_tokens)
+        v[name].add_argument("--temperature", type=float, default=gen.temperature, help="0: greedy")
+        v[name].add_argument("--top-p", type=float, default=gen.top_p)
         v[name].add_argument("--keep-repeats", action="store_true",
                              help="let a reply that loops run on to --max-new-tokens (default: it stops where the loop began)")
     v["generate"].add_argument("--prompt", default=None, help="the user message (default: read stdin)")
