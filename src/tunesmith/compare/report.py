@@ -241,8 +241,8 @@ def markdown(results: dict) -> str:
     out += _levers_md(results.get("levers"))
     out += _judge_md(results.get("judge"))
     out += ["", "## Cost", "",
-            f"Per request, measured on this machine (generation in batches of {a['generation_batch_size']}, latency is the wall "
-            f"time of a request's batch). Serving price assumed: ${a['price_per_1k_tokens']:g} per 1,000 tokens; "
+            f"Per request, measured on this machine (up to {a['generation_batch_size']} replies generated together; latency is a "
+            f"reply's own, from the start of its prefill to its last token). Serving price assumed: ${a['price_per_1k_tokens']:g} per 1,000 tokens; "
             f"volume assumed: {a['requests_per_month']:,} requests a month.", "",
             "| arm | prompt tokens | completion tokens | replies cut at max tokens | replies stopped looping | p50 latency (s) "
             "| p95 latency (s) | $ per 1k requests | $ per month |",
