@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-from safetensors.torch import load_file
 
 from tunesmith.config import load_config
 from tunesmith.testing import make_chats
@@ -66,19 +65,7 @@ def _wait_for_step(proc, run, step, timeout=120):
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
-def _same_as_reference(run, reference):
-    final, ref = (load_file(r / "final" / "adapter_model.safetensors") for r in (run, reference))
-    assert final.keys() == ref.keys()
-    diff = max((final[k] - ref[k]).abs().max().item() for k in ref)
-    assert diff <= 1e-6, diff
-    # the example order: every step's examples, no repeats, no gaps
-    assert (run / "examples.jsonl").read_text() == (reference / "examples.jsonl").read_text()
-    losses = lambda r: [json.loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert losses(run) == pytest.approx(losses(reference), abs=1e-6)
-    assert _steps_logged(run) == list(range(1, STEPS + 1))
-
-
-def test_kill_9_at_a_random_step_then_resume_is_exact(setup, reference):
+def test_kill_9_at_a_random_step_then_resume_is_exact(setup, reference, assert_same_run):
     root, overrides = setup
     run = root / "killed"
     seed = int(os.environ.get("TUNESMITH_TEST_SEED") or random.randrange(2**32))
@@ -91,10 +78,10 @@ def test_kill_9_at_a_random_step_then_resume_is_exact(setup, reference):
     assert not (run / "final").exists(), "the run finished before it could be killed"
     print(f"killed at step {reached} (aimed at {kill_at}); resuming from {latest_checkpoint(run)}")
     train(load_config(None, [*overrides, f"train.output_dir={run}"]), resume=True)
-    _same_as_reference(run, reference)
+    assert_same_run(run, reference, STEPS)
 
 
-def test_a_save_killed_halfway_is_never_taken_for_complete(setup, reference):
+def test_a_save_killed_halfway_is_never_taken_for_complete(setup, reference, assert_same_run):
     root, overrides = setup
     run = root / "half-saved"
     # Die in the middle of writing the third checkpoint (step 6): its optimizer file is cut short.
@@ -124,10 +111,10 @@ def test_a_save_killed_halfway_is_never_taken_for_complete(setup, reference):
 
     train(load_config(None, [*overrides, f"train.output_dir={run}"]), resume=True)
     assert not (ckpts / ".tmp-step-000006").exists()  # leftovers are cleaned up on resume
-    _same_as_reference(run, reference)
+    assert_same_run(run, reference, STEPS)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits(setup, reference):
+def test_sigterm_saves_a_checkpoint_and_exits(setup, reference, assert_same_run):
     root, overrides = setup
     run = root / "terminated"
     proc = subprocess.Popen(_cli(overrides, run), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -141,4 +128,4 @@ def test_sigterm_saves_a_checkpoint_and_exits(setup, reference):
     assert ckpt.name == f"step-{last:06d}" and (ckpt / "COMPLETE").exists()
     assert not (run / "final").exists()
     train(load_config(None, [*overrides, f"train.output_dir={run}"]), resume=True)
-    _same_as_reference(run, reference)
+    assert_same_run(run, reference, STEPS)

@@ -379,8 +379,14 @@ class Engine:
         """The sliding window some layers use, if any: the batch's mask is full attention, which
         equals theirs only while a sequence fits the window."""
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        types = getattr(config, "layer_types", None) or []
-        if any(t != "full_attention" for t in types) or (getattr(config, "use_sliding_window", False)):
+        types = getattr(config, "layer_types", None)
+        if types:  # Gemma 2/3, Cohere 2, newer Qwen: per layer
+            windowed = any(t != "full_attention" for t in types)
+        elif hasattr(config, "use_sliding_window"):  # Qwen 2: a window only when switched on
+            windowed = bool(config.use_sliding_window)
+        else:  # Mistral: every layer, whenever a window is set
+            windowed = bool(getattr(config, "sliding_window", None))
+        if windowed:
             return getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None) or 0
         return None
 

@@ -62,16 +62,58 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
         return outs
     engine = Engine(model, tok, max_rows=batch_size, prefill_tokens=prefill_tokens,
                     min_prefix=64 if reuse_prefix else 1 << 30)
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))
+    results: list[Completion | None] = [None] * len(prompts)
+    # The engine's batch attends over every cached token; a model with sliding-window layers agrees
+    # with it only while a sequence fits the window. Longer ones go through transformers' own
+    # generate, one at a time: the same replies, without the batching.
+    beyond = {i for i, p in enumerate(prompts) if engine.window is not None and len(p) + max_new_tokens > engine.window}
+    for i in sorted(beyond):
+        results[i] = _one_by_transformers(model, tok, prompts[i], max_new_tokens, temperature, top_p, seed + i,
+                                          stop_on_repeat)
+        if progress is not None:
+            progress(1)
+    order = sorted((i for i in range(len(prompts)) if i not in beyond), key=lambda i: (len(prompts[i]), prompts[i]))
     reqs = [Request(prompts[i], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                     seed=seed + i, stop_on_repeat=stop_on_repeat) for i in order]
     engine.run(reqs, progress=progress)
-    results: list[Completion | None] = [None] * len(prompts)
     for i, req in zip(order, reqs):
         if req.error is not None:
             raise req.error
         results[i] = Completion(req.text(tok), len(req.prompt), req.spent, req.t_done - req.t_admit, req.finish_reason)
     return results
+
+
+def _one_by_transformers(model, tok, prompt: list[int], max_new_tokens: int, temperature: float, top_p: float,
+                         seed: int, stop_on_repeat: bool) -> Completion:
+    """One reply from transformers' `generate`, with the engine's stop ids and loop guard (checked
+    after every token, as the engine does, so the reply and its token count are the engine's)."""
+    import time
+
+    import torch
+
+    t0 = time.perf_counter()
+    stops = _stop_ids(tok)
+    kw = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "eos_token_id": stops,
+          "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else stops[0]}
+    if temperature > 0:
+        torch.manual_seed(seed)
+        kw.update(temperature=temperature, top_p=top_p)
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], device=device)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)[0, len(prompt):].tolist()
+    end = next((j for j, t in enumerate(out) if t in stops), None)
+    new, finish = (out[:end], "stop") if end is not None else (out, "length")
+    spent = len(new)
+    if stop_on_repeat:
+        newlines = _newline_ids(tok)
+        for k in range(1, len(new) + 1):
+            cut = repeat_start(new[:k], newlines)
+            if cut is not None:
+                new, spent, finish = new[:cut], k, "repeat"
+                break
+    return Completion(tok.decode(new, skip_special_tokens=True).strip(), len(prompt), spent,
+                      time.perf_counter() - t0, finish)
 
 
 def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,

@@ -7,25 +7,12 @@ loaded), so a life of a run costs a fraction of a second instead of a fresh inte
 that is what lets the kill storm's fast variant kill ten runs inside `make test`.
 """
 
-import json
 import os
-import random
 import sys
 import traceback
 
 
-WORDS = "pantry basket planner budget ceiling swap nudge cook night weekly plan household leftover loop signal".split()
-
-
-def make_chats(path, n=40, seed=0):
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for i in range(n):
-            q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30)))
-            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 20)))
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                                "meta": {"id": f"ex{i}", "group": f"g{i % 8}"}}) + "\n")
-    return path
+from tunesmith.testing import make_chats  # noqa: F401 (the suite's chat data, re-exported for its tests)
 
 
 def train_overrides(model_dir, data, steps, *extra):

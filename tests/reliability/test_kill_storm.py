@@ -13,7 +13,6 @@ import signal
 import time
 
 import pytest
-from safetensors.torch import load_file
 
 from reliability_kit import fork_train, make_chats, train_overrides
 from tunesmith.train.checkpoints import latest_checkpoint, verify_checkpoint
@@ -103,19 +102,9 @@ def storm(run, overrides, kills, seed, log) -> dict:
         resume = True  # what a user does after a crash, whether or not the run got to its first save
 
 
-def _assert_same_as(run, reference, steps):
-    final, ref = (load_file(r / "final" / "adapter_model.safetensors") for r in (run, reference))
-    assert final.keys() == ref.keys()
-    diff = max((final[k] - ref[k]).abs().max().item() for k in ref)
-    assert diff <= 1e-6, diff
-    assert (run / "examples.jsonl").read_text() == (reference / "examples.jsonl").read_text()
-    losses = lambda r: [json.loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert losses(run) == pytest.approx(losses(reference), abs=1e-6)
-    assert _logged_steps(run) == list(range(1, steps + 1))
-    return diff
 
 
-def _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps, kills):
+def _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps, kills, assert_same_run):
     seed = int(os.environ.get("KILL_STORM_SEED") or random.SystemRandom().randrange(10**6))
     print(f"\nkill storm seed {seed} (replay: KILL_STORM_SEED={seed})")
     reference = _reference(tmp_path_factory, tiny_model_dir, data, steps)
@@ -123,7 +112,7 @@ def _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps, kills):
     overrides = [*train_overrides(tiny_model_dir, data, steps), f"train.output_dir={run}"]
     t0 = time.time()
     figures = storm(run, overrides, kills, seed, tmp_path / "lives.log")
-    diff = _assert_same_as(run, reference, steps)
+    diff = assert_same_run(run, reference, steps)
     figures.update(max_abs_weight_diff=diff, seconds=round(time.time() - t0, 1))
     print(f"kill storm: {json.dumps(figures)}")
     assert figures["kills"] == kills and figures["corrupt_resumes"] == 0
@@ -131,11 +120,11 @@ def _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps, kills):
     return figures
 
 
-def test_kill_storm_fast(tmp_path, tmp_path_factory, tiny_model_dir, data):
-    _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps=30, kills=12)
+def test_kill_storm_fast(tmp_path, tmp_path_factory, tiny_model_dir, data, assert_same_run):
+    _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps=30, kills=12, assert_same_run=assert_same_run)
 
 
 @pytest.mark.slow
 @pytest.mark.soak
-def test_kill_storm_50(tmp_path, tmp_path_factory, tiny_model_dir, data):
-    _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps=100, kills=50)
+def test_kill_storm_50(tmp_path, tmp_path_factory, tiny_model_dir, data, assert_same_run):
+    _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps=100, kills=50, assert_same_run=assert_same_run)
