@@ -20,6 +20,9 @@ from typing import Iterator
 import torch
 
 from tunesmith.models import render
+from tunesmith.stopping import newline_ids as _newline_ids
+from tunesmith.stopping import repeat_start
+from tunesmith.stopping import stop_ids as _stop_ids
 
 
 @dataclass
@@ -38,15 +41,6 @@ def _decoding(tok, max_new_tokens: int, temperature: float, top_p: float) -> dic
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     return kwargs
-
-
-def _stop_ids(tok) -> list[int]:
-    """EOS, plus <|im_end|> where the vocabulary has it (ChatML models end turns with it)."""
-    ids = {tok.eos_token_id}
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tok.unk_token_id:
-        ids.add(im_end)
-    return sorted(i for i in ids if i is not None)
 
 
 def encode_prompts(tok, conversations: list[list[dict]]) -> list[list[int]]:
@@ -210,37 +204,3 @@ class LoopGuard:
             if cut is not None:
                 self.cuts[row], self.spent[row], done[row] = cut, len(new), True
         return done
-
-
-def repeat_start(new: list[int], newlines: set[int], min_line: int = 5, min_span: int = 16) -> int | None:
-    """Where the repetition at the end of `new` starts (everything before it is kept), or None."""
-    n = len(new)
-    if n and new[-1] in newlines:  # a line just ended: was it written before?
-        begin = max((j + 1 for j in range(n - 1) if new[j] in newlines), default=0)
-        line = new[begin:]
-        if len(line) >= min_line:
-            starts = [0] + [j + 1 for j in range(begin - 1) if new[j] in newlines]
-            if any(new[s:s + len(line)] == line for s in starts if s + len(line) <= begin):
-                return begin
-    for p in range(1, n // 3 + 1):  # the tail is one unit of p tokens, repeated
-        reps = max(3, -(-min_span // p))
-        if reps * p > n:
-            break
-        unit = new[n - p:]
-        if all(new[n - k * p:n - (k - 1) * p] == unit for k in range(2, reps + 1)):
-            k = reps  # extend back over every earlier copy, keep the first
-            while k * p + p <= n and new[n - (k + 1) * p:n - k * p] == unit:
-                k += 1
-            return n - (k - 1) * p
-    return None
-
-
-_NEWLINES: dict[tuple, set[int]] = {}
-
-
-def _newline_ids(tok) -> set[int]:
-    """Ids of the tokens whose text contains a line break (computed once per vocabulary)."""
-    key = (tok.name_or_path, len(tok))
-    if key not in _NEWLINES:
-        _NEWLINES[key] = {i for i in range(len(tok)) if "\n" in tok.decode([i])}
-    return _NEWLINES[key]

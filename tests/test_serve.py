@@ -76,11 +76,16 @@ def keyed(tiny):
         yield url
 
 
+def _slow_server(model_dir, max_queue: int):
+    """One row whose every forward pass takes SLOW_FORWARD_S: requests overlap long enough to queue."""
+    model, tok = lively_copy(model_dir)
+    model.register_forward_pre_hook(lambda *_: time.sleep(SLOW_FORWARD_S))
+    return running(create_app((model, tok), model_name=NAME, max_concurrency=1, max_queue=max_queue))
+
+
 @pytest.fixture(scope="module")
 def slow(tiny_model_dir):
-    model, tok = lively_copy(tiny_model_dir)
-    model.register_forward_pre_hook(lambda *_: time.sleep(SLOW_FORWARD_S))
-    with running(create_app((model, tok), model_name=NAME, max_concurrency=1, max_queue=0)) as url:
+    with _slow_server(tiny_model_dir, max_queue=0) as url:
         yield url
 
 
@@ -373,9 +378,7 @@ def test_concurrent_requests_share_the_batch_and_match_library_generation(server
 
 @pytest.fixture(scope="module")
 def slow_queue(tiny_model_dir):
-    model, tok = lively_copy(tiny_model_dir)
-    model.register_forward_pre_hook(lambda *_: time.sleep(SLOW_FORWARD_S))
-    with running(create_app((model, tok), model_name=NAME, max_concurrency=1, max_queue=1)) as url:
+    with _slow_server(tiny_model_dir, max_queue=1) as url:
         yield url
 
 
