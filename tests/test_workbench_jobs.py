@@ -183,7 +183,9 @@ def test_sigkill_of_server_and_job_then_resume_gives_the_uninterrupted_weights(p
     from safetensors.torch import load_file
 
     root, pid, model = project
-    steps = 8
+    # A tiny step takes tens of milliseconds, several per 0.2 s poll: enough steps that the kill
+    # always lands mid-run, not after the last step.
+    steps = 40
     server = Server(root, model).start()
     reference = _submit(server, pid, steps)
     server.wait(reference, lambda j: j["status"] == "done")
