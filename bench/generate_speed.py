@@ -18,7 +18,7 @@ Systems, each in its own process (so its peak memory is its own), one after anot
                --old-batch-size, 10 as the demo ran it, sorted by length, the engineered arm's
                shared prefix reused), one call per arm as compare made them.
   engine       tunesmith.generate.generate on the engine, --batch-size rows (the demo profile's),
-               every arm in one call as compare makes it now.
+               two calls as compare makes them: the prompt-only arms, then the fine-tuned arms.
   hf-cb        transformers' continuous batching (`generate_batch`), no loop guard, so its replies
                run longer where a reply loops: compare its tokens/s, not its wall time.
   llama.cpp    llama-cpp-python on an f16 GGUF of the same model, one prompt at a time (skipped
@@ -138,11 +138,19 @@ def run_engine(model, tok, convs, args, arms):
         real_init(self, *a, **kw)
         made.append(self)
 
+    from tunesmith.compare.arms import TUNED
+
     E.Engine.__init__ = keep
-    outs = generate(model, tok, convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                    stop_on_repeat=True)
+    outs = []
+    # as compare calls it: the prompt-only arms together, then the fine-tuned arms together (on
+    # other weights in compare, so nothing computed for the first call may serve the second)
+    for group in ([a for a in arms if a not in TUNED], [a for a in arms if a in TUNED]):
+        group_convs = [c for a in group for c in arms[a]]
+        if group_convs:
+            outs += generate(model, tok, group_convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                             stop_on_repeat=True)
     E.Engine.__init__ = real_init
-    stats = made[0].stats
+    stats = {k: sum(e.stats[k] for e in made) for k in made[0].stats}
     return [_reply(o.text, o.completion_tokens, o.latency_s) for o in outs], {"engine": stats, "bound": bound(model, stats)}
 
 

@@ -74,7 +74,7 @@ class Request:
     t_done: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
     _cancel: bool = False
-    _prefix: tuple | None = None  # (per-layer (k, v), length): a shared prefix kept out of its row
+    _prefix: tuple | None = None  # (per-layer (k, v), length, tokens): a shared prefix kept out of its row
     _printed: int = 0  # characters of the reply already streamed
     _shown: int = 0  # tokens whose text is settled
 
@@ -97,8 +97,12 @@ class Engine:
         self.prefill_tokens, self.min_prefix = max(1, prefill_tokens), min_prefix
         # a reused prefix this long stays out of the rows: decode reads it once for all the rows that
         # share it, not once per row (0: never)
-        self.shared_attention = shared_attention
-        if shared_attention:
+        # decode runs the engine's own attention (one fused kernel call per layer on a CPU, shared
+        # prefixes merged in) wherever the model's attention is plain softmax attention; a model
+        # that soft-caps its scores or adds sink logits keeps its own, with every prefix in the rows
+        self.own_attention = _plain_attention(model)
+        self.shared_attention = shared_attention if self.own_attention else 0
+        if self.own_attention:
             _register_attention()
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -114,6 +118,7 @@ class Engine:
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
         self._generators: dict[int, torch.Generator] = {}
+        self._partition: tuple | None = None  # (the rows it is for, their row ranges): see _slices
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0,
                       "decode_rows": 0, "shared_rows": 0}
@@ -238,18 +243,34 @@ class Engine:
             token = self._pick(out.logits[:, -1].float(), [req])[0]
             req.t_first = time.perf_counter()
             if not self._advance(req, token):
-                layers, own = p.layers, p.shared
-                if self.shared_attention and own < self.shared_attention:  # it may have just stored one
-                    own, layers = self.prefixes.lookup(req.prompt)
-                own = own if self.shared_attention and own >= self.shared_attention else 0
+                req._prefix = self._decode_prefix(p) if self.shared_attention else None
+                own = req._prefix[1] if req._prefix else 0
                 if own:
-                    req._prefix = (layers, own)
                     self.stats["shared_rows"] += 1
                 self.kv.admit([(layer.keys[:, :, own:], layer.values[:, :, own:]) for layer in p.cache.layers],
                               len(req.prompt) - own)
                 self.rows.append(req)
         self.stats["prefill_s"] += time.perf_counter() - t0
         return n
+
+    def _decode_prefix(self, p: "_Prefill") -> tuple | None:
+        """The prefix a newly prefilled row reads from outside its row at decode, (per-layer (k, v),
+        length, tokens), or None: the group of running rows whose prefix its prompt starts with;
+        else, where it reuses a stored prefix of `shared_attention` tokens or more, a new group
+        whose prefix is what it shares with every prompt to come that shares that much with it, so
+        that they join this group rather than each reading a copy that differs in its last tokens."""
+        prompt = p.req.prompt
+        for r in self.rows:
+            if r._prefix is not None and len(prompt) > r._prefix[1] and prompt[:r._prefix[1]] == r._prefix[2]:
+                return r._prefix
+        own, layers = p.shared, p.layers
+        if own < self.shared_attention:  # it may have just stored one
+            own, layers = self.prefixes.lookup(prompt)
+        if own < self.shared_attention:
+            return None
+        alike = (_common(prompt, o) for o in p.upcoming)
+        own = min([own] + [n for n in alike if n >= self.shared_attention])
+        return layers, own, prompt[:own]
 
     # -------------------------------------------------------------------------------- decode
 
@@ -270,9 +291,10 @@ class Engine:
         extra = {}
         config = self.model.config
         saved = config._attn_implementation_internal
-        if groups:
+        if self.own_attention:
             extra["tunesmith_prefixes"] = [(layers, n, torch.tensor(idx, device=self.device))
-                                           for (layers, n), idx in groups.values()]
+                                           for (layers, n, _), idx in groups.values()]
+            extra["tunesmith_slices"] = self._slices(visible.shape[1])
             config._attn_implementation_internal = _ATTENTION
         try:
             out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask[:, None, None, :], use_cache=True,
@@ -287,6 +309,34 @@ class Engine:
             if self._advance(self.rows[i], tokens[i]):
                 self._evict(i)
         self.stats["decode_s"] += time.perf_counter() - t0
+
+    def _slices(self, columns: int) -> list[tuple[int, int, int]]:
+        """Row ranges [a, b) that decode attends in one kernel call each, and the first column of
+        the window each reads: a row's padding is read only up to the longest row of its range.
+
+        Rows are right-aligned, so a range reads (b - a) × its longest row's columns. The ranges are
+        the partition of the rows (in their order in the batch) that minimises the columns read
+        plus a fixed cost per call (`_CALL_COLUMNS`), by dynamic programming. Every row grows by
+        one column per step, which adds the same to every partition's cost: the best partition
+        changes only when rows come or go, so it is kept until then."""
+        lens = [len(r.prompt) - (r._prefix[1] if r._prefix else 0) + len(r.tokens) for r in self.rows]
+        key = tuple(id(r) for r in self.rows)
+        if self._partition is None or self._partition[0] != key:
+            n = len(lens)
+            best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+            for b in range(1, n + 1):
+                longest = 0
+                for a in range(b - 1, -1, -1):
+                    longest = max(longest, lens[a])
+                    cost = best[a] + (b - a) * longest + _CALL_COLUMNS
+                    if cost < best[b]:
+                        best[b], cut[b] = cost, a
+            ranges, b = [], n
+            while b > 0:
+                ranges.append((cut[b], b))
+                b = cut[b]
+            self._partition = (key, ranges[::-1])
+        return [(a, b, columns - max(lens[a:b])) for a, b in self._partition[1]]
 
     def _evict(self, i: int) -> None:
         self.kv.evict(i)
@@ -406,47 +456,85 @@ class _Prefill:
     shared: int = 0  # tokens of that prefix it reuses
 
 
-# --------------------------------------------------------------------- attention over a shared prefix
+# --------------------------------------------------------------------------- decode attention
 
-_ATTENTION = "tunesmith_shared_prefix"
+_ATTENTION = "tunesmith_decode"
 
 
 def _register_attention() -> None:
     from transformers import AttentionInterface
 
-    AttentionInterface.register(_ATTENTION, _shared_prefix_attention)
+    AttentionInterface.register(_ATTENTION, _decode_attention)
 
 
-def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                             tunesmith_prefixes=(), **kwargs):
-    """Decode attention when some rows share a prefix kept out of the batch: each row attends over
-    its own columns (key, value: (rows, kv_heads, columns, head_dim), masked) and over its group's
-    prefix, read once for the whole group; the two softmax parts are merged by their maxima and sums
-    (the same sum, in another order). Returns (rows, 1, heads, head_dim) as transformers expects."""
+def _plain_attention(model) -> bool:
+    """Whether the model's attention is softmax(q·k·scale + mask)·v and nothing more, which is all
+    `_decode_attention` computes: no score soft-capping (Gemma 2), no sink logits (gpt-oss)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "attn_logit_softcapping", None):
+        return False
+    return not any(name.endswith("sinks") for name, _ in model.named_parameters())
+
+
+def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                      tunesmith_prefixes=(), tunesmith_slices=None, **kwargs):
+    """A decode step's attention: each row attends over its own columns (key, value: (rows,
+    kv_heads, columns, head_dim), padding masked) and, for rows that share a prefix kept out of the
+    batch, over that prefix, read once for the whole group; the two parts are merged by their
+    log-sum-exps (the same softmax, summed in another order). Rows are attended in the ranges of
+    `tunesmith_slices` ((a, b, first column) each, see Engine._slices), so a short row is not read
+    up to the longest row's length. Grouped-query heads are never repeated: the `rep` query heads
+    of one key head are that head's queries. Returns (rows, 1, heads, head_dim) as transformers
+    expects."""
     rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     rep = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
-    q = query.view(rows, kv_heads, rep, dim)  # a decode step: one query per row
-    scores = torch.matmul(q, key.transpose(-1, -2)) * scale + attention_mask  # (rows, kv_heads, rep, columns)
-    top = scores.amax(-1, keepdim=True)
-    weights = torch.exp(scores - top)
-    num, den = torch.matmul(weights, value), weights.sum(-1, keepdim=True)  # (rows, kv_heads, rep, dim | 1)
-    for layers, n, idx in tunesmith_prefixes:
-        pk, pv = layers[module.layer_idx]
-        pk, pv = pk[0, :, :n], pv[0, :, :n]  # (kv_heads, n, dim), shared by the group's rows
-        g = len(idx)
-        qg = q[idx].transpose(0, 1).reshape(kv_heads, g * rep, dim)
-        sp = torch.matmul(qg, pk.transpose(-1, -2)) * scale  # (kv_heads, g * rep, n)
-        own_top = top[idx].transpose(0, 1).reshape(kv_heads, g * rep, 1)
-        new_top = torch.maximum(sp.amax(-1, keepdim=True), own_top)
-        wp = torch.exp(sp - new_top)
-        rescale = torch.exp(own_top - new_top)
-        ng = num[idx].transpose(0, 1).reshape(kv_heads, g * rep, dim) * rescale + torch.matmul(wp, pv)
-        dg = den[idx].transpose(0, 1).reshape(kv_heads, g * rep, 1) * rescale + wp.sum(-1, keepdim=True)
-        num[idx] = ng.reshape(kv_heads, g, rep, dim).transpose(0, 1)
-        den[idx] = dg.reshape(kv_heads, g, rep, 1).transpose(0, 1)
-    return (num / den).reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
+    q = query.reshape(rows, kv_heads, rep, dim)  # a decode step: one query per row
+    slices = tunesmith_slices or [(0, rows, 0)]
+    if len(slices) == 1:
+        out, lse = _attend(q, key[:, :, slices[0][2]:], value[:, :, slices[0][2]:],
+                           attention_mask[..., slices[0][2]:], scale)
+    else:
+        out, lse = q.new_empty(rows, kv_heads, rep, dim), q.new_empty(rows, kv_heads, rep)
+        for a, b, first in slices:
+            out[a:b], lse[a:b] = _attend(q[a:b], key[a:b, :, first:], value[a:b, :, first:],
+                                         attention_mask[a:b, ..., first:], scale)
+    if tunesmith_prefixes:
+        # every group's prefix part, laid out by row (rows in no group: weight 0), then one merge
+        part, part_lse = torch.zeros_like(out), torch.full_like(lse, float("-inf"))
+        for layers, n, idx in tunesmith_prefixes:
+            pk, pv = layers[module.layer_idx]
+            g = len(idx)
+            qg = q[idx].transpose(0, 1).reshape(1, kv_heads, g * rep, dim)
+            po, plse = _attend(qg, pk[:, :, :n], pv[:, :, :n], None, scale)
+            part[idx] = po.reshape(kv_heads, g, rep, dim).transpose(0, 1)
+            part_lse[idx] = plse.reshape(kv_heads, g, rep).transpose(0, 1)
+        top = torch.maximum(lse, part_lse)
+        a, b = torch.exp(lse - top)[..., None], torch.exp(part_lse - top)[..., None]
+        out = (out * a + part * b) / (a + b)
+    return out.reshape(rows, 1, heads, dim), None
+
+
+_CALL_COLUMNS = 256  # one more attention call per layer costs about as much as reading 256 more row-columns
+
+
+def _attend(q, k, v, mask, scale):
+    """softmax(q·kᵀ·scale + mask)·v and its log-sum-exp, per (batch, key head): q (B, H, L, D), k and
+    v (B, H, S, D), mask broadcastable to (B, H, L, S) or None. On a CPU, torch's fused flash kernel:
+    it reads each key and value once and keeps no (L, S) score tensor, where three matmuls and an
+    exp over the scores cost 2 to 3 times as long at the demo's shapes."""
+    if q.device.type == "cpu":
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
+                                                                              scale=scale)
+        return out, lse
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores + mask
+    lse = torch.logsumexp(scores, -1)
+    return torch.matmul(torch.exp(scores - lse[..., None]), v), lse
 
 
 # ------------------------------------------------------------------------------ the batch's KV
@@ -604,11 +692,20 @@ class _Prefixes:
 
 
 def _common(a, b) -> int:
+    """Length of the common prefix of two token sequences (slices compare in C: a bisection of
+    slice comparisons beats a Python loop over thousands of tokens)."""
+    a, b = list(a), list(b)
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _nbytes(layers: list) -> int:
