@@ -243,8 +243,8 @@ def _per_arm(arms: dict, k: int) -> list[int]:
 
 def bound(model, stats: dict) -> dict:
     """What the model's own linear layers cost on this machine at the shapes the engine ran: prefill
-    in chunks of 256 tokens, decode at the engine's mean rows per step. Attention and the rest of
-    the forward pass are not in it, so it is a floor, not a target."""
+    in chunks of 256 tokens, decode at the engine's mean tokens per step (rows × their drafts).
+    Attention and the rest of the forward pass are not in it, so it is a floor, not a target."""
     import torch
 
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -265,7 +265,7 @@ def bound(model, stats: dict) -> dict:
     per_chunk = seconds(chunk, body) + seconds(1, [lm_head])  # the LM head runs for the last token only
     flops = 2 * chunk * sum(m.weight.numel() for m in body)
     steps = max(1, stats["decode_steps"])
-    rows = max(1, round(stats["decode_rows"] / steps))
+    rows = max(1, round(stats["decode_fed"] / steps))  # tokens a step feeds: rows × (1 + draft)
     per_step = seconds(rows, body + [lm_head])
     return {"gemm_gflops": flops / seconds(chunk, body) / 1e9,
             "prefill_floor_s": stats["prefill_tokens"] / chunk * per_chunk,
@@ -361,8 +361,10 @@ def report(results: dict, args) -> None:
         print(f"\nengine split: prefill {e['prefill_s']:.1f} s for {e['prefill_tokens']} prompt tokens "
               f"({e['reused_tokens']} more reused from shared prefixes), floor {bd['prefill_floor_s']:.1f} s at this "
               f"machine's measured {bd['gemm_gflops']:.0f} GFLOP/s;\n              decode {e['decode_s']:.1f} s for "
-              f"{e['decode_steps']} steps of {bd['decode_rows_mean']} rows on average, floor {bd['decode_floor_s']:.1f} s "
-              f"(the linear layers alone at that shape)")
+              f"{e['decode_steps']} steps of {e['decode_rows'] / max(1, e['decode_steps']):.0f} rows and "
+              f"{bd['decode_rows_mean']} tokens on average, floor {bd['decode_floor_s']:.1f} s (the linear layers alone "
+              f"at that shape);\n              drafts: {e['accepted']} of {e['drafted']} drafted tokens kept, "
+              f"{(e['decode_rows'] + e['accepted']) / max(1, e['decode_rows']):.2f} tokens per row and step")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -99,6 +99,46 @@ def test_a_row_that_ends_at_eos_leaves_while_others_run(lively):
     assert [r.finish_reason for r in reqs].count("length") >= 3
 
 
+def test_drafts_from_the_prompt_are_verified_and_replies_stay_exact(lively):
+    """A model steered to repeat a four-word cycle that its prompts contain, except that every
+    seventh position breaks it: prompt lookup drafts the cycle, decode keeps the drafted tokens
+    greedy would pick and drops the rest, and every reply still equals `generate`'s."""
+    model, tok = lively
+    cycle = tok.encode(" one two three four", add_special_tokens=False)
+    other = tok.encode(" five", add_special_tokens=False)[0]
+    follow = torch.full((model.lm_head.out_features,), cycle[0])
+    for i, t in enumerate(cycle):
+        follow[t] = cycle[(i + 1) % len(cycle)]
+    follow[other] = cycle[2]
+    seen = {}
+
+    def steer(module, args, out):
+        ids, pos = seen["ids"][:, -out.shape[1]:], seen["pos"][:, -out.shape[1]:]
+        target = torch.where(pos % 7 == 6, torch.full_like(ids, other), follow[ids])
+        return out + 1e4 * torch.nn.functional.one_hot(target, out.shape[-1])
+
+    pre = model.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.update(ids=kw["input_ids"], pos=kw["position_ids"]), with_kwargs=True)
+    post = model.lm_head.register_forward_hook(steer)
+    try:
+        convs = [[{"role": "user", "content": "Count with me:" + " one two three four" * 3 + q}] for q in QUESTIONS]
+        prompts = encode_prompts(tok, convs)
+        engine = Engine(model, tok, max_rows=3, draft_tokens=4)
+        reqs = engine.run([Request(p, max_new_tokens=n, stop_on_repeat=False) for p, n in zip(prompts, [30, 17, 25, 9, 30])])
+        for req, prompt in zip(reqs, prompts):
+            assert req.tokens == alone(model, tok, prompt, len(req.tokens))
+            assert req.finish_reason == "length"
+    finally:
+        pre.remove()
+        post.remove()
+    stats = engine.stats
+    generated = sum(len(r.tokens) for r in reqs)
+    assert 0 < stats["accepted"] < stats["drafted"]  # drafts were kept, and some were dropped
+    # a row's first token comes from its prefill; each decode step of a row gives one token more than it kept
+    assert stats["decode_rows"] == generated - len(reqs) - stats["accepted"]
+    assert engine.kv.rows == 0
+
+
 @pytest.mark.slow
 def test_embedded_model_replies_equal_generate_alone():
     """The embedded SmolLM2-135M on prompts of the demo's kind: shared style guide, mixed lengths."""

@@ -98,11 +98,11 @@ def _force_cycle(model, cycle):
     for a, b in zip(cycle, cycle[1:] + cycle[:1]):
         nxt[a] = b
 
-    def hook(module, args, kwargs, output):
-        last = kwargs["input_ids"][:, -1]
-        logits = torch.full_like(output.logits[:, -1, :], -1e4)
-        logits[torch.arange(len(last)), nxt[last]] = 0.0
-        output.logits[:, -1, :] = logits
+    def hook(module, args, kwargs, output):  # at every position with logits, as a model would
+        ids = kwargs["input_ids"][:, -output.logits.shape[1]:]
+        logits = torch.full_like(output.logits, -1e4)
+        logits.scatter_(-1, nxt[ids][..., None], 0.0)
+        output.logits[:] = logits
         return output
 
     return model.register_forward_hook(hook, with_kwargs=True)

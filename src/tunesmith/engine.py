@@ -11,24 +11,35 @@ prefill: a long prompt does not stall them for its whole length), any amount whe
 (3) one decode step for every running row. A reply that ends (stop id, its token limit, a loop, a
 cancel) leaves the batch at the end of that step, and a waiting prompt takes its row at the next.
 
+A decode step feeds each greedy row its last token followed by a draft: the tokens that followed
+the last earlier occurrence of the row's last two tokens, in its prompt or its reply (prompt
+lookup, at most `draft_tokens`). One forward pass gives the logits after every fed token, so the
+step keeps the draft's tokens as long as each is the one greedy decoding picks, then adds greedy's
+own next pick: a reply that copies its prompt (a study header, a quoted highlight, a template) or
+repeats itself advances several tokens a step, and is the same reply token-by-token decoding
+gives. A row with no draft, and a sampling row, advance one token.
+
 The KV cache of the running rows is one buffer per layer, (rows, kv_heads, columns, head_dim), rows
-right-aligned: row r's tokens fill columns [end - len_r, end), columns to their left are padding
-that the attention mask hides. Every row writes its next token into column `end`, so a decode step
-is one forward pass of (rows, 1) tokens. A newcomer is prefilled alone in its own cache (exactly
-the computation transformers' `generate` does for that prompt), then copied into a free row; a
-finished row is replaced by the last row (one row's copy, not the whole cache's).
+left-aligned: row r's tokens fill columns [0, len_r), the rest is padding the attention mask hides.
+A step writes each row's fed tokens at columns len_r onwards and moves len_r past the ones it keeps;
+a dropped draft's columns are written over next time. A newcomer is prefilled alone in its own
+cache (exactly the computation transformers' `generate` does for that prompt), then copied into a
+free row; a finished row is replaced by the last row (one row's copy, not the whole cache's).
+Decode attention (`_decode_attention`) is torch's fused CPU kernel, called per range of rows of
+similar length so a short row is not read to the longest row's length.
 
 A prefix several prompts share (a system prompt, a style guide, the same few-shot block) is
 prefilled once: after a prompt's prefill, the longest prefix it shares with a prompt still to come
 (or a recent one) is kept, and a later prompt that starts with it copies its keys and values
 instead of recomputing them. A long shared prefix (`shared_attention` tokens or more) also stays
-out of the rows: decode attends over it once for every row that shares it (a small matmul over
-the prefix, merged with each row's own columns by softmax maximum and sum), where a copy per row
-would be read once per row at every step, and would pad every other row's window to its length.
+out of the rows: decode attends over it once for every row that shares it (one kernel call over
+the prefix, merged with each row's own columns by log-sum-exp), where a copy per row would be read
+once per row at every step.
 
 Exact: with greedy decoding every reply equals transformers' `generate` for that prompt alone,
-token for token (tests/test_engine.py, fp32), as far as fp32 rounding allows: the padded batch and the
-chunked prefill sum in another order, which can only flip a near-tie between two tokens.
+token for token (tests/test_engine.py, fp32), as far as fp32 rounding allows: the padded batch, the
+drafts and the chunked prefill sum in another order, which can only flip a near-tie between two
+tokens.
 
 Why not transformers' own continuous batching (`generate_batch`, paged attention, transformers
 5.24): it gives the same replies, but on a CPU it was 1.8× the batched `generate` it replaces on the
@@ -75,6 +86,7 @@ class Request:
     done: threading.Event = field(default_factory=threading.Event)
     _cancel: bool = False
     _prefix: tuple | None = None  # (per-layer (k, v), length, tokens): a shared prefix kept out of its row
+    _grams: dict | None = None  # draft lookup: pair of tokens -> where it last ended (see Engine._draft)
     _printed: int = 0  # characters of the reply already streamed
     _shown: int = 0  # tokens whose text is settled
 
@@ -90,11 +102,12 @@ class Engine:
     """Continuous batching on one model. Plain state, one lock; `step` is the whole algorithm."""
 
     def __init__(self, model, tok, max_rows: int = 8, prefill_tokens: int = 512, min_prefix: int = 64,
-                 prefix_bytes: int = 256 << 20, shared_attention: int = 256):
+                 prefix_bytes: int = 256 << 20, shared_attention: int = 256, draft_tokens: int = 4):
         from tunesmith.stopping import newline_ids, stop_ids
 
         self.model, self.tok, self.max_rows = model, tok, max(1, max_rows)
         self.prefill_tokens, self.min_prefix = max(1, prefill_tokens), min_prefix
+        self.draft_tokens = max(0, draft_tokens)  # prompt-lookup draft per greedy row and step (0: none)
         # a reused prefix this long stays out of the rows: decode reads it once for all the rows that
         # share it, not once per row (0: never)
         # decode runs the engine's own attention (one fused kernel call per layer on a CPU, shared
@@ -118,10 +131,9 @@ class Engine:
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
         self._generators: dict[int, torch.Generator] = {}
-        self._partition: tuple | None = None  # (the rows it is for, their row ranges): see _slices
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0,
-                      "decode_rows": 0, "shared_rows": 0}
+                      "decode_rows": 0, "shared_rows": 0, "decode_fed": 0, "drafted": 0, "accepted": 0}
 
     # ------------------------------------------------------------------------------ the outside
 
@@ -276,67 +288,94 @@ class Engine:
 
     def _decode(self) -> None:
         t0 = time.perf_counter()
-        kv = self.kv
-        kv.reserve_column()
-        ids = torch.tensor([[r.tokens[-1]] for r in self.rows], device=self.device)
-        pos = torch.tensor([[len(r.prompt) + len(r.tokens) - 1] for r in self.rows], device=self.device)
-        kv.mask[:kv.rows, kv.end] = True
-        visible = kv.mask[:kv.rows, kv.start:kv.end + 1]
-        # (rows, 1, 1, columns) additive: 0 where a row attends, the dtype's minimum on its padding
+        kv, rows = self.kv, self.rows
+        drafts = [self._draft(r) for r in rows]
+        width = 1 + max(map(len, drafts))  # tokens per row this step: the last one, then a draft
+        kv.reserve(width)
+        ids = torch.tensor([[r.tokens[-1]] + d + [r.tokens[-1]] * (width - 1 - len(d)) for r, d in zip(rows, drafts)],
+                           device=self.device)
+        steps = torch.arange(width, device=self.device)
+        pos = torch.tensor([len(r.prompt) + len(r.tokens) - 1 for r in rows], device=self.device)[:, None] + steps
+        lens = torch.tensor(kv.lens, device=self.device)
+        # (rows, width, columns): a row's token j sees the row's own columns and this step's first j + 1
+        visible = torch.arange(kv.width, device=self.device) <= (lens[:, None] + steps)[:, :, None]
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, torch.finfo(self.dtype).min)
-        groups: dict[tuple, list] = {}  # rows that share a prefix kept out of the batch
-        for i, r in enumerate(self.rows):
-            if r._prefix is not None:
-                groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])[1].append(i)
         extra = {}
         config = self.model.config
         saved = config._attn_implementation_internal
         if self.own_attention:
+            groups: dict[tuple, list] = {}  # rows that share a prefix kept out of the batch
+            for i, r in enumerate(rows):
+                if r._prefix is not None:
+                    groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])[1].append(i)
             extra["tunesmith_prefixes"] = [(layers, n, torch.tensor(idx, device=self.device))
                                            for (layers, n, _), idx in groups.values()]
-            extra["tunesmith_slices"] = self._slices(visible.shape[1])
+            extra["tunesmith_slices"] = self._slices(width)
             config._attn_implementation_internal = _ATTENTION
         try:
-            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask[:, None, None, :], use_cache=True,
+            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask[:, None], use_cache=True,
                              **{self._cache_kw: kv.cache}, **extra)
         finally:
             config._attn_implementation_internal = saved
-        kv.end += 1
-        tokens = self._pick(out.logits[:, -1].float(), self.rows)
+        logits = out.logits.float()
+        best = logits.argmax(-1).tolist()  # (rows, width): greedy's pick after each of the row's tokens
+        if any(r.temperature and r.temperature > 0 for r in rows):
+            sampled = self._pick(logits[:, 0], rows)
+            best = [b if not (r.temperature and r.temperature > 0) else [t] for b, r, t in zip(best, rows, sampled)]
         self.stats["decode_steps"] += 1
-        self.stats["decode_rows"] += len(self.rows)
-        for i in reversed(range(len(self.rows))):
-            if self._advance(self.rows[i], tokens[i]):
+        self.stats["decode_rows"] += len(rows)
+        self.stats["decode_fed"] += len(rows) * width
+        for i in reversed(range(len(rows))):
+            draft, picks = drafts[i], best[i]
+            kept = 0  # draft tokens greedy would have picked itself, one after another
+            while kept < len(draft) and draft[kept] == picks[kept]:
+                kept += 1
+            self.stats["drafted"] += len(draft)
+            self.stats["accepted"] += kept
+            kv.lens[i] += 1 + kept  # the last token's and the kept draft's keys and values stay
+            if any(self._advance(rows[i], t) for t in draft[:kept] + [picks[kept]]):
                 self._evict(i)
         self.stats["decode_s"] += time.perf_counter() - t0
 
-    def _slices(self, columns: int) -> list[tuple[int, int, int]]:
-        """Row ranges [a, b) that decode attends in one kernel call each, and the first column of
-        the window each reads: a row's padding is read only up to the longest row of its range.
+    def _draft(self, req: Request) -> list[int]:
+        """Prompt lookup: the tokens that followed the last earlier occurrence of the reply's last
+        two tokens (in the prompt or the reply so far), at most `draft_tokens`. Greedy rows only:
+        decode verifies the draft in the same forward pass and keeps the part greedy would have
+        picked, so a reply that copies from its prompt or repeats itself takes several tokens a
+        step, and every reply is the one token-by-token decoding gives."""
+        room = min(self.draft_tokens, req.max_new_tokens - len(req.tokens) - 1)
+        if room <= 0 or (req.temperature and req.temperature > 0):
+            return []
+        n = len(req.prompt) + len(req.tokens)
+        if req._grams is None:  # where each pair of tokens last ended, the final pair left out
+            seq = req.prompt + req.tokens
+            req._grams = {(seq[end - 1], seq[end]): end for end in range(1, n - 1)}
+        end = req._grams.get((_at(req, n - 2), _at(req, n - 1)))
+        if end is None:
+            return []
+        return [_at(req, i) for i in range(end + 1, min(end + 1 + room, n))]
 
-        Rows are right-aligned, so a range reads (b - a) × its longest row's columns. The ranges are
-        the partition of the rows (in their order in the batch) that minimises the columns read
-        plus a fixed cost per call (`_CALL_COLUMNS`), by dynamic programming. Every row grows by
-        one column per step, which adds the same to every partition's cost: the best partition
-        changes only when rows come or go, so it is kept until then."""
-        lens = [len(r.prompt) - (r._prefix[1] if r._prefix else 0) + len(r.tokens) for r in self.rows]
-        key = tuple(id(r) for r in self.rows)
-        if self._partition is None or self._partition[0] != key:
-            n = len(lens)
-            best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
-            for b in range(1, n + 1):
-                longest = 0
-                for a in range(b - 1, -1, -1):
-                    longest = max(longest, lens[a])
-                    cost = best[a] + (b - a) * longest + _CALL_COLUMNS
-                    if cost < best[b]:
-                        best[b], cut[b] = cost, a
-            ranges, b = [], n
-            while b > 0:
-                ranges.append((cut[b], b))
-                b = cut[b]
-            self._partition = (key, ranges[::-1])
-        return [(a, b, columns - max(lens[a:b])) for a, b in self._partition[1]]
+    def _slices(self, width: int) -> list[tuple[int, int, int]]:
+        """Row ranges [a, b) that decode attends in one kernel call each, and the columns each
+        reads: rows are left-aligned, so a range reads (b - a) × its longest row's columns, and a
+        short row is not read up to the longest row's length. The ranges are the partition of the
+        rows (in their order in the batch) that minimises the columns read plus a fixed cost per
+        call (`_CALL_COLUMNS`), by dynamic programming over the rows."""
+        lens = [n + width for n in self.kv.lens]
+        n = len(lens)
+        best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+        for b in range(1, n + 1):
+            longest = 0
+            for a in range(b - 1, -1, -1):
+                longest = max(longest, lens[a])
+                cost = best[a] + (b - a) * longest + _CALL_COLUMNS
+                if cost < best[b]:
+                    best[b], cut[b] = cost, a
+        ranges, b = [], n
+        while b > 0:
+            ranges.append((cut[b], b, max(lens[cut[b]:b])))
+            b = cut[b]
+        return ranges[::-1]
 
     def _evict(self, i: int) -> None:
         self.kv.evict(i)
@@ -368,6 +407,9 @@ class Engine:
     def _advance(self, req: Request, token: int) -> bool:
         """Add one generated token to the reply; True when the reply is finished."""
         req.tokens.append(token)
+        n = len(req.prompt) + len(req.tokens)
+        if req._grams is not None and n >= 3:  # the pair that was last is now an earlier one: it ends at n - 2
+            req._grams[_at(req, n - 3), _at(req, n - 2)] = n - 2
         if token in self.stop:
             req.kept = req.spent = len(req.tokens) - 1
             self._finish(req, "stop")
@@ -446,6 +488,11 @@ class Engine:
         return int(config.num_hidden_layers)
 
 
+def _at(req: Request, i: int) -> int:
+    """Token i of the prompt followed by the reply so far."""
+    return req.prompt[i] if i < len(req.prompt) else req.tokens[i - len(req.prompt)]
+
+
 @dataclass
 class _Prefill:
     req: Request
@@ -478,42 +525,46 @@ def _plain_attention(model) -> bool:
 
 def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                       tunesmith_prefixes=(), tunesmith_slices=None, **kwargs):
-    """A decode step's attention: each row attends over its own columns (key, value: (rows,
-    kv_heads, columns, head_dim), padding masked) and, for rows that share a prefix kept out of the
-    batch, over that prefix, read once for the whole group; the two parts are merged by their
-    log-sum-exps (the same softmax, summed in another order). Rows are attended in the ranges of
-    `tunesmith_slices` ((a, b, first column) each, see Engine._slices), so a short row is not read
-    up to the longest row's length. Grouped-query heads are never repeated: the `rep` query heads
-    of one key head are that head's queries. Returns (rows, 1, heads, head_dim) as transformers
-    expects."""
-    rows, heads, _, dim = query.shape
+    """A decode step's attention: each row's tokens (its last one, then a draft) attend over the
+    row's own columns (key, value: (rows, kv_heads, columns, head_dim), the mask hides padding and
+    the step's later tokens) and, for rows that share a prefix kept out of the batch, over that
+    prefix, read once for the whole group; the two parts are merged by their log-sum-exps (the
+    same softmax, summed in another order). Rows are attended in the ranges of `tunesmith_slices`
+    ((a, b, columns) each, see Engine._slices), so a short row is not read up to the longest row's
+    length. Grouped-query heads are never repeated: the `rep` query heads of one key head, times
+    the step's tokens, are that head's queries. Returns (rows, tokens, heads, head_dim) as
+    transformers expects."""
+    rows, heads, width, dim = query.shape
     kv_heads = key.shape[1]
     rep = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
-    q = query.reshape(rows, kv_heads, rep, dim)  # a decode step: one query per row
-    slices = tunesmith_slices or [(0, rows, 0)]
+    q = query.reshape(rows, kv_heads, rep * width, dim)
+    mask = attention_mask
+    if width > 1:  # (rows, 1, width, columns) -> one row per query: (rows, 1, rep * width, columns)
+        mask = mask[:, :, None].expand(rows, 1, rep, width, mask.shape[-1]).reshape(rows, 1, rep * width, -1)
+    slices = tunesmith_slices or [(0, rows, key.shape[2])]
     if len(slices) == 1:
-        out, lse = _attend(q, key[:, :, slices[0][2]:], value[:, :, slices[0][2]:],
-                           attention_mask[..., slices[0][2]:], scale)
+        n = slices[0][2]
+        out, lse = _attend(q, key[:, :, :n], value[:, :, :n], mask[..., :n], scale)
     else:
-        out, lse = q.new_empty(rows, kv_heads, rep, dim), q.new_empty(rows, kv_heads, rep)
-        for a, b, first in slices:
-            out[a:b], lse[a:b] = _attend(q[a:b], key[a:b, :, first:], value[a:b, :, first:],
-                                         attention_mask[a:b, ..., first:], scale)
+        out, lse = q.new_empty(rows, kv_heads, rep * width, dim), q.new_empty(rows, kv_heads, rep * width)
+        for a, b, n in slices:
+            out[a:b], lse[a:b] = _attend(q[a:b], key[a:b, :, :n], value[a:b, :, :n], mask[a:b, ..., :n], scale)
     if tunesmith_prefixes:
         # every group's prefix part, laid out by row (rows in no group: weight 0), then one merge
         part, part_lse = torch.zeros_like(out), torch.full_like(lse, float("-inf"))
         for layers, n, idx in tunesmith_prefixes:
             pk, pv = layers[module.layer_idx]
             g = len(idx)
-            qg = q[idx].transpose(0, 1).reshape(1, kv_heads, g * rep, dim)
+            qg = q[idx].transpose(0, 1).reshape(1, kv_heads, g * rep * width, dim)
             po, plse = _attend(qg, pk[:, :, :n], pv[:, :, :n], None, scale)
-            part[idx] = po.reshape(kv_heads, g, rep, dim).transpose(0, 1)
-            part_lse[idx] = plse.reshape(kv_heads, g, rep).transpose(0, 1)
+            part[idx] = po.reshape(kv_heads, g, rep * width, dim).transpose(0, 1)
+            part_lse[idx] = plse.reshape(kv_heads, g, rep * width).transpose(0, 1)
         top = torch.maximum(lse, part_lse)
         a, b = torch.exp(lse - top)[..., None], torch.exp(part_lse - top)[..., None]
         out = (out * a + part * b) / (a + b)
-    return out.reshape(rows, 1, heads, dim), None
+    out = out.reshape(rows, kv_heads, rep, width, dim).permute(0, 3, 1, 2, 4)
+    return out.reshape(rows, width, heads, dim), None
 
 
 _CALL_COLUMNS = 256  # one more attention call per layer costs about as much as reading 256 more row-columns
@@ -543,20 +594,22 @@ def _attend(q, k, v, mask, scale):
 class _BatchKV:
     """The running rows' keys and values: per layer (row capacity, kv_heads, column capacity, head_dim).
 
-    Rows 0..rows-1 are live and right-aligned at column `end`; [start, end) is the window every
-    row's tokens lie in. `mask[r, c]` says whether row r has a token in column c. The window moves
-    right one column per step; when it reaches the buffer's end it is copied back to the left.
+    Rows 0..rows-1 are live and left-aligned: row r's tokens fill columns [0, lens[r]). A decode
+    step of `width` tokens per row writes them into columns lens[r] .. lens[r] + width - 1 of each
+    row (`reserve` sets where); the engine then moves lens[r] past the tokens it keeps, and a
+    rejected draft's columns are simply written over at the next step.
     """
 
     def __init__(self, n_layers: int, max_rows: int, room: int = 128):
         from transformers.cache_utils import Cache
 
-        # room: columns kept free to the right of the window, so it is copied back once per `room` steps
+        # room: columns allocated beyond the longest row, so the buffer grows once per `room` steps
         self.n_layers, self.max_rows, self.room = n_layers, max_rows, room
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-        self.mask = torch.zeros(0, 0, dtype=torch.bool)
-        self.rows = self.start = self.end = 0
+        self.lens: list[int] = []
+        self.rows = self.width = 0  # width: the columns this step's attention spans
+        self.at: tuple | None = None  # (row index, column index) of this step's new tokens
         self.cache = Cache(layers=[_Layer(self, i) for i in range(n_layers)])
 
     def admit(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
@@ -564,64 +617,53 @@ class _BatchKV:
         if not self.k:
             k0 = layers[0][0]
             self._alloc(self.max_rows, length + self.room, k0.shape[1], k0.shape[3], k0.dtype, k0.device)
-            self.start = self.end = length
         if self.rows == self.k[0].shape[0]:
             self._regrow(rows=self.rows + self.max_rows)
-        if length > self.end - self.start:  # the window widens to the left
-            if length > self.end:
-                self._regrow(cols=max(length + self.room, self.k[0].shape[2]), left=length)
-            new_start = self.end - length
-            self.mask[:self.rows, new_start:self.start] = False
-            self.start = new_start
+        if length > self.k[0].shape[2]:
+            self._regrow(cols=length + self.room)
         r = self.rows
         for i, (k, v) in enumerate(layers):
-            self.k[i][r, :, self.end - length:self.end] = k[0]
-            self.v[i][r, :, self.end - length:self.end] = v[0]
-        self.mask[r, self.start:self.end] = False
-        self.mask[r, self.end - length:self.end] = True
+            self.k[i][r, :, :length] = k[0]
+            self.v[i][r, :, :length] = v[0]
+        self.lens.append(length)
         self.rows += 1
 
     def evict(self, r: int) -> None:
         """Free row r: the last row moves into it."""
         last = self.rows - 1
         if r != last:
+            n = self.lens[last]
             for t in self.k + self.v:
-                t[r, :, self.start:self.end] = t[last, :, self.start:self.end]
-            self.mask[r, self.start:self.end] = self.mask[last, self.start:self.end]
+                t[r, :, :n] = t[last, :, :n]
+            self.lens[r] = n
+        self.lens.pop()
         self.rows -= 1
-        if self.rows == 0:
-            self.start = self.end
-        else:  # columns no live row uses any more drop out of the window
-            used = self.mask[:self.rows, self.start:self.end].any(0).nonzero()
-            self.start += int(used[0]) if len(used) else self.end - self.start
 
-    def reserve_column(self) -> None:
-        """Make sure column `end` exists for the next token."""
-        if self.end == self.k[0].shape[2]:
-            self._regrow(cols=self.end - self.start + self.room, left=self.end - self.start)
+    def reserve(self, width: int) -> None:
+        """Room for `width` more tokens in every row, and where this step writes them."""
+        self.width = max(self.lens) + width
+        if self.width > self.k[0].shape[2]:
+            self._regrow(cols=self.width + self.room)
+        device = self.k[0].device
+        self.at = (torch.arange(self.rows, device=device)[:, None],
+                   torch.tensor(self.lens, device=device)[:, None] + torch.arange(width, device=device))
 
     def _alloc(self, rows, cols, heads, dim, dtype, device) -> None:
         self.k = [torch.zeros(rows, heads, cols, dim, dtype=dtype, device=device) for _ in range(self.n_layers)]
         self.v = [torch.zeros(rows, heads, cols, dim, dtype=dtype, device=device) for _ in range(self.n_layers)]
-        self.mask = torch.zeros(rows, cols, dtype=torch.bool, device=device)
 
-    def _regrow(self, rows: int | None = None, cols: int | None = None, left: int | None = None) -> None:
-        """New buffers (more rows, or more columns), the window copied with `left` columns before `end`.
-        Columns grow by a quarter at least, so prompts that come longest last do not copy every time."""
+    def _regrow(self, rows: int | None = None, cols: int | None = None) -> None:
+        """New buffers with more rows or more columns, the live rows copied. Columns grow by a
+        quarter at least, so prompts that come longest last do not copy every time."""
         old_rows, old_cols = self.k[0].shape[0], self.k[0].shape[2]
         n_rows = rows or old_rows
-        n_cols = max(cols, old_cols + old_cols // 4) if cols and cols > old_cols else (cols or old_cols)
-        width = self.end - self.start
-        left = self.end if left is None else max(left, width)
-        new_start = left - width
+        n_cols = max(cols, old_cols + old_cols // 4) if cols and cols > old_cols else old_cols
+        used = max(self.lens, default=0)
         for buffers in (self.k, self.v):
             for i, old in enumerate(buffers):  # one layer at a time: the copy never holds two whole caches
                 new = old.new_zeros(n_rows, old.shape[1], n_cols, old.shape[3])
-                new[:self.rows, :, new_start:left] = old[:self.rows, :, self.start:self.end]
+                new[:self.rows, :, :used] = old[:self.rows, :, :used]
                 buffers[i] = new
-        mask = self.mask.new_zeros(n_rows, n_cols)
-        mask[:self.rows, new_start:left] = self.mask[:self.rows, self.start:self.end]
-        self.mask, self.start, self.end = mask, new_start, left
 
 
 def _layer_base():
@@ -632,8 +674,8 @@ def _layer_base():
 
 class _Layer(_layer_base()):
     """One layer's view of the batch buffer, in the shape transformers' attention expects: a decode
-    step writes its (rows, kv_heads, 1, head_dim) keys and values into column `end` and attends over
-    [start, end]."""
+    step writes its (rows, kv_heads, width, head_dim) keys and values where `_BatchKV.reserve`
+    said and attends over the first `_BatchKV.width` columns."""
 
     def __init__(self, kv: _BatchKV, index: int):
         super().__init__()
@@ -641,13 +683,13 @@ class _Layer(_layer_base()):
 
     def update(self, key_states, value_states, *args, **kwargs):
         kv, i = self.kv, self.index
-        n = key_states.shape[2]
-        kv.k[i][:kv.rows, :, kv.end:kv.end + n] = key_states
-        kv.v[i][:kv.rows, :, kv.end:kv.end + n] = value_states
-        return kv.k[i][:kv.rows, :, kv.start:kv.end + n], kv.v[i][:kv.rows, :, kv.start:kv.end + n]
+        rows, cols = kv.at
+        kv.k[i][rows, :, cols] = key_states.transpose(1, 2)
+        kv.v[i][rows, :, cols] = value_states.transpose(1, 2)
+        return kv.k[i][:kv.rows, :, :kv.width], kv.v[i][:kv.rows, :, :kv.width]
 
     def get_seq_length(self) -> int:
-        return self.kv.end - self.kv.start
+        return max(self.kv.lens, default=0)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
