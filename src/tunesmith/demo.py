@@ -29,7 +29,7 @@ PROFILES = {
     "full": [
         "data.max_len=768", "train.max_steps=28", "train.batch_size=4", "train.lr=1e-3", "train.warmup_steps=3",
         "train.schedule=cosine", "train.eval_every=0", "train.save_every=0", "train.log_every=1",
-        f"compare.tasks={DEMO_TASKS}", "compare.max_examples=24", "compare.max_prompt_tokens=768",
+        f"compare.tasks={DEMO_TASKS}", "compare.max_examples=32", "compare.max_prompt_tokens=768",
         "generate.max_new_tokens=128", "generate.batch_size=24",
     ],
     "quick": [
