@@ -170,3 +170,49 @@ def test_sign_in_and_a_refused_upload_in_a_browser(tmp_path):
         assert not any((tmp_path / "projects" / "projects").iterdir())
         assert not (tmp_path / "evil.txt").exists()
         browser.close()
+
+
+def test_the_workbench_under_serve_in_a_browser(tmp_path, tiny_model_dir):
+    """`tunesmith serve --workbench DIR`: the same workbench at /workbench/, behind the server's key;
+    its links, forms, redirects, uploads and job queue work under the prefix, and the API still answers."""
+    import httpx
+
+    from test_train import make_chats
+    from tunesmith.serve import create_app
+    from tunesmith.workbench.app import create_app as create_workbench
+
+    data = make_chats(tmp_path / "chats.jsonl", n=12)
+    bench = create_workbench(tmp_path / "projects", api_key="let-me-in", model=str(tiny_model_dir),
+                             job_env={**os.environ, "OMP_NUM_THREADS": "1"})
+    app = create_app(str(tiny_model_dir), api_key="let-me-in", workbench=bench)
+    with LiveServer(app) as server, sync_playwright() as p:
+        key = {"Authorization": "Bearer let-me-in"}
+        assert httpx.get(f"{server.url}/v1/models", headers=key).json()["data"][0]["id"]
+        assert httpx.get(f"{server.url}/v1/models").status_code == 401
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        expect.set_options(timeout=90_000)
+        assert page.goto(server.url + "/workbench/").status == 401
+        page.click("text=Sign in")
+        assert page.url == server.url + "/workbench/login"
+        page.fill("#key", "let-me-in")
+        page.click("button")
+        expect(page.locator("h1")).to_have_text("Projects")
+        assert page.url == server.url + "/workbench/"
+        assert page.evaluate("document.styleSheets[0].cssRules.length") > 10  # its stylesheet, under the prefix
+
+        page.fill("#np-name", "Chats")
+        page.set_input_files("#np-file", str(data))
+        page.click("#np-create")
+        page.wait_for_url("**/workbench/p/chats-*")
+        expect(page.locator("#check-result")).to_contain_text("errors")  # the check job ran: the queue is up
+        targets = page.eval_on_selector_all("a[href^='/'], form[action^='/'], link[href^='/'], script[src^='/']",
+                                            "els => els.map(e => e.getAttribute('href') || e.getAttribute('action') "
+                                            "|| e.getAttribute('src'))")
+        assert len(targets) > 5 and all(t.startswith("/workbench/") for t in targets), targets
+        project = page.url
+        page.click("text=Check again")  # a form whose answer is a redirect
+        page.wait_for_url(project)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "10-under-serve.png"), full_page=True)
+        browser.close()

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     v["serve"].add_argument("model", nargs="?", default=None, help="run directory or model spec (default: the config's model.name, else embedded)")
     v["serve"].add_argument("--config", default=None, help="YAML config: its serve: section sets the defaults of the flags below")
     for key, kind in (("host", str), ("port", int), ("api_key", str), ("max_concurrency", int), ("max_queue", int),
-                      ("max_body_bytes", int), ("default_max_tokens", int)):
+                      ("max_body_bytes", int), ("default_max_tokens", int), ("workbench", str)):
         extra = " (or env TUNESMITH_API_KEY)" if key == "api_key" else ""
         v["serve"].add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                                 help=f"{serve_docs[key]}{extra} (default: serve.{key}, {serve_defaults[key]!r})")

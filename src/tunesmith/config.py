@@ -158,6 +158,7 @@ class ServeConfig:
     max_concurrency: int = opt(32, "requests generated at once, in one batch")
     max_queue: int = opt(32, "requests waiting for a place in the batch; more are answered 429")
     default_max_tokens: int = opt(512, "reply length when a request sets no max_tokens (capped by the context length)")
+    workbench: str = opt("", "a projects directory: the workbench (`tunesmith ui`) served under /workbench/ too")
 
 
 @dataclass

@@ -31,9 +31,6 @@ from pathlib import Path
 from tunesmith import UserError
 from tunesmith.config import ServeConfig
 
-# OpenAI's roles; "developer" is the newer name for "system".
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
 # Parameters a client may send that this server cannot honour: refused (400), never silently ignored,
 # unless they carry the value that means "off".
 _UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (None, "none"),
@@ -81,10 +78,14 @@ class ChatRequest:
 def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_key: str | None = None,
                max_concurrency: int = _CFG.max_concurrency, max_queue: int = _CFG.max_queue,
                max_body_bytes: int = _CFG.max_body_bytes, default_max_tokens: int = _CFG.default_max_tokens,
-               engine: str = "tunesmith", system: str = "", body_timeout_s: float = BODY_TIMEOUT_S):
+               engine: str = "tunesmith", system: str = "", body_timeout_s: float = BODY_TIMEOUT_S,
+               workbench: str | Path | None = None):
     """A FastAPI app serving one model: a spec (run dir, model dir, embedded name) or a (model, tok) pair.
     engine: tunesmith | vllm | auto (generate.engine). system: a system prompt put in front of every
-    conversation that brings none."""
+    conversation that brings none. workbench: a projects directory whose workbench (`tunesmith ui`)
+    is served under /workbench/ as well, behind the same API key (or a workbench app)."""
+    import contextlib
+
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import HTMLResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -118,8 +119,26 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
             raise ApiError(401, "Incorrect or missing API key. Send `Authorization: Bearer KEY`.",
                            code="invalid_api_key", headers=headers)
 
+    bench = None
+    if isinstance(workbench, (str, Path)) and str(workbench):
+        from tunesmith.workbench.app import create_app as create_workbench
+
+        bench = create_workbench(workbench, api_key=api_key)
+    elif workbench is not None:  # a workbench app already made (tests give it their model and job settings)
+        bench = workbench
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):  # a mounted app's own lifespan never runs: its job queue starts here
+        if bench is not None:
+            bench.state.runner.start()
+        yield
+        if bench is not None:
+            bench.state.runner.close()
+
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(authorize)])
+                  dependencies=[Depends(authorize)], lifespan=lifespan)
+    if bench is not None:
+        app.mount("/workbench", bench)
     app.state.slots, app.state.backend = slots, backend
 
     @app.exception_handler(ApiError)
@@ -272,29 +291,12 @@ def _number(body: dict, key: str, default, kind, lo=None, hi=None, lo_open=False
 
 
 def _messages(messages) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "`messages` must be a non-empty list of {role, content} objects.", param="messages")
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise ApiError(400, f"{where} must be an object with role and content.", param=where)
-        role = m.get("role")
-        if role not in ROLES:
-            raise ApiError(400, f"{where}.role {role!r} is not supported; use one of {', '.join(ROLES)}.",
-                           param=f"{where}.role")
-        content = m.get("content")
-        if content is None and role == "assistant":
-            content = ""
-        if isinstance(content, list):  # content parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-                raise ApiError(400, f"{where}.content: only text parts ({{\"type\": \"text\", \"text\": ...}}) are supported.",
-                               param=f"{where}.content")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ApiError(400, f"{where}.content must be a string.", param=f"{where}.content")
-        out.append({"role": ROLES[role], "content": content})
-    return out
+    from tunesmith.messages import BadMessages, check_messages
+
+    try:
+        return check_messages(messages)
+    except BadMessages as exc:
+        raise ApiError(400, exc.message, param=exc.param) from None
 
 
 def _encode_prompt(tok, messages: list[dict]) -> list[int]:
@@ -601,7 +603,8 @@ def cli_serve(args) -> int:
 
     cfg = load_config(args.config) if args.config else load_config(None)
     s = cfg.serve  # the config's serve: section, then the flags given on the command line
-    for key in ("host", "port", "api_key", "max_concurrency", "max_queue", "max_body_bytes", "default_max_tokens"):
+    for key in ("host", "port", "api_key", "max_concurrency", "max_queue", "max_body_bytes", "default_max_tokens",
+                "workbench"):
         if getattr(args, key, None) is not None:
             setattr(s, key, getattr(args, key))
     engine = args.engine or cfg.generate.engine
@@ -617,12 +620,14 @@ def cli_serve(args) -> int:
     model = args.model or (cfg.model.name if args.config else None)
     app = create_app(model, api_key=api_key, max_concurrency=s.max_concurrency, max_queue=s.max_queue,
                      max_body_bytes=s.max_body_bytes, default_max_tokens=s.default_max_tokens, engine=engine,
-                     system=args.system)
+                     system=args.system, workbench=s.workbench or None)
     name = _served_name(model)
     host = f"[{s.host}]" if ":" in s.host else s.host
+    bench = (f"  workbench http://{host}:{s.port}/workbench/  (projects in {Path(s.workbench).resolve()})\n"
+             if s.workbench else "")
     print(f"tunesmith serve: {name} loaded in {time.perf_counter() - t0:.1f} s\n"
           f"  API     http://{host}:{s.port}/v1  (model id \"{name}\"{', API key required' if api_key else ''})\n"
-          f"  web UI  http://{host}:{s.port}/\n"
+          f"  web UI  http://{host}:{s.port}/\n{bench}"
           f"  limits  {s.max_concurrency} requests in the batch, {s.max_queue} waiting, {s.max_body_bytes} byte bodies", flush=True)
     try:
         uvicorn.Server(server_config(app, s.host, s.port, log_level="info", timeout_graceful_shutdown=5)).run()

@@ -29,8 +29,8 @@ from pathlib import Path
 from tunesmith import UserError
 from tunesmith.workbench import db, jobs, review
 from tunesmith.workbench.projects import DATASET_SUFFIXES, config_path, create_project, project_dir
-from tunesmith.workbench.security import (CSRF_COOKIE, SESSION_COOKIE, SESSION_HOURS, Auth, Refused, new_session,
-                                          read_form, secret_key)
+from tunesmith.workbench.security import (CSRF_COOKIE, SESSION_COOKIE, SESSION_HOURS, Auth, MountedAt, Refused,
+                                          new_session, read_form, secret_key)
 from tunesmith.workbench.views import (Chat, as_form, config_values, glossary_marker, markdown, num, pct, progress,
                                        verified_line)
 
@@ -100,7 +100,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         if not request.cookies.get(CSRF_COOKIE) and "new_csrf" not in state:
             state["new_csrf"] = secrets.token_urlsafe(32)
         html = env.get_template(name).render(csrf=csrf_token(request), signed_in=bool(api_key), request=request,
-                                             **ctx)
+                                             base=request.scope.get("root_path", ""), **ctx)
         resp = HTMLResponse(html, status_code=status)
         if "new_csrf" in state:
             resp.set_cookie(CSRF_COOKIE, state["new_csrf"], httponly=True, samesite="strict", path="/")
@@ -119,6 +119,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
 
     app.router.dependencies.append(Depends(guard))
     app.add_middleware(Auth, api_key=api_key, secret=secret)
+    app.add_middleware(MountedAt)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.exception_handler(Refused)
@@ -216,7 +217,7 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         con().execute("INSERT INTO projects (id, name, kind, source, model, created, summary) VALUES "
                       "(:id, :name, :kind, :source, :model, :created, :summary)", row)
         submit_check(row["id"])
-        return {"id": row["id"], "url": f"/p/{row['id']}"}
+        return {"id": row["id"], "url": f"{request.scope.get('root_path', '')}/p/{row['id']}"}
 
     def submit_check(pid: str) -> int:
         folder = project_dir(root, pid)
@@ -489,16 +490,16 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
 
     @app.post("/api/p/{pid}/chat/{jid}")
     async def chat_reply(request: Request, pid: str, jid: int):
-        from tunesmith.serve import ApiError, _messages  # serve's checks of an OpenAI-style message list
+        from tunesmith.messages import BadMessages, check_messages
 
         j = run_of(pid, jid)
         if j["status"] != "done":
             raise UserError(f"run {jid} is {j['status']}; chat needs a finished run.")
         try:
             body = await request.json()
-            tuned = _messages(body.get("messages"))
-            base = _messages(body.get("base_messages") or body.get("messages"))
-        except ApiError as exc:
+            tuned = check_messages(body.get("messages"))
+            base = check_messages(body.get("base_messages") or body.get("messages"))
+        except BadMessages as exc:
             raise UserError(exc.message) from None
         except ValueError:
             raise UserError("the request body is not JSON.") from None

@@ -44,14 +44,44 @@ class Auth:
             state["auth"] = "bearer"
         elif session_ok(self.secret, self.api_key, request.cookies.get(SESSION_COOKIE, "")):
             state["auth"] = "session"
-        elif scope["path"] not in PUBLIC:
+        elif route_path(scope) not in PUBLIC:
             if "text/html" in request.headers.get("accept", ""):
-                resp = HTMLResponse('<!doctype html><meta charset=utf-8><title>Sign in</title>'
-                                    '<p>This workbench needs its key. <a href="/login">Sign in</a>.</p>', status_code=401)
+                resp = HTMLResponse('<!doctype html><meta charset=utf-8><title>Sign in</title><p>This workbench needs '
+                                    f'its key. <a href="{scope.get("root_path", "")}/login">Sign in</a>.</p>',
+                                    status_code=401)
             else:
                 resp = JSONResponse({"error": "Sign in at /login, or send `Authorization: Bearer KEY`."}, status_code=401)
             return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+class MountedAt:
+    """ASGI middleware for a workbench mounted under a prefix (`tunesmith serve --workbench` puts it
+    at /workbench): the pages' links carry the prefix (`base` in the templates), and so must the
+    redirects the routes answer with, which name paths from the workbench's own root."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        prefix = scope.get("root_path", "")
+        if scope["type"] != "http" or not prefix:
+            return await self.app(scope, receive, send)
+
+        async def prefixed(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [(k, prefix.encode() + v if k.lower() == b"location" and v.startswith(b"/")
+                                       and not v.startswith(prefix.encode() + b"/") else v)
+                                      for k, v in message.get("headers", [])]
+            await send(message)
+
+        return await self.app(scope, receive, prefixed)
+
+
+def route_path(scope) -> str:
+    """The request's path below the prefix the workbench is mounted at."""
+    path, prefix = scope["path"], scope.get("root_path", "")
+    return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
 
 
 def secret_key(root: Path) -> bytes:

@@ -14,7 +14,7 @@ if (newProject) newProject.addEventListener("submit", async (ev) => {
   $("#np-create").disabled = true;
   status.className = "hint"; status.textContent = "Uploading and importing…";
   try {
-    const r = await fetch("/api/projects?" + q, {method: "POST", body: file,
+    const r = await fetch(newProject.dataset.upload + "?" + q, {method: "POST", body: file,
       headers: {"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"}});
     const j = await r.json();
     if (!r.ok) throw new Error(j.error || r.statusText);
