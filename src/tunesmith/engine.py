@@ -288,18 +288,28 @@ class Engine:
 
     def _decode(self) -> None:
         t0 = time.perf_counter()
-        kv, rows = self.kv, self.rows
+        kv, rows, dev = self.kv, self.rows, self.device
         drafts = [self._draft(r) for r in rows]
-        width = 1 + max(map(len, drafts))  # tokens per row this step: the last one, then a draft
-        kv.reserve(width)
-        ids = torch.tensor([[r.tokens[-1]] + d + [r.tokens[-1]] * (width - 1 - len(d)) for r, d in zip(rows, drafts)],
-                           device=self.device)
-        steps = torch.arange(width, device=self.device)
-        pos = torch.tensor([len(r.prompt) + len(r.tokens) - 1 for r in rows], device=self.device)[:, None] + steps
-        lens = torch.tensor(kv.lens, device=self.device)
+        counts = [1 + len(d) for d in drafts]  # tokens each row feeds: its last one, then its draft
+        width = max(counts)
+        # With the engine's own attention the model runs on one sequence of just those tokens, laid
+        # out in rows again only inside attention, so a row without a draft costs one token, not
+        # `width`; a model that keeps its own attention gets them as (rows, width), padded.
+        flat = self.own_attention and width > 1
+        kv.reserve(counts if flat else [width] * len(rows))
+        steps = torch.arange(width, device=dev)
+        lens = torch.tensor(kv.lens, device=dev)
         # (rows, width, columns): a row's token j sees the row's own columns and this step's first j + 1
-        visible = torch.arange(kv.width, device=self.device) <= (lens[:, None] + steps)[:, :, None]
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, torch.finfo(self.dtype).min)
+        visible = torch.arange(kv.width, device=dev) <= (lens[:, None] + steps)[:, :, None]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=dev).masked_fill_(~visible, torch.finfo(self.dtype).min)
+        first = [len(r.prompt) + len(r.tokens) - 1 for r in rows]  # the position of each row's last token
+        if flat:
+            ids = torch.tensor([[t for r, d in zip(rows, drafts) for t in [r.tokens[-1]] + d]], device=dev)
+            pos = torch.tensor([[p + j for p, c in zip(first, counts) for j in range(c)]], device=dev)
+        else:
+            ids = torch.tensor([[r.tokens[-1]] + d + [r.tokens[-1]] * (width - 1 - len(d)) for r, d in zip(rows, drafts)],
+                               device=dev)
+            pos = torch.tensor(first, device=dev)[:, None] + steps
         extra = {}
         config = self.model.config
         saved = config._attn_implementation_internal
@@ -308,9 +318,11 @@ class Engine:
             for i, r in enumerate(rows):
                 if r._prefix is not None:
                     groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])[1].append(i)
-            extra["tunesmith_prefixes"] = [(layers, n, torch.tensor(idx, device=self.device))
+            extra["tunesmith_prefixes"] = [(layers, n, torch.tensor(idx, device=dev))
                                            for (layers, n, _), idx in groups.values()]
             extra["tunesmith_slices"] = self._slices(width)
+            if flat:
+                extra["tunesmith_flat"] = (*kv.at_rows_steps, len(rows), width)
             config._attn_implementation_internal = _ATTENTION
         try:
             out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask[:, None], use_cache=True,
@@ -318,13 +330,22 @@ class Engine:
         finally:
             config._attn_implementation_internal = saved
         logits = out.logits.float()
-        best = logits.argmax(-1).tolist()  # (rows, width): greedy's pick after each of the row's tokens
+        if flat:  # back to rows: row i's tokens start at sum(counts[:i])
+            starts = [0]
+            for c in counts[:-1]:
+                starts.append(starts[-1] + c)
+            picked = logits[0].argmax(-1).tolist()
+            best = [picked[s:s + c] for s, c in zip(starts, counts)]
+            firsts = logits[0, starts]
+        else:
+            best = logits.argmax(-1).tolist()  # (rows, width): greedy's pick after each of the row's tokens
+            firsts = logits[:, 0]
         if any(r.temperature and r.temperature > 0 for r in rows):
-            sampled = self._pick(logits[:, 0], rows)
+            sampled = self._pick(firsts, rows)
             best = [b if not (r.temperature and r.temperature > 0) else [t] for b, r, t in zip(best, rows, sampled)]
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += len(rows)
-        self.stats["decode_fed"] += len(rows) * width
+        self.stats["decode_fed"] += sum(counts) if flat else len(rows) * width
         for i in reversed(range(len(rows))):
             draft, picks = drafts[i], best[i]
             kept = 0  # draft tokens greedy would have picked itself, one after another
@@ -524,7 +545,7 @@ def _plain_attention(model) -> bool:
 
 
 def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                      tunesmith_prefixes=(), tunesmith_slices=None, **kwargs):
+                      tunesmith_prefixes=(), tunesmith_slices=None, tunesmith_flat=None, **kwargs):
     """A decode step's attention: each row's tokens (its last one, then a draft) attend over the
     row's own columns (key, value: (rows, kv_heads, columns, head_dim), the mask hides padding and
     the step's later tokens) and, for rows that share a prefix kept out of the batch, over that
@@ -533,7 +554,15 @@ def _decode_attention(module, query, key, value, attention_mask, scaling=None, d
     ((a, b, columns) each, see Engine._slices), so a short row is not read up to the longest row's
     length. Grouped-query heads are never repeated: the `rep` query heads of one key head, times
     the step's tokens, are that head's queries. Returns (rows, tokens, heads, head_dim) as
-    transformers expects."""
+    transformers expects; with `tunesmith_flat` ((row, index in row) of each token, rows, width) the
+    step's tokens come as one sequence, (1, heads, tokens, head_dim), and go back the same way."""
+    if tunesmith_flat is not None:
+        at_row, at_step, n_rows, n_width = tunesmith_flat
+        padded = query.new_zeros(n_rows, query.shape[1], n_width, query.shape[3])
+        padded[at_row, :, at_step] = query[0].transpose(0, 1)
+        out, _ = _decode_attention(module, padded, key, value, attention_mask, scaling, dropout, tunesmith_prefixes,
+                                   tunesmith_slices)
+        return out[at_row, at_step][None], None
     rows, heads, width, dim = query.shape
     kv_heads = key.shape[1]
     rep = heads // kv_heads
@@ -609,7 +638,8 @@ class _BatchKV:
         self.v: list[torch.Tensor] = []
         self.lens: list[int] = []
         self.rows = self.width = 0  # width: the columns this step's attention spans
-        self.at: tuple | None = None  # (row index, column index) of this step's new tokens
+        self.at: tuple | None = None  # (row index, column index) of each of this step's new tokens
+        self.at_rows_steps: tuple | None = None  # (row index, index within the row's fed tokens) of each
         self.cache = Cache(layers=[_Layer(self, i) for i in range(n_layers)])
 
     def admit(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
@@ -639,14 +669,18 @@ class _BatchKV:
         self.lens.pop()
         self.rows -= 1
 
-    def reserve(self, width: int) -> None:
-        """Room for `width` more tokens in every row, and where this step writes them."""
+    def reserve(self, counts: list[int]) -> None:
+        """Room for counts[r] more tokens in row r, and where this step writes them: `at`, the
+        (row, column) of each token fed, in order, and `at_rows_steps`, its (row, index in its row)."""
+        width = max(counts)
         self.width = max(self.lens) + width
         if self.width > self.k[0].shape[2]:
             self._regrow(cols=self.width + self.room)
         device = self.k[0].device
-        self.at = (torch.arange(self.rows, device=device)[:, None],
-                   torch.tensor(self.lens, device=device)[:, None] + torch.arange(width, device=device))
+        rows = [r for r, c in enumerate(counts) for _ in range(c)]
+        steps = [j for c in counts for j in range(c)]
+        self.at_rows_steps = (torch.tensor(rows, device=device), torch.tensor(steps, device=device))
+        self.at = (self.at_rows_steps[0], torch.tensor([self.lens[r] + j for r, j in zip(rows, steps)], device=device))
 
     def _alloc(self, rows, cols, heads, dim, dtype, device) -> None:
         self.k = [torch.zeros(rows, heads, cols, dim, dtype=dtype, device=device) for _ in range(self.n_layers)]
@@ -683,9 +717,9 @@ class _Layer(_layer_base()):
 
     def update(self, key_states, value_states, *args, **kwargs):
         kv, i = self.kv, self.index
-        rows, cols = kv.at
-        kv.k[i][rows, :, cols] = key_states.transpose(1, 2)
-        kv.v[i][rows, :, cols] = value_states.transpose(1, 2)
+        rows, cols = kv.at  # one (row, column) per token fed: (batch, tokens) of the states, flattened
+        kv.k[i][rows, :, cols] = key_states.transpose(1, 2).flatten(0, 1)
+        kv.v[i][rows, :, cols] = value_states.transpose(1, 2).flatten(0, 1)
         return kv.k[i][:kv.rows, :, :kv.width], kv.v[i][:kv.rows, :, :kv.width]
 
     def get_seq_length(self) -> int:
