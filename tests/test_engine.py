@@ -35,13 +35,9 @@ def alone(model, tok, prompt: list[int], max_new_tokens: int) -> list[int]:
 @pytest.fixture(scope="module")
 def lively(tiny_model_dir):
     """The tiny model with its weights scaled x4, so that greedy replies vary token to token."""
-    from tunesmith.models import load
+    from test_serve import lively_copy
 
-    model, tok = load(str(tiny_model_dir), device="cpu")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4)
-    return model, tok
+    return lively_copy(tiny_model_dir)
 
 
 def check_exact(model, tok, lengths: list[int], max_rows: int, prefill_tokens: int, shared_attention: int = 256):

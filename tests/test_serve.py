@@ -48,6 +48,7 @@ def running(app):
 
 
 def lively_copy(model_dir):
+    """A fresh copy of the model with its weights scaled x4, so that greedy replies vary token to token."""
     import torch
 
     from tunesmith.models import load

@@ -300,7 +300,7 @@ class Engine:
         steps = torch.arange(width, device=dev)
         lens = torch.tensor(kv.lens, device=dev)
         # (rows, width, columns): a row's token j sees the row's own columns and this step's first j + 1
-        visible = torch.arange(kv.width, device=dev) <= (lens[:, None] + steps)[:, :, None]
+        visible = torch.arange(kv.columns, device=dev) <= (lens[:, None] + steps)[:, :, None]
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=dev).masked_fill_(~visible, torch.finfo(self.dtype).min)
         first = [len(r.prompt) + len(r.tokens) - 1 for r in rows]  # the position of each row's last token
         if flat:
@@ -637,7 +637,7 @@ class _BatchKV:
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.lens: list[int] = []
-        self.rows = self.width = 0  # width: the columns this step's attention spans
+        self.rows = self.columns = 0  # columns: how far this step's attention reads into the rows
         self.at: tuple | None = None  # (row index, column index) of each of this step's new tokens
         self.at_rows_steps: tuple | None = None  # (row index, index within the row's fed tokens) of each
         self.cache = Cache(layers=[_Layer(self, i) for i in range(n_layers)])
@@ -673,9 +673,9 @@ class _BatchKV:
         """Room for counts[r] more tokens in row r, and where this step writes them: `at`, the
         (row, column) of each token fed, in order, and `at_rows_steps`, its (row, index in its row)."""
         width = max(counts)
-        self.width = max(self.lens) + width
-        if self.width > self.k[0].shape[2]:
-            self._regrow(cols=self.width + self.room)
+        self.columns = max(self.lens) + width
+        if self.columns > self.k[0].shape[2]:
+            self._regrow(cols=self.columns + self.room)
         device = self.k[0].device
         rows = [r for r, c in enumerate(counts) for _ in range(c)]
         steps = [j for c in counts for j in range(c)]
@@ -709,7 +709,7 @@ def _layer_base():
 class _Layer(_layer_base()):
     """One layer's view of the batch buffer, in the shape transformers' attention expects: a decode
     step writes its (rows, kv_heads, width, head_dim) keys and values where `_BatchKV.reserve`
-    said and attends over the first `_BatchKV.width` columns."""
+    said and attends over the first `_BatchKV.columns` columns."""
 
     def __init__(self, kv: _BatchKV, index: int):
         super().__init__()
@@ -720,7 +720,7 @@ class _Layer(_layer_base()):
         rows, cols = kv.at  # one (row, column) per token fed: (batch, tokens) of the states, flattened
         kv.k[i][rows, :, cols] = key_states.transpose(1, 2).flatten(0, 1)
         kv.v[i][rows, :, cols] = value_states.transpose(1, 2).flatten(0, 1)
-        return kv.k[i][:kv.rows, :, :kv.width], kv.v[i][:kv.rows, :, :kv.width]
+        return kv.k[i][:kv.rows, :, :kv.columns], kv.v[i][:kv.rows, :, :kv.columns]
 
     def get_seq_length(self) -> int:
         return max(self.kv.lens, default=0)
@@ -770,7 +770,7 @@ class _Prefixes:
 def _common(a, b) -> int:
     """Length of the common prefix of two token sequences (slices compare in C: a bisection of
     slice comparisons beats a Python loop over thousands of tokens)."""
-    a, b = list(a), list(b)
+    a, b = a if isinstance(a, list) else list(a), b if isinstance(b, list) else list(b)  # a stored key is a tuple
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
