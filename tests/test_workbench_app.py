@@ -153,3 +153,14 @@ def test_one_runner_per_projects_folder(tmp_path):
     second = jobs.Runner(tmp_path)  # the lock goes with the runner that held it
     second.start()
     second.close()
+
+
+def test_a_projects_path_that_is_a_file_is_refused_with_the_fix(tmp_path):
+    import pytest
+
+    from tunesmith import UserError
+
+    (tmp_path / "notes.txt").write_text("not a folder")
+    with pytest.raises(UserError, match=r"notes.txt: a file, not a projects directory. fix: name a directory"):
+        create_app(tmp_path / "notes.txt", run_jobs=False)
+    assert (tmp_path / "notes.txt").read_text() == "not a folder"  # nothing it had is lost

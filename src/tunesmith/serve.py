@@ -92,6 +92,14 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
 
     from tunesmith import vllm_engine
 
+    bench = None  # the workbench first: a bad projects directory is refused before the model loads
+    if isinstance(workbench, (str, Path)) and str(workbench):
+        from tunesmith.workbench.app import create_app as create_workbench
+
+        bench = create_workbench(workbench, api_key=api_key)
+    elif workbench is not None:  # a workbench app already made (tests give it their model and job settings)
+        bench = workbench
+
     kind = vllm_engine.choose(engine) if not isinstance(model_spec_or_loaded, tuple) else "tunesmith"
     if kind == "vllm":
         from tunesmith.models import load_tokenizer
@@ -118,14 +126,6 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
             headers = {"WWW-Authenticate": 'Basic realm="tunesmith"'} if request.url.path == "/" else {}
             raise ApiError(401, "Incorrect or missing API key. Send `Authorization: Bearer KEY`.",
                            code="invalid_api_key", headers=headers)
-
-    bench = None
-    if isinstance(workbench, (str, Path)) and str(workbench):
-        from tunesmith.workbench.app import create_app as create_workbench
-
-        bench = create_workbench(workbench, api_key=api_key)
-    elif workbench is not None:  # a workbench app already made (tests give it their model and job settings)
-        bench = workbench
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # a mounted app's own lifespan never runs: its job queue starts here

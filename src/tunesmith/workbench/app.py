@@ -63,6 +63,9 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     from tunesmith.models import DEFAULT_MODEL
 
     root = Path(projects_dir).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: a file, not a projects directory. fix: name a directory (it is created if "
+                        f"missing), e.g. {root.parent / 'projects'}.")
     root.mkdir(parents=True, exist_ok=True)
     (root / "projects").mkdir(exist_ok=True)
     (root / ".uploads").mkdir(exist_ok=True)  # uploads land here first: never in the system's temp dir
