@@ -2,6 +2,7 @@
 for token, with prompts of mixed lengths, rows finishing at different steps, newcomers joining a
 running batch, chunked prefill and a shared prefix. Then cancelling, sampling and the serving thread."""
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def test_a_row_that_ends_at_eos_leaves_while_others_run(lively):
 
     def hook(module, args, out):
         ids = hook.ids
-        return out + (ids[:, -1:, None] == first).float() * bias if ids is not None else out
+        # the logits after each input token the model keeps them for (prefill: its last; decode: every one)
+        return out + (ids[:, -out.shape[1]:, None] == first).float() * bias if ids is not None else out
 
     hook.ids = None
     pre = model.model.register_forward_pre_hook(lambda m, a, kw: setattr(hook, "ids", kw.get("input_ids")), with_kwargs=True)
@@ -95,13 +97,12 @@ def test_a_row_that_ends_at_eos_leaves_while_others_run(lively):
     assert [r.finish_reason for r in reqs].count("length") >= 3
 
 
-def test_drafts_from_the_prompt_are_verified_and_replies_stay_exact(lively):
-    """A model steered to repeat a four-word cycle that its prompts contain, except that every
-    seventh position breaks it: prompt lookup drafts the cycle, decode keeps the drafted tokens
-    greedy would pick and drops the rest, and every reply still equals `generate`'s."""
-    model, tok = lively
-    cycle = tok.encode(" one two three four", add_special_tokens=False)
-    other = tok.encode(" five", add_special_tokens=False)[0]
+@contextlib.contextmanager
+def steered_to_count(model, tok, words: str, break_every: int | None):
+    """The model steered to repeat the cycle of `words` (one token each), except that every
+    `break_every`-th position (if any) says " zero" instead."""
+    cycle = tok.encode(words, add_special_tokens=False)
+    other = tok.encode(" zero", add_special_tokens=False)[0]
     follow = torch.full((model.lm_head.out_features,), cycle[0])
     for i, t in enumerate(cycle):
         follow[t] = cycle[(i + 1) % len(cycle)]
@@ -110,29 +111,59 @@ def test_drafts_from_the_prompt_are_verified_and_replies_stay_exact(lively):
 
     def steer(module, args, out):
         ids, pos = seen["ids"][:, -out.shape[1]:], seen["pos"][:, -out.shape[1]:]
-        target = torch.where(pos % 7 == 6, torch.full_like(ids, other), follow[ids])
+        target = follow[ids] if break_every is None else torch.where(
+            pos % break_every == break_every - 1, torch.full_like(ids, other), follow[ids])
         return out + 1e4 * torch.nn.functional.one_hot(target, out.shape[-1])
 
     pre = model.model.register_forward_pre_hook(
         lambda m, a, kw: seen.update(ids=kw["input_ids"], pos=kw["position_ids"]), with_kwargs=True)
     post = model.lm_head.register_forward_hook(steer)
     try:
-        convs = [[{"role": "user", "content": "Count with me:" + " one two three four" * 3 + q}] for q in QUESTIONS]
-        prompts = encode_prompts(tok, convs)
-        engine = Engine(model, tok, max_rows=3, draft_tokens=4)
-        reqs = engine.run([Request(p, max_new_tokens=n, stop_on_repeat=False) for p, n in zip(prompts, [30, 17, 25, 9, 30])])
-        for req, prompt in zip(reqs, prompts):
-            assert req.tokens == alone(model, tok, prompt, len(req.tokens))
-            assert req.finish_reason == "length"
+        yield
     finally:
         pre.remove()
         post.remove()
-    stats = engine.stats
-    generated = sum(len(r.tokens) for r in reqs)
-    assert 0 < stats["accepted"] < stats["drafted"]  # drafts were kept, and some were dropped
+
+
+def count_along(model, tok, words: str, draft_tokens: int, lengths: list[int]) -> tuple[Engine, list[Request]]:
+    """Prompts that count `words` three times, answered by the engine; every reply checked against
+    `generate`'s."""
+    convs = [[{"role": "user", "content": "Count with me:" + words * 3 + q}] for q in QUESTIONS]
+    prompts = encode_prompts(tok, convs)
+    engine = Engine(model, tok, max_rows=3, draft_tokens=draft_tokens)
+    reqs = engine.run([Request(p, max_new_tokens=n, stop_on_repeat=False) for p, n in zip(prompts, lengths)])
+    for req, prompt in zip(reqs, prompts):
+        assert req.tokens == alone(model, tok, prompt, len(req.tokens))
+        assert req.finish_reason == "length"
     # a row's first token comes from its prefill; each decode step of a row gives one token more than it kept
-    assert stats["decode_rows"] == generated - len(reqs) - stats["accepted"]
+    assert engine.stats["decode_rows"] == sum(len(r.tokens) for r in reqs) - len(reqs) - engine.stats["accepted"]
     assert engine.kv.rows == 0
+    return engine, reqs
+
+
+def test_drafts_from_the_prompt_are_verified_and_replies_stay_exact(lively):
+    """Every seventh position breaks the cycle the prompts contain: prompt lookup drafts the cycle,
+    decode keeps the drafted tokens greedy would pick and drops the rest, and every reply still
+    equals `generate`'s (and the bookkeeping identity in count_along fails if a wrong draft is kept)."""
+    model, tok = lively
+    words = " one two three four"
+    with steered_to_count(model, tok, words, break_every=7):
+        engine, _ = count_along(model, tok, words, draft_tokens=4, lengths=[30, 17, 25, 9, 30])
+    assert 0 < engine.stats["accepted"] < engine.stats["drafted"]  # drafts were kept, and some were dropped
+
+
+def test_a_draft_kept_whole_grows_and_one_dropped_shrinks(lively):
+    model, tok = lively
+    words = " one two three four five six seven eight nine ten eleven twelve"  # a draft of 8 fits in a cycle
+    with steered_to_count(model, tok, words, break_every=None):
+        engine, _ = count_along(model, tok, words, draft_tokens=8, lengths=[40, 33, 40, 25, 40])
+    # the first draft of a row is 4 tokens; more than 4 kept per row and step means drafts grew
+    assert engine.stats["accepted"] > 4 * engine.stats["decode_rows"]
+    req = Request([1, 2, 3])
+    req._draft_len = 4
+    for kept, expected in [(4, 8), (8, 8), (3, 8), (0, 4), (0, 2), (0, 1), (0, 1), (1, 2)]:
+        engine._next_draft_len(req, drafted=kept if kept else 5, kept=kept)
+        assert req._draft_len == expected
 
 
 @pytest.mark.slow

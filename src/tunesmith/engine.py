@@ -12,12 +12,13 @@ prefill: a long prompt does not stall them for its whole length), any amount whe
 cancel) leaves the batch at the end of that step, and a waiting prompt takes its row at the next.
 
 A decode step feeds each greedy row its last token followed by a draft: the tokens that followed
-the last earlier occurrence of the row's last two tokens, in its prompt or its reply (prompt
-lookup, at most `draft_tokens`). One forward pass gives the logits after every fed token, so the
-step keeps the draft's tokens as long as each is the one greedy decoding picks, then adds greedy's
-own next pick: a reply that copies its prompt (a study header, a quoted highlight, a template) or
+the last earlier occurrence of the row's last four (else three, else two) tokens, in its prompt or
+its reply (prompt lookup). One forward pass gives the logits after every fed token, so the step
+keeps the draft's tokens as long as each is the one greedy decoding picks, then adds greedy's own
+next pick: a reply that copies its prompt (a study header, a quoted highlight, a template) or
 repeats itself advances several tokens a step, and is the same reply token-by-token decoding
-gives. A row with no draft, and a sampling row, advance one token.
+gives. A row's draft grows while its drafts are kept whole (up to `draft_tokens`) and shrinks when
+they are dropped. A row with no draft, and a sampling row, advance one token.
 
 The KV cache of the running rows is one buffer per layer, (rows, kv_heads, columns, head_dim), rows
 left-aligned: row r's tokens fill columns [0, len_r), the rest is padding the attention mask hides.
@@ -26,7 +27,8 @@ a dropped draft's columns are written over next time. A newcomer is prefilled al
 cache (exactly the computation transformers' `generate` does for that prompt), then copied into a
 free row; a finished row is replaced by the last row (one row's copy, not the whole cache's).
 Decode attention (`_decode_attention`) is torch's fused CPU kernel, called per range of rows of
-similar length so a short row is not read to the longest row's length.
+similar length and draft, so a short row is not read to the longest row's length nor a row
+without a draft padded to the longest one.
 
 A prefix several prompts share (a system prompt, a style guide, the same few-shot block) is
 prefilled once: after a prompt's prefill, the longest prefix it shares with a prompt still to come
@@ -86,7 +88,8 @@ class Request:
     done: threading.Event = field(default_factory=threading.Event)
     _cancel: bool = False
     _prefix: tuple | None = None  # (per-layer (k, v), length, tokens): a shared prefix kept out of its row
-    _grams: dict | None = None  # draft lookup: pair of tokens -> where it last ended (see Engine._draft)
+    _grams: dict | None = None  # draft lookup: n-gram of the prompt and reply -> where it last ended (Engine._draft)
+    _draft_len: int = 0  # how many tokens its next draft may have (0: not drafted yet)
     _printed: int = 0  # characters of the reply already streamed
     _shown: int = 0  # tokens whose text is settled
 
@@ -102,12 +105,12 @@ class Engine:
     """Continuous batching on one model. Plain state, one lock; `step` is the whole algorithm."""
 
     def __init__(self, model, tok, max_rows: int = 8, prefill_tokens: int = 512, min_prefix: int = 64,
-                 prefix_bytes: int = 256 << 20, shared_attention: int = 256, draft_tokens: int = 4):
+                 prefix_bytes: int = 256 << 20, shared_attention: int = 256, draft_tokens: int = 8):
         from tunesmith.stopping import newline_ids, stop_ids
 
         self.model, self.tok, self.max_rows = model, tok, max(1, max_rows)
         self.prefill_tokens, self.min_prefix = max(1, prefill_tokens), min_prefix
-        self.draft_tokens = max(0, draft_tokens)  # prompt-lookup draft per greedy row and step (0: none)
+        self.draft_tokens = max(0, draft_tokens)  # the longest prompt-lookup draft per greedy row and step (0: none)
         # a reused prefix this long stays out of the rows: decode reads it once for all the rows that
         # share it, not once per row (0: never)
         # decode runs the engine's own attention (one fused kernel call per layer on a CPU, shared
@@ -293,39 +296,30 @@ class Engine:
         counts = [1 + len(d) for d in drafts]  # tokens each row feeds: its last one, then its draft
         width = max(counts)
         # With the engine's own attention the model runs on one sequence of just those tokens, laid
-        # out in rows again only inside attention, so a row without a draft costs one token, not
-        # `width`; a model that keeps its own attention gets them as (rows, width), padded.
-        flat = self.own_attention and width > 1
+        # out in rows again only inside attention (`_Plan`), so a row without a draft costs one
+        # token, not `width`; a model that keeps its own attention gets them as (rows, width), padded.
+        flat = self.own_attention
         kv.reserve(counts if flat else [width] * len(rows))
-        steps = torch.arange(width, device=dev)
-        lens = torch.tensor(kv.lens, device=dev)
-        # (rows, width, columns): a row's token j sees the row's own columns and this step's first j + 1
-        visible = torch.arange(kv.columns, device=dev) <= (lens[:, None] + steps)[:, :, None]
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=dev).masked_fill_(~visible, torch.finfo(self.dtype).min)
         first = [len(r.prompt) + len(r.tokens) - 1 for r in rows]  # the position of each row's last token
+        config = self.model.config
+        saved = config._attn_implementation_internal
         if flat:
             ids = torch.tensor([[t for r, d in zip(rows, drafts) for t in [r.tokens[-1]] + d]], device=dev)
             pos = torch.tensor([[p + j for p, c in zip(first, counts) for j in range(c)]], device=dev)
+            mask, extra = None, {"tunesmith_plan": _Plan(self, counts)}  # no mask: the plan has them
+            config._attn_implementation_internal = _ATTENTION
         else:
+            steps = torch.arange(width, device=dev)
             ids = torch.tensor([[r.tokens[-1]] + d + [r.tokens[-1]] * (width - 1 - len(d)) for r, d in zip(rows, drafts)],
                                device=dev)
             pos = torch.tensor(first, device=dev)[:, None] + steps
-        extra = {}
-        config = self.model.config
-        saved = config._attn_implementation_internal
-        if self.own_attention:
-            groups: dict[tuple, list] = {}  # rows that share a prefix kept out of the batch
-            for i, r in enumerate(rows):
-                if r._prefix is not None:
-                    groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])[1].append(i)
-            extra["tunesmith_prefixes"] = [(layers, n, torch.tensor(idx, device=dev))
-                                           for (layers, n, _), idx in groups.values()]
-            extra["tunesmith_slices"] = self._slices(width)
-            if flat:
-                extra["tunesmith_flat"] = (*kv.at_rows_steps, len(rows), width)
-            config._attn_implementation_internal = _ATTENTION
+            # (rows, 1, width, columns): a row's token j sees the row's own columns and this step's first j + 1
+            visible = torch.arange(kv.columns, device=dev) <= (torch.tensor(kv.lens, device=dev)[:, None] + steps)[:, :, None]
+            mask = torch.zeros(visible.shape, dtype=self.dtype, device=dev).masked_fill_(
+                ~visible, torch.finfo(self.dtype).min)[:, None]
+            extra = {}
         try:
-            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask[:, None], use_cache=True,
+            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
                              **{self._cache_kw: kv.cache}, **extra)
         finally:
             config._attn_implementation_internal = saved
@@ -354,48 +348,67 @@ class Engine:
             self.stats["drafted"] += len(draft)
             self.stats["accepted"] += kept
             kv.lens[i] += 1 + kept  # the last token's and the kept draft's keys and values stay
+            self._next_draft_len(rows[i], len(draft), kept)
             if any(self._advance(rows[i], t) for t in draft[:kept] + [picks[kept]]):
                 self._evict(i)
         self.stats["decode_s"] += time.perf_counter() - t0
 
     def _draft(self, req: Request) -> list[int]:
         """Prompt lookup: the tokens that followed the last earlier occurrence of the reply's last
-        two tokens (in the prompt or the reply so far), at most `draft_tokens`. Greedy rows only:
-        decode verifies the draft in the same forward pass and keeps the part greedy would have
-        picked, so a reply that copies from its prompt or repeats itself takes several tokens a
-        step, and every reply is the one token-by-token decoding gives."""
-        room = min(self.draft_tokens, req.max_new_tokens - len(req.tokens) - 1)
+        four tokens, else its last three, else its last two (in the prompt or the reply so far), at
+        most `req._draft_len`. Greedy rows only: decode verifies the draft in the same forward pass
+        and keeps the part greedy would have picked, so a reply that copies from its prompt or
+        repeats itself takes several tokens a step, and every reply is the one token-by-token
+        decoding gives. The longer match is tried first because it predicts the continuation
+        better (fewer tokens fed only to be dropped)."""
+        if not req._draft_len:
+            req._draft_len = min(_FIRST_DRAFT, self.draft_tokens)
+        room = min(req._draft_len, req.max_new_tokens - len(req.tokens) - 1)
         if room <= 0 or (req.temperature and req.temperature > 0):
             return []
         n = len(req.prompt) + len(req.tokens)
-        if req._grams is None:  # where each pair of tokens last ended, the final pair left out
+        if req._grams is None:  # where each n-gram last ended, those ending at the last token left out
             seq = req.prompt + req.tokens
-            req._grams = {(seq[end - 1], seq[end]): end for end in range(1, n - 1)}
-        end = req._grams.get((_at(req, n - 2), _at(req, n - 1)))
-        if end is None:
-            return []
-        return [_at(req, i) for i in range(end + 1, min(end + 1 + room, n))]
+            req._grams = {tuple(seq[end - k + 1:end + 1]): end for k in _GRAMS for end in range(k - 1, n - 1)}
+        for k in _GRAMS:
+            end = req._grams.get(tuple(_at(req, i) for i in range(n - k, n))) if n >= k else None
+            if end is not None:
+                return [_at(req, i) for i in range(end + 1, min(end + 1 + room, n))]
+        return []
 
-    def _slices(self, width: int) -> list[tuple[int, int, int]]:
-        """Row ranges [a, b) that decode attends in one kernel call each, and the columns each
-        reads: rows are left-aligned, so a range reads (b - a) × its longest row's columns, and a
-        short row is not read up to the longest row's length. The ranges are the partition of the
-        rows (in their order in the batch) that minimises the columns read plus a fixed cost per
-        call (`_CALL_COLUMNS`), by dynamic programming over the rows."""
-        lens = [n + width for n in self.kv.lens]
+    def _next_draft_len(self, req: Request, drafted: int, kept: int) -> None:
+        """A row whose whole draft was kept may draft twice as many next time (up to
+        `draft_tokens`); one whose draft was dropped entirely, half as many (at least one). A reply
+        copying a passage advances faster, and one writing freely feeds few tokens that are then
+        dropped."""
+        if drafted and kept == drafted:
+            req._draft_len = min(self.draft_tokens, 2 * req._draft_len)
+        elif drafted and kept == 0:
+            req._draft_len = max(1, req._draft_len // 2)
+
+    def _slices(self, counts: list[int]) -> list[tuple[int, int, int, int]]:
+        """Row ranges [a, b) that decode attends in one kernel call each, with the columns and the
+        tokens per row each one reads. Rows are left-aligned and a range's tokens are padded to its
+        widest row, so a range costs about (b - a) × its longest row's columns × (its widest row's
+        tokens + `_ROW_QUERIES`): one call would read a short row up to the longest row's length
+        and pad a row without a draft to the longest draft. The ranges are the partition of the
+        rows (in their order in the batch) that minimises that plus a fixed cost per call
+        (`_CALL_COST`), by dynamic programming over the rows."""
+        lens = [n + c for n, c in zip(self.kv.lens, counts)]  # a row reads its own columns and its fed tokens'
         n = len(lens)
         best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
         for b in range(1, n + 1):
-            longest = 0
+            longest = widest = 0
             for a in range(b - 1, -1, -1):
-                longest = max(longest, lens[a])
-                cost = best[a] + (b - a) * longest + _CALL_COLUMNS
+                longest, widest = max(longest, lens[a]), max(widest, counts[a])
+                cost = best[a] + (b - a) * longest * (widest + _ROW_QUERIES) + _CALL_COST
                 if cost < best[b]:
                     best[b], cut[b] = cost, a
         ranges, b = [], n
         while b > 0:
-            ranges.append((cut[b], b, max(lens[cut[b]:b])))
-            b = cut[b]
+            a = cut[b]
+            ranges.append((a, b, max(lens[a:b]), max(counts[a:b])))
+            b = a
         return ranges[::-1]
 
     def _evict(self, i: int) -> None:
@@ -429,8 +442,10 @@ class Engine:
         """Add one generated token to the reply; True when the reply is finished."""
         req.tokens.append(token)
         n = len(req.prompt) + len(req.tokens)
-        if req._grams is not None and n >= 3:  # the pair that was last is now an earlier one: it ends at n - 2
-            req._grams[_at(req, n - 3), _at(req, n - 2)] = n - 2
+        if req._grams is not None:  # the n-grams that ended at the last token now end at an earlier one, n - 2
+            for k in _GRAMS:
+                if n - 1 - k >= 0:
+                    req._grams[tuple(_at(req, i) for i in range(n - 1 - k, n - 1))] = n - 2
         if token in self.stop:
             req.kept = req.spent = len(req.tokens) - 1
             self._finish(req, "stop")
@@ -509,6 +524,10 @@ class Engine:
         return int(config.num_hidden_layers)
 
 
+_GRAMS = (4, 3, 2)  # draft lookup: the n-gram lengths matched, longest first
+_FIRST_DRAFT = 4  # a row's first draft; later ones grow or shrink with what was kept (Engine._next_draft_len)
+
+
 def _at(req: Request, i: int) -> int:
     """Token i of the prompt followed by the reply so far."""
     return req.prompt[i] if i < len(req.prompt) else req.tokens[i - len(req.prompt)]
@@ -544,59 +563,88 @@ def _plain_attention(model) -> bool:
     return not any(name.endswith("sinks") for name, _ in model.named_parameters())
 
 
-def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                      tunesmith_prefixes=(), tunesmith_slices=None, tunesmith_flat=None, **kwargs):
+class _Plan:
+    """A decode step's attention layout, worked out once for all the layers. The step's tokens come
+    as one sequence: row 0's last token and draft, then row 1's, and so on. `slices` are the ranges
+    of rows attended in one kernel call each (Engine._slices): per range the index of each of its
+    tokens in a (rows, widest row's tokens) layout (a shorter row repeats its last token, whose
+    result is dropped), which of those slots are real, and which columns each slot sees. `groups`
+    are the rows that share a prefix kept out of the batch, by the indices of their tokens."""
+
+    def __init__(self, engine: Engine, counts: list[int]):
+        dev, lens = engine.device, engine.kv.lens
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        self.slices = []
+        for a, b, n, w in engine._slices(counts):
+            steps = [[min(j, counts[r] - 1) for j in range(w)] for r in range(a, b)]
+            slots = torch.tensor([[starts[r] + j for j in st] for r, st in zip(range(a, b), steps)], device=dev)
+            real = torch.tensor([(r - a) * w + j for r in range(a, b) for j in range(counts[r])], device=dev)
+            # token j of row r sees the row's columns up to its own, lens[r] + j
+            last = torch.tensor([[lens[r] + j for j in st] for r, st in zip(range(a, b), steps)], device=dev)
+            self.slices.append((a, b, n, w, slots, real, torch.arange(n, device=dev) <= last[..., None]))
+        groups: dict[tuple, list] = {}
+        for i, r in enumerate(engine.rows):
+            if r._prefix is not None:
+                groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])[1].extend(range(starts[i], starts[i + 1]))
+        self.groups = [(layers, n, torch.tensor(idx, device=dev)) for (layers, n, _), idx in groups.values()]
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def mask(self, i: int, rep: int, dtype: torch.dtype) -> torch.Tensor:
+        """Slice i's additive mask, one row per query: (rows, 1, rep × widest, columns), made at the
+        first layer and kept for the others."""
+        if (i, rep, dtype) not in self._masks:
+            a, b, n, w, _, _, visible = self.slices[i]
+            m = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
+            self._masks[i, rep, dtype] = m[:, None, None].expand(b - a, 1, rep, w, n).reshape(b - a, 1, rep * w, n)
+        return self._masks[i, rep, dtype]
+
+
+def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, tunesmith_plan=None,
+                      **kwargs):
     """A decode step's attention: each row's tokens (its last one, then a draft) attend over the
-    row's own columns (key, value: (rows, kv_heads, columns, head_dim), the mask hides padding and
-    the step's later tokens) and, for rows that share a prefix kept out of the batch, over that
-    prefix, read once for the whole group; the two parts are merged by their log-sum-exps (the
-    same softmax, summed in another order). Rows are attended in the ranges of `tunesmith_slices`
-    ((a, b, columns) each, see Engine._slices), so a short row is not read up to the longest row's
-    length. Grouped-query heads are never repeated: the `rep` query heads of one key head, times
-    the step's tokens, are that head's queries. Returns (rows, tokens, heads, head_dim) as
-    transformers expects; with `tunesmith_flat` ((row, index in row) of each token, rows, width) the
-    step's tokens come as one sequence, (1, heads, tokens, head_dim), and go back the same way."""
-    if tunesmith_flat is not None:
-        at_row, at_step, n_rows, n_width = tunesmith_flat
-        padded = query.new_zeros(n_rows, query.shape[1], n_width, query.shape[3])
-        padded[at_row, :, at_step] = query[0].transpose(0, 1)
-        out, _ = _decode_attention(module, padded, key, value, attention_mask, scaling, dropout, tunesmith_prefixes,
-                                   tunesmith_slices)
-        return out[at_row, at_step][None], None
-    rows, heads, width, dim = query.shape
+    row's own columns (key, value: (rows, kv_heads, columns, head_dim); the plan's masks hide
+    padding and the step's later tokens) and, for rows that share a prefix kept out of the batch,
+    over that prefix, read once for the whole group; the two parts are merged by their
+    log-sum-exps (the same softmax, summed in another order). Rows are attended in the plan's
+    ranges, so a short row is not read up to the longest row's length. Grouped-query heads are
+    never repeated: the `rep` query heads of one key head, times a row's tokens, are that head's
+    queries. The step's tokens come as one sequence, query (1, heads, tokens, head_dim), and go
+    back as (1, tokens, heads, head_dim), as transformers expects."""
+    plan = tunesmith_plan
+    _, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     rep = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
-    q = query.reshape(rows, kv_heads, rep * width, dim)
-    mask = attention_mask
-    if width > 1:  # (rows, 1, width, columns) -> one row per query: (rows, 1, rep * width, columns)
-        mask = mask[:, :, None].expand(rows, 1, rep, width, mask.shape[-1]).reshape(rows, 1, rep * width, -1)
-    slices = tunesmith_slices or [(0, rows, key.shape[2])]
-    if len(slices) == 1:
-        n = slices[0][2]
-        out, lse = _attend(q, key[:, :, :n], value[:, :, :n], mask[..., :n], scale)
-    else:
-        out, lse = q.new_empty(rows, kv_heads, rep * width, dim), q.new_empty(rows, kv_heads, rep * width)
-        for a, b, n in slices:
-            out[a:b], lse[a:b] = _attend(q[a:b], key[a:b, :, :n], value[a:b, :, :n], mask[a:b, ..., :n], scale)
-    if tunesmith_prefixes:
-        # every group's prefix part, laid out by row (rows in no group: weight 0), then one merge
-        part, part_lse = torch.zeros_like(out), torch.full_like(lse, float("-inf"))
-        for layers, n, idx in tunesmith_prefixes:
-            pk, pv = layers[module.layer_idx]
-            g = len(idx)
-            qg = q[idx].transpose(0, 1).reshape(1, kv_heads, g * rep * width, dim)
-            po, plse = _attend(qg, pk[:, :, :n], pv[:, :, :n], None, scale)
-            part[idx] = po.reshape(kv_heads, g, rep * width, dim).transpose(0, 1)
-            part_lse[idx] = plse.reshape(kv_heads, g, rep * width).transpose(0, 1)
-        top = torch.maximum(lse, part_lse)
-        a, b = torch.exp(lse - top)[..., None], torch.exp(part_lse - top)[..., None]
-        out = (out * a + part * b) / (a + b)
-    out = out.reshape(rows, kv_heads, rep, width, dim).permute(0, 3, 1, 2, 4)
-    return out.reshape(rows, width, heads, dim), None
+    flat = query[0].transpose(0, 1)  # (tokens, heads, dim)
+    outs, lses = [], []
+    for i, (a, b, n, w, slots, real, _) in enumerate(plan.slices):
+        r = b - a
+        q = flat[slots].reshape(r, w, kv_heads, rep, dim).permute(0, 2, 3, 1, 4).reshape(r, kv_heads, rep * w, dim)
+        o, lse = _attend(q, key[a:b, :, :n], value[a:b, :, :n], plan.mask(i, rep, query.dtype), scale)
+        outs.append(o.reshape(r, kv_heads, rep, w, dim).permute(0, 3, 1, 2, 4).reshape(r * w, heads, dim)[real])
+        lses.append(lse.reshape(r, kv_heads, rep, w).permute(0, 3, 1, 2).reshape(r * w, heads)[real])
+    out, lse = (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(lses))
+    for layers, n, idx in plan.groups:
+        pk, pv = layers[module.layer_idx]
+        g = len(idx)
+        q = flat[idx].reshape(g, kv_heads, rep, dim).transpose(0, 1).reshape(1, kv_heads, g * rep, dim)
+        po, plse = _attend(q, pk[:, :, :n], pv[:, :, :n], None, scale)
+        po = po.reshape(kv_heads, g, rep, dim).transpose(0, 1).reshape(g, heads, dim)
+        plse = plse.reshape(kv_heads, g, rep).transpose(0, 1).reshape(g, heads)
+        own = lse[idx]
+        top = torch.maximum(own, plse)
+        wa, wb = torch.exp(own - top)[..., None], torch.exp(plse - top)[..., None]
+        out[idx] = (out[idx] * wa + po * wb) / (wa + wb)
+    return out[None], None
 
 
-_CALL_COLUMNS = 256  # one more attention call per layer costs about as much as reading 256 more row-columns
+# A range of rows costs the kernel about (its widest row's tokens + _ROW_QUERIES) per row and column,
+# and one more kernel call (its start, the query and output copies) about as much as _CALL_COST such
+# units: fitted to timings of torch's CPU flash kernel at decode shapes.
+_ROW_QUERIES = 4
+_CALL_COST = 3500
 
 
 def _attend(q, k, v, mask, scale):
@@ -639,7 +687,6 @@ class _BatchKV:
         self.lens: list[int] = []
         self.rows = self.columns = 0  # columns: how far this step's attention reads into the rows
         self.at: tuple | None = None  # (row index, column index) of each of this step's new tokens
-        self.at_rows_steps: tuple | None = None  # (row index, index within the row's fed tokens) of each
         self.cache = Cache(layers=[_Layer(self, i) for i in range(n_layers)])
 
     def admit(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
@@ -671,7 +718,7 @@ class _BatchKV:
 
     def reserve(self, counts: list[int]) -> None:
         """Room for counts[r] more tokens in row r, and where this step writes them: `at`, the
-        (row, column) of each token fed, in order, and `at_rows_steps`, its (row, index in its row)."""
+        (row, column) of each token fed, in order."""
         width = max(counts)
         self.columns = max(self.lens) + width
         if self.columns > self.k[0].shape[2]:
@@ -679,8 +726,8 @@ class _BatchKV:
         device = self.k[0].device
         rows = [r for r, c in enumerate(counts) for _ in range(c)]
         steps = [j for c in counts for j in range(c)]
-        self.at_rows_steps = (torch.tensor(rows, device=device), torch.tensor(steps, device=device))
-        self.at = (self.at_rows_steps[0], torch.tensor([self.lens[r] + j for r, j in zip(rows, steps)], device=device))
+        self.at = (torch.tensor(rows, device=device), torch.tensor([self.lens[r] + j for r, j in zip(rows, steps)],
+                                                                    device=device))
 
     def _alloc(self, rows, cols, heads, dim, dtype, device) -> None:
         self.k = [torch.zeros(rows, heads, cols, dim, dtype=dtype, device=device) for _ in range(self.n_layers)]
