@@ -180,9 +180,11 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    # The same OpenMP settings for every system: tunesmith sets OMP_WAIT_POLICY=PASSIVE when it is
-    # imported (spinning threads starve on a shared machine); TRL's worker imports torch first.
-    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # The same OpenMP settings for every system: tunesmith bounds how long idle threads spin when it
+    # is imported (GOMP_SPINCOUNT, tunesmith/__init__.py); TRL's worker imports torch first.
+    import tunesmith  # noqa: F401  (sets them in this process's environment, which the workers inherit)
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     systems = args.systems.split(",")

@@ -9,9 +9,13 @@ for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
     os.environ.setdefault(_switch, "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# OpenMP threads that spin while they wait starve each other when other processes share the cores
-# (docs/train.md, "CPU settings"). Read once, when torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# An OpenMP thread that finishes its share of an op spins a little (10,000 turns, some microseconds)
+# before it sleeps: decoding and training run thousands of small ops back to back, and threads that
+# sleep between them wait to be woken for each one; threads that spin on and on starve each other
+# when other processes share the cores (docs/train.md, "CPU settings"). torch's OpenMP runtime
+# (libgomp) reads this once, when torch loads; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 __version__ = "0.1.0"
 
