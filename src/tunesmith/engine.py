@@ -314,7 +314,8 @@ class Engine:
                                device=dev)
             pos = torch.tensor(first, device=dev)[:, None] + steps
             # (rows, 1, width, columns): a row's token j sees the row's own columns and this step's first j + 1
-            visible = torch.arange(kv.columns, device=dev) <= (torch.tensor(kv.lens, device=dev)[:, None] + steps)[:, :, None]
+            last = torch.tensor(kv.lens, device=dev)[:, None] + steps
+            visible = torch.arange(kv.columns, device=dev) <= last[:, :, None]
             mask = torch.zeros(visible.shape, dtype=self.dtype, device=dev).masked_fill_(
                 ~visible, torch.finfo(self.dtype).min)[:, None]
             extra = {}
@@ -587,7 +588,8 @@ class _Plan:
         groups: dict[tuple, list] = {}
         for i, r in enumerate(engine.rows):
             if r._prefix is not None:
-                groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])[1].extend(range(starts[i], starts[i + 1]))
+                group = groups.setdefault((id(r._prefix[0]), r._prefix[1]), [r._prefix, []])
+                group[1].extend(range(starts[i], starts[i + 1]))
         self.groups = [(layers, n, torch.tensor(idx, device=dev)) for (layers, n, _), idx in groups.values()]
         self._masks: dict[tuple, torch.Tensor] = {}
 
@@ -596,7 +598,8 @@ class _Plan:
         first layer and kept for the others."""
         if (i, rep, dtype) not in self._masks:
             a, b, n, w, _, _, visible = self.slices[i]
-            m = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
+            m = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+            m.masked_fill_(~visible, torch.finfo(dtype).min)
             self._masks[i, rep, dtype] = m[:, None, None].expand(b - a, 1, rep, w, n).reshape(b - a, 1, rep * w, n)
         return self._masks[i, rep, dtype]
 
