@@ -306,7 +306,8 @@ class Engine:
         if flat:
             ids = torch.tensor([[t for r, d in zip(rows, drafts) for t in [r.tokens[-1]] + d]], device=dev)
             pos = torch.tensor([[p + j for p, c in zip(first, counts) for j in range(c)]], device=dev)
-            mask, extra = None, {"tunesmith_plan": _Plan(self, counts)}  # no mask: the plan has them
+            plan = _Plan(self, counts)
+            mask, extra = None, {"tunesmith_plan": plan}  # no mask: the plan has them
             config._attn_implementation_internal = _ATTENTION
         else:
             steps = torch.arange(width, device=dev)
@@ -325,10 +326,8 @@ class Engine:
         finally:
             config._attn_implementation_internal = saved
         logits = out.logits.float()
-        if flat:  # back to rows: row i's tokens start at sum(counts[:i])
-            starts = [0]
-            for c in counts[:-1]:
-                starts.append(starts[-1] + c)
+        if flat:  # back to rows: row i's tokens start at plan.starts[i]
+            starts = plan.starts[:-1]
             picked = logits[0].argmax(-1).tolist()
             best = [picked[s:s + c] for s, c in zip(starts, counts)]
             firsts = logits[0, starts]
@@ -574,16 +573,15 @@ class _Plan:
 
     def __init__(self, engine: Engine, counts: list[int]):
         dev, lens = engine.device, engine.kv.lens
-        starts = [0]
+        self.starts = starts = [0]  # row i's tokens are [starts[i], starts[i + 1]) of the sequence
         for c in counts:
             starts.append(starts[-1] + c)
         self.slices = []
         for a, b, n, w in engine._slices(counts):
-            steps = [[min(j, counts[r] - 1) for j in range(w)] for r in range(a, b)]
-            slots = torch.tensor([[starts[r] + j for j in st] for r, st in zip(range(a, b), steps)], device=dev)
+            steps = torch.tensor([[min(j, counts[r] - 1) for j in range(w)] for r in range(a, b)], device=dev)
+            slots = torch.tensor(starts[a:b], device=dev)[:, None] + steps
             real = torch.tensor([(r - a) * w + j for r in range(a, b) for j in range(counts[r])], device=dev)
-            # token j of row r sees the row's columns up to its own, lens[r] + j
-            last = torch.tensor([[lens[r] + j for j in st] for r, st in zip(range(a, b), steps)], device=dev)
+            last = torch.tensor(lens[a:b], device=dev)[:, None] + steps  # token j of row r sees columns up to lens[r] + j
             self.slices.append((a, b, n, w, slots, real, torch.arange(n, device=dev) <= last[..., None]))
         groups: dict[tuple, list] = {}
         for i, r in enumerate(engine.rows):
@@ -675,8 +673,8 @@ class _BatchKV:
     """The running rows' keys and values: per layer (row capacity, kv_heads, column capacity, head_dim).
 
     Rows 0..rows-1 are live and left-aligned: row r's tokens fill columns [0, lens[r]). A decode
-    step of `width` tokens per row writes them into columns lens[r] .. lens[r] + width - 1 of each
-    row (`reserve` sets where); the engine then moves lens[r] past the tokens it keeps, and a
+    step that feeds row r counts[r] tokens writes them into its columns lens[r] .. lens[r] +
+    counts[r] - 1 (`reserve` sets where); the engine then moves lens[r] past the tokens it keeps, and a
     rejected draft's columns are simply written over at the next step.
     """
 
