@@ -17,7 +17,7 @@ Systems, each in its own process (so its peak memory is its own), one after anot
   batched      the batched path before the engine (bench/old_generate.py: left-padded batches of
                --old-batch-size, 10 as the demo ran it, sorted by length, the engineered arm's
                shared prefix reused), one call per arm as compare made them.
-  engine       tunesmith.generate.generate on the engine, --batch-size rows (the demo profile's),
+  engine       tunesmith.generation.api.generate on the engine, --batch-size rows (the demo profile's),
                two calls as compare makes them: the prompt-only arms, then the fine-tuned arms.
   hf-cb        transformers' continuous batching (`generate_batch`), no loop guard, so its replies
                run longer where a reply loops: compare its tokens/s, not its wall time.
@@ -59,7 +59,7 @@ def workload(folder: Path, tok, examples: int) -> dict[str, list[list[dict]]]:
     from tunesmith.data.repository import import_repository
     from tunesmith.data.split import filter_tasks, has_reply, load_split, select_examples
     from tunesmith.demo import PANTRY, PROFILES
-    from tunesmith.generate import encode_prompts
+    from tunesmith.generation.api import encode_prompts
 
     if not (folder / "config.yaml").exists():
         import_repository([PANTRY], folder)
@@ -86,7 +86,7 @@ def worker(args) -> dict:
     import torch
 
     from tunesmith import cpu
-    from tunesmith.generate import encode_prompts
+    from tunesmith.generation.api import encode_prompts
     from tunesmith.models import load
 
     cpu.use_heap()
@@ -128,8 +128,8 @@ def run_batched(model, tok, convs, args, arms):
 
 
 def run_engine(model, tok, convs, args, arms):
-    import tunesmith.engine as E
-    from tunesmith.generate import generate
+    import tunesmith.generation.engine as E
+    from tunesmith.generation.api import generate
 
     made = []
     real_init = E.Engine.__init__
@@ -170,7 +170,7 @@ def run_hf_cb(model, tok, convs, args, arms):
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    from tunesmith.generate import _stop_ids, encode_prompts
+    from tunesmith.generation.api import _stop_ids, encode_prompts
 
     prompts = encode_prompts(tok, convs)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=_stop_ids(tok),
@@ -195,7 +195,7 @@ def run_hf_cb(model, tok, convs, args, arms):
 def run_llama_cpp(model, tok, convs, args, arms):
     from llama_cpp import Llama
 
-    from tunesmith.generate import encode_prompts
+    from tunesmith.generation.api import encode_prompts
     from tunesmith.models import converted_dir, resolve
 
     gguf = Path(args.data) / "model-f16.gguf"

@@ -3,7 +3,7 @@ kept only so bench/generate_speed.py can compare the two on the same prompts. No
 Generation shared by compare, chat, generate and serve: batched, and streamed.
 
     tunesmith generate --prompt "What is a persona?"
-    from tunesmith.generate import generate
+    from tunesmith.generation.api import generate
     outs = generate(model, tok, [[{"role": "user", "content": "Hi"}]], max_new_tokens=64)
 
 Both paths use transformers' `generate` (KV cache, stop at EOS). The batched path left-pads the
@@ -20,9 +20,9 @@ from typing import Iterator
 import torch
 
 from tunesmith.models import render
-from tunesmith.stopping import newline_ids as _newline_ids
-from tunesmith.stopping import repeat_start
-from tunesmith.stopping import stop_ids as _stop_ids
+from tunesmith.generation.stopping import newline_ids as _newline_ids
+from tunesmith.generation.stopping import repeat_start
+from tunesmith.generation.stopping import stop_ids as _stop_ids
 
 
 @dataclass

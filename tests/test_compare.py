@@ -157,7 +157,7 @@ def test_compare_skips_arms_that_cannot_run(data_dir, tiny_model_dir, tmp_path):
 
 def test_prompt_budget_limits_shots(data_dir, tiny_model_dir):
     from tunesmith.data import load_examples
-    from tunesmith.generate import encode_prompts
+    from tunesmith.generation.api import encode_prompts
     from tunesmith.models import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))
@@ -206,8 +206,8 @@ def test_demo_profiles_are_valid_config_overrides():
 
 def test_reused_prefix_gives_the_same_replies(tiny_model):
     """The engineered arm's long shared system prompt is computed once; nothing else changes."""
-    from tunesmith.engine import Engine, Request
-    from tunesmith.generate import encode_prompts, generate
+    from tunesmith.generation.engine import Engine, Request
+    from tunesmith.generation.api import encode_prompts, generate
 
     model, tok = tiny_model
     guide = (PANTRY / "style.md").read_text()

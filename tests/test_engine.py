@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunesmith.engine import Engine, Request
-from tunesmith.generate import _stop_ids, encode_prompts
+from tunesmith.generation.engine import Engine, Request
+from tunesmith.generation.api import _stop_ids, encode_prompts
 
 STYLE = (Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry" / "style.md").read_text()
 QUESTIONS = ["hi", "What is a cook night, and why do households plan one?", "ok then",

@@ -307,7 +307,7 @@ def test_training_lowers_the_loss(family, method, family_dir, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generation_equals_transformers_generate(family, family_dir):
-    from tunesmith.generate import _stop_ids, encode_prompts, generate
+    from tunesmith.generation.api import _stop_ids, encode_prompts, generate
     from tunesmith.models import load as ts_load
 
     model, tok = ts_load(str(family_dir(family)), dtype="float32", device="cpu")

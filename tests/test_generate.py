@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tunesmith.cli import main
-from tunesmith.generate import _newline_ids, encode_prompts, generate, repeat_start, stream
+from tunesmith.generation.api import _newline_ids, encode_prompts, generate, repeat_start, stream
 
 
 def conv(text):

@@ -170,7 +170,7 @@ def test_model_without_template_gets_chatml(tokenizer, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_model_second_load_is_fast_and_answers():
-    from tunesmith.generate import generate
+    from tunesmith.generation.api import generate
 
     load()  # converts on a fresh machine; cached after
     t0 = time.perf_counter()

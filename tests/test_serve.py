@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tunesmith.generate import encode_prompts, generate
+from tunesmith.generation.api import encode_prompts, generate
 from tunesmith.serve import create_app
 
 NAME = "tiny"

@@ -48,7 +48,7 @@ def scripted_reply(messages: list[dict], tuned: bool) -> str:
 
 
 def run_scripted(examples, passages, budget_words, arms=("zero-shot", "rag", "fine-tuned", "fine-tuned+rag")):
-    from tunesmith.generate import Completion
+    from tunesmith.generation.api import Completion
 
     ctx = Context(passages=passages, rag_k=3)
     ctx.fits = lambda msgs: sum(len(m["content"].split()) for m in msgs) <= budget_words

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 
 from tunesmith import UserError
-from tunesmith.vllm_engine import choose, guard_cut
+from tunesmith.generation.vllm import choose, guard_cut
 
 
 def test_auto_picks_vllm_only_with_cuda_and_the_package():
@@ -25,7 +25,7 @@ def test_asking_for_vllm_where_it_cannot_run_says_why(cuda, installed, needle):
 
 
 def test_guard_cut_is_where_the_engine_would_have_stopped():
-    from tunesmith.generate import repeat_start
+    from tunesmith.generation.api import repeat_start
 
     NL = 10
     line = [1, 2, 3, 4, 5, NL]
@@ -42,8 +42,8 @@ gpu = pytest.mark.skipif(not (importlib.util.find_spec("vllm") and importlib.uti
 @gpu
 def test_vllm_replies_equal_the_engines_for_base_and_adapter(tmp_path, tiny_model_dir, tokenizer):
     """Greedy, fp32: vLLM's replies equal the tunesmith engine's, on the base model and on a LoRA run."""
-    from tunesmith import vllm_engine
-    from tunesmith.generate import generate
+    from tunesmith.generation import vllm as vllm_engine
+    from tunesmith.generation.api import generate
     from tunesmith.models import load
     from tunesmith.testing import make_tiny_lora_run
 

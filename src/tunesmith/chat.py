@@ -31,7 +31,7 @@ def _messages(system: str, turns: list[dict]) -> list[dict]:
 
 
 def cli_chat(args) -> int:
-    from tunesmith.generate import stream
+    from tunesmith.generation.api import stream
 
     model, tok, secs = _load(args)
     print(f"tunesmith chat — {args.model or 'smollm2-135m-instruct'} loaded in {secs:.1f} s. {HELP}")
@@ -73,7 +73,7 @@ def cli_chat(args) -> int:
 
 
 def cli_generate(args) -> int:
-    from tunesmith.generate import generate
+    from tunesmith.generation.api import generate
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt.strip():

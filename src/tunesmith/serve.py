@@ -10,7 +10,7 @@ web UI at /. Every answer a client can cause is a 4xx in OpenAI's error shape
 {"error": {"message", "type", "param", "code"}}: 401 without the key, 413 for a large body, 400 for
 bad parameters or a prompt + max_tokens past the context length, 429 (with Retry-After) when the
 batch is full and `max_queue` requests already wait. Every request joins one running batch (the
-engine, tunesmith.engine: continuous batching in its own thread; or vLLM with --engine vllm); the
+engine, tunesmith.generation.engine: continuous batching in its own thread; or vLLM with --engine vllm); the
 event loop only moves bytes. A client that goes away mid-reply loses its row at the next step. A
 client that sends its headers or body too slowly is cut off (the connection closed, or 408) and
 never holds a place in the batch.
@@ -90,7 +90,7 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
     from fastapi.responses import HTMLResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
-    from tunesmith import vllm_engine
+    from tunesmith.generation import vllm as vllm_engine
 
     bench = None  # the workbench first: a bad projects directory is refused before the model loads
     if isinstance(workbench, (str, Path)) and str(workbench):
@@ -300,7 +300,7 @@ def _messages(messages) -> list[dict]:
 
 
 def _encode_prompt(tok, messages: list[dict]) -> list[int]:
-    from tunesmith.generate import encode_prompts
+    from tunesmith.generation.api import encode_prompts
 
     try:
         return encode_prompts(tok, [messages])[0]
@@ -361,7 +361,7 @@ class _EngineBackend:
     """The tunesmith engine, stepping in its own thread; every request is one row of its batch."""
 
     def __init__(self, model, tok, max_rows: int):
-        from tunesmith.engine import Engine
+        from tunesmith.generation.engine import Engine
 
         # 256 prompt tokens per step: a newcomer's prefill delays the running replies by about as
         # much as a few decode steps, not by its whole prompt. A shared prefix from 16 tokens is
@@ -374,7 +374,7 @@ class _EngineBackend:
         return self.engine.running
 
     def submit(self, gen: "_Generation", prompt: list[int], req: ChatRequest, max_tokens: int):
-        from tunesmith.engine import Request
+        from tunesmith.generation.engine import Request
 
         def done(r: Request):
             gen.usage.update(prompt_tokens=len(r.prompt), completion_tokens=r.spent, finish_reason=r.finish_reason)

@@ -135,7 +135,7 @@ def check_settings(cfg: Config, names: list[str]) -> None:
     if cfg.data.prompt:
         _read_prompt(cfg.data.prompt)
     judge.check(cfg.judge, names)
-    from tunesmith import vllm_engine
+    from tunesmith.generation import vllm as vllm_engine
 
     vllm_engine.choose(cfg.generate.engine)  # generate.engine=vllm without CUDA or vllm: say so now
 
@@ -199,7 +199,7 @@ def _templates_dir(cfg: Config) -> Path | None:
 def load_model(cfg: Config, spec: str, tuned: bool):
     """The one way compare loads a model (the arms and the learning curve alike): on vLLM where
     generate.engine chooses it, else with transformers for tunesmith's engine."""
-    from tunesmith import vllm_engine
+    from tunesmith.generation import vllm as vllm_engine
     from tunesmith.models import load
 
     if vllm_engine.choose(cfg.generate.engine) == "vllm":
@@ -211,7 +211,7 @@ def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx
              log, tuned: bool, done: int, total: int) -> dict[str, list]:
     """Generate every example's reply for each arm in `group` with one model. Arms that cannot run
     land in `skipped` with their reason."""
-    from tunesmith.generate import encode_prompts, generate
+    from tunesmith.generation.api import encode_prompts, generate
 
     g = cfg.generate
     cpu.use_heap()  # prefill caches and prefix copies are short-lived: serve them from the heap
@@ -515,7 +515,7 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
     """Train on 25 % and 50 % of the training examples (same settings, same held-out split) and
     score the fine-tuned arm on the same examples: does the primary score still rise at 100 %?"""
     from tunesmith.data.formats import write_jsonl
-    from tunesmith.generate import generate
+    from tunesmith.generation.api import generate
     from tunesmith.train import train
 
     key = results["primary_metric"]

@@ -125,7 +125,7 @@ class Chat:
 
     def reply(self, job: dict, messages: dict[str, list[dict]], max_tokens: int, temperature: float = 0.0) -> dict:
         from tunesmith.config import load_config
-        from tunesmith.generate import generate
+        from tunesmith.generation.api import generate
 
         base = load_config(Path(job["run_dir"]) / "config.yaml").model.name
         out = {}

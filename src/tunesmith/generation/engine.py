@@ -1,6 +1,6 @@
 """The generation engine behind compare, chat, generate and serve: continuous batching on one model.
 
-    from tunesmith.engine import Engine, Request
+    from tunesmith.generation.engine import Engine, Request
     engine = Engine(model, tok, max_rows=16)
     done = engine.run([Request(ids, max_new_tokens=128) for ids in prompts])  # batch: every reply, in order
     engine.start(); engine.submit(Request(ids, on_text=print))                # serve: a thread steps while there is work
@@ -106,7 +106,7 @@ class Engine:
 
     def __init__(self, model, tok, max_rows: int = 8, prefill_tokens: int = 512, min_prefix: int = 64,
                  prefix_bytes: int = 256 << 20, shared_attention: int = 256, draft_tokens: int = 8):
-        from tunesmith.stopping import newline_ids, stop_ids
+        from tunesmith.generation.stopping import newline_ids, stop_ids
 
         self.model, self.tok, self.max_rows = model, tok, max(1, max_rows)
         self.prefill_tokens, self.min_prefix = max(1, prefill_tokens), min_prefix
@@ -450,7 +450,7 @@ class Engine:
             req.kept = req.spent = len(req.tokens) - 1
             self._finish(req, "stop")
             return True
-        from tunesmith.stopping import repeat_start
+        from tunesmith.generation.stopping import repeat_start
 
         cut = repeat_start(req.tokens, self._newline_ids()) if req.stop_on_repeat else None
         if cut is not None:

@@ -1,7 +1,7 @@
-"""Generation shared by compare, chat, generate and serve, on the engine (tunesmith.engine).
+"""Generation shared by compare, chat, generate and serve, on the engine (tunesmith.generation.engine).
 
     tunesmith generate --prompt "What is a persona?"
-    from tunesmith.generate import generate
+    from tunesmith.generation.api import generate
     outs = generate(model, tok, [[{"role": "user", "content": "Hi"}]], max_new_tokens=64)
 
 `generate` answers many conversations with continuous batching; `stream` yields one reply piece by
@@ -14,10 +14,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
+from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
 from tunesmith.models import render
-from tunesmith.stopping import newline_ids as _newline_ids  # noqa: F401  (the names callers know)
-from tunesmith.stopping import repeat_start  # noqa: F401
-from tunesmith.stopping import stop_ids as _stop_ids  # noqa: F401
 
 
 @dataclass
@@ -34,12 +32,23 @@ def encode_prompts(tok, conversations: list[list[dict]]) -> list[list[int]]:
     return [tok(render(tok, conv), add_special_tokens=False)["input_ids"] for conv in conversations]
 
 
-def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float = 1.0, batch_size: int = 8, seed: int = 0, progress=None,
-             reuse_prefix: bool = True, stop_on_repeat: bool = True, prefill_tokens: int = 2048) -> list[Completion]:
+def generate(
+    model,
+    tok,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress=None,
+    reuse_prefix: bool = True,
+    stop_on_repeat: bool = True,
+    prefill_tokens: int = 2048,
+) -> list[Completion]:
     """Reply to each conversation, `batch_size` replies in flight at once (continuous batching: a
     finished reply's row goes to the next prompt at the next step). `model` may also be a
-    tunesmith.vllm_engine.VllmModel (generate.engine=vllm).
+    tunesmith.generation.vllm.VllmModel (generate.engine=vllm).
 
     reuse_prefix: a prefix several prompts share (a long system prompt, the same few-shot block) is
     prefilled once and its keys and values copied for the others; replies and token counts are the same.
@@ -48,33 +57,46 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
     Prompts are taken shortest first, so the rows running together have similar lengths (a row's
     padding up to the longest one costs attention at every step); shared prefixes are found in any order.
     """
-    from tunesmith.engine import Engine, Request
-    from tunesmith.vllm_engine import VllmModel
+    from tunesmith.generation.engine import Engine, Request
+    from tunesmith.generation.vllm import VllmModel
 
     prompts = encode_prompts(tok, conversations)
     if isinstance(model, VllmModel):  # generate.engine=vllm: vLLM batches them itself
-        from tunesmith import vllm_engine
+        from tunesmith.generation import vllm as vllm_engine
 
-        outs = [Completion(*o) for o in vllm_engine.generate(model, tok, prompts, max_new_tokens, temperature, top_p,
-                                                              seed, stop_on_repeat)]
+        outs = [
+            Completion(*o)
+            for o in vllm_engine.generate(model, tok, prompts, max_new_tokens, temperature, top_p, seed, stop_on_repeat)
+        ]
         if progress is not None:
             progress(len(outs))
         return outs
-    engine = Engine(model, tok, max_rows=batch_size, prefill_tokens=prefill_tokens,
-                    min_prefix=64 if reuse_prefix else 1 << 30)
+    engine = Engine(
+        model, tok, max_rows=batch_size, prefill_tokens=prefill_tokens, min_prefix=64 if reuse_prefix else 1 << 30
+    )
     results: list[Completion | None] = [None] * len(prompts)
     # The engine's batch attends over every cached token; a model with sliding-window layers agrees
     # with it only while a sequence fits the window. Longer ones go through transformers' own
     # generate, one at a time: the same replies, without the batching.
     beyond = {i for i, p in enumerate(prompts) if engine.window is not None and len(p) + max_new_tokens > engine.window}
     for i in sorted(beyond):
-        results[i] = _one_by_transformers(model, tok, prompts[i], max_new_tokens, temperature, top_p, seed + i,
-                                          stop_on_repeat)
+        results[i] = _one_by_transformers(
+            model, tok, prompts[i], max_new_tokens, temperature, top_p, seed + i, stop_on_repeat
+        )
         if progress is not None:
             progress(1)
     order = sorted((i for i in range(len(prompts)) if i not in beyond), key=lambda i: (len(prompts[i]), prompts[i]))
-    reqs = [Request(prompts[i], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                    seed=seed + i, stop_on_repeat=stop_on_repeat) for i in order]
+    reqs = [
+        Request(
+            prompts[i],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed + i,
+            stop_on_repeat=stop_on_repeat,
+        )
+        for i in order
+    ]
     engine.run(reqs, progress=progress)
     for i, req in zip(order, reqs):
         if req.error is not None:
@@ -83,8 +105,16 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
     return results
 
 
-def _one_by_transformers(model, tok, prompt: list[int], max_new_tokens: int, temperature: float, top_p: float,
-                         seed: int, stop_on_repeat: bool) -> Completion:
+def _one_by_transformers(
+    model,
+    tok,
+    prompt: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    stop_on_repeat: bool,
+) -> Completion:
     """One reply from transformers' `generate`, with the engine's stop ids and loop guard (checked
     after every token, as the engine does, so the reply and its token count are the engine's)."""
     import time
@@ -92,33 +122,47 @@ def _one_by_transformers(model, tok, prompt: list[int], max_new_tokens: int, tem
     import torch
 
     t0 = time.perf_counter()
-    stops = _stop_ids(tok)
-    kw = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "eos_token_id": stops,
-          "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else stops[0]}
+    stops = stop_ids(tok)
+    kw = {
+        "do_sample": temperature > 0,
+        "max_new_tokens": max_new_tokens,
+        "eos_token_id": stops,
+        "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else stops[0],
+    }
     if temperature > 0:
         torch.manual_seed(seed)
         kw.update(temperature=temperature, top_p=top_p)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt], device=device)
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)[0, len(prompt):].tolist()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)[0, len(prompt) :].tolist()
     end = next((j for j, t in enumerate(out) if t in stops), None)
     new, finish = (out[:end], "stop") if end is not None else (out, "length")
     spent = len(new)
     if stop_on_repeat:
-        newlines = _newline_ids(tok)
+        newlines = newline_ids(tok)
         for k in range(1, len(new) + 1):
             cut = repeat_start(new[:k], newlines)
             if cut is not None:
                 new, spent, finish = new[:cut], k, "repeat"
                 break
-    return Completion(tok.decode(new, skip_special_tokens=True).strip(), len(prompt), spent,
-                      time.perf_counter() - t0, finish)
+    return Completion(
+        tok.decode(new, skip_special_tokens=True).strip(), len(prompt), spent, time.perf_counter() - t0, finish
+    )
 
 
-def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float = 1.0, stop_event: threading.Event | None = None,
-           usage: dict | None = None, stop_on_repeat: bool = True, seed: int = 0) -> Iterator[str]:
+def stream(
+    model,
+    tok,
+    messages: list[dict],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop_event: threading.Event | None = None,
+    usage: dict | None = None,
+    stop_on_repeat: bool = True,
+    seed: int = 0,
+) -> Iterator[str]:
     """Yield the reply to one conversation piece by piece as it is generated.
 
     Setting `stop_event` (a client went away) ends generation at the next token. A `usage` dict is
@@ -126,11 +170,18 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
     as in `generate`) and finish_reason: "stop" (EOS), "length" (max_new_tokens), "repeat" (a loop
     began; what was already streamed stays sent) or "cancelled".
     """
-    from tunesmith.engine import Engine, Request
+    from tunesmith.generation.engine import Engine, Request
 
     pieces: list[str] = []
-    req = Request(encode_prompts(tok, [messages])[0], max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, seed=seed, stop_on_repeat=stop_on_repeat, on_text=pieces.append)
+    req = Request(
+        encode_prompts(tok, [messages])[0],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop_on_repeat=stop_on_repeat,
+        on_text=pieces.append,
+    )
     engine = Engine(model, tok, max_rows=1)
     engine.submit(req)
     while not req.done.is_set():

@@ -3,7 +3,7 @@
     tunesmith compare config.yaml generate.engine=vllm
     tunesmith serve runs/pantry --engine vllm
 
-`generate.engine` picks the engine: `tunesmith` (tunesmith.engine, any device), `vllm`, or `auto`
+`generate.engine` picks the engine: `tunesmith` (tunesmith.generation.engine, any device), `vllm`, or `auto`
 (vLLM when CUDA and the package are both there). A run's LoRA adapter is served on its base model
 through vLLM's LoRARequest; a merged export or any model directory loads as is. The loop guard
 applies to vLLM's replies too: a reply is cut where the tunesmith engine would have stopped it
@@ -93,7 +93,7 @@ def load(spec, dtype: str = "auto", trust_remote_code: bool = False):
 def _params(tok, max_new_tokens: int, temperature: float, top_p: float, seed: int | None):
     from vllm import SamplingParams
 
-    from tunesmith.stopping import stop_ids
+    from tunesmith.generation.stopping import stop_ids
 
     return SamplingParams(max_tokens=max_new_tokens, temperature=temperature or 0.0,
                           top_p=top_p if temperature else 1.0, seed=seed, stop_token_ids=stop_ids(tok),
@@ -102,7 +102,7 @@ def _params(tok, max_new_tokens: int, temperature: float, top_p: float, seed: in
 
 def guard_cut(ids: list[int], newlines: set[int]) -> int | None:
     """Where the loop guard would have stopped this reply: (tokens generated at that point) or None."""
-    from tunesmith.stopping import repeat_start
+    from tunesmith.generation.stopping import repeat_start
 
     for n in range(1, len(ids) + 1):
         if repeat_start(ids[:n], newlines) is not None:
@@ -116,7 +116,7 @@ def generate(vm: VllmModel, tok, prompts: list[list[int]], max_new_tokens: int, 
     vLLM reports no per-request time here: each reply's latency is the batch's wall time."""
     from vllm.inputs import TokensPrompt
 
-    from tunesmith.stopping import newline_ids, repeat_start, stop_ids
+    from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
 
     t0 = time.perf_counter()
     outs = vm.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
@@ -156,7 +156,7 @@ class AsyncBackend:
         early (the client went away) aborts the request in vLLM."""
         from vllm.inputs import TokensPrompt
 
-        from tunesmith.stopping import newline_ids, repeat_start
+        from tunesmith.generation.stopping import newline_ids, repeat_start
 
         rid, sent, reason, spent = f"tunesmith-{uuid.uuid4().hex}", "", "length", 0
         newlines, stops = newline_ids(tok) if stop_on_repeat else set(), _stop_set(tok)
@@ -183,6 +183,6 @@ class AsyncBackend:
 
 
 def _stop_set(tok) -> set[int]:
-    from tunesmith.stopping import stop_ids
+    from tunesmith.generation.stopping import stop_ids
 
     return set(stop_ids(tok))

@@ -1,7 +1,7 @@
 """When a reply ends: the stop ids of a vocabulary, and the loop guard's test for a reply that has
 started to repeat itself. Shared by the engine, vLLM's path and the exports.
 
-    from tunesmith.stopping import newline_ids, repeat_start, stop_ids
+    from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
     cut = repeat_start(reply_ids, newline_ids(tok))   # None, or where the repeat begins
 """
 
