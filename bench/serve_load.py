@@ -19,7 +19,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -53,8 +52,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def one_request(http: httpx.AsyncClient, url: str, model: str, max_tokens: int, rng: random.Random, stats: dict):
-    body = {"model": model, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
-            "temperature": 0.7, "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}]}
+    body = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.7,
+        "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}],
+    }
     t0 = time.perf_counter()
     first = None
     done = finished = False
@@ -113,8 +118,16 @@ async def client(idx: int, url: str, model: str, deadline: float, max_tokens: in
 
 
 async def load(url: str, model: str, clients: int, seconds: float, max_tokens: int) -> dict:
-    stats = {"ok": 0, "429": 0, "5xx": 0, "other_4xx": 0, "truncated": 0, "latency": [], "ttft": [],
-             "completion_tokens": 0}
+    stats = {
+        "ok": 0,
+        "429": 0,
+        "5xx": 0,
+        "other_4xx": 0,
+        "truncated": 0,
+        "latency": [],
+        "ttft": [],
+        "completion_tokens": 0,
+    }
     t0 = time.perf_counter()
     deadline = t0 + seconds
     await asyncio.gather(*(client(i, url, model, deadline, max_tokens, stats) for i in range(clients)))
@@ -128,8 +141,15 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--max-concurrency", type=int, default=None, help="rows in the server's batch (default: serve.max_concurrency)")
-    p.add_argument("--max-queue", type=int, default=None, help="requests the server lets wait (default: serve.max_queue); more get 429 and retry")
+    p.add_argument(
+        "--max-concurrency", type=int, default=None, help="rows in the server's batch (default: serve.max_concurrency)"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="requests the server lets wait (default: serve.max_queue); more get 429 and retry",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "out" / "serve_load.json"))
     args = p.parse_args()
 
@@ -157,9 +177,12 @@ def main() -> int:
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
         health = httpx.get(f"{url}/health").json()
         args.max_concurrency, args.max_queue = health["max_concurrency"], health["max_queue"]
-        print(f"server up in {time.time() - t0:.1f} s; {args.clients} clients for {args.seconds:.0f} s, "
-              f"max_tokens {args.max_tokens}, server batch {args.max_concurrency} rows + {args.max_queue} waiting; "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"server up in {time.time() - t0:.1f} s; {args.clients} clients for {args.seconds:.0f} s, "
+            f"max_tokens {args.max_tokens}, server batch {args.max_concurrency} rows + {args.max_queue} waiting; "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         stats = asyncio.run(load(url, model, args.clients, args.seconds, args.max_tokens))
     finally:
         server.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
@@ -170,22 +193,40 @@ def main() -> int:
         log.close()
 
     result = {
-        "model": args.model, "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
-        "max_concurrency": args.max_concurrency, "max_queue": args.max_queue, "load_avg_1m": os.getloadavg()[0],
-        "requests_ok": stats["ok"], "responses_429": stats["429"],
-        "responses_5xx": stats["5xx"], "other_4xx": stats["other_4xx"], "truncated_streams": stats["truncated"],
-        "latency_p50_s": percentile(stats["latency"], 50), "latency_p99_s": percentile(stats["latency"], 99),
-        "ttft_p50_s": percentile(stats["ttft"], 50), "ttft_p99_s": percentile(stats["ttft"], 99),
-        "completion_tokens": stats["completion_tokens"], "wall_s": round(stats["wall_s"], 1),
-        "tokens_per_s": stats["completion_tokens"] / stats["wall_s"], "errors": stats.get("errors", [])[:5],
+        "model": args.model,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "max_tokens": args.max_tokens,
+        "max_concurrency": args.max_concurrency,
+        "max_queue": args.max_queue,
+        "load_avg_1m": os.getloadavg()[0],
+        "requests_ok": stats["ok"],
+        "responses_429": stats["429"],
+        "responses_5xx": stats["5xx"],
+        "other_4xx": stats["other_4xx"],
+        "truncated_streams": stats["truncated"],
+        "latency_p50_s": percentile(stats["latency"], 50),
+        "latency_p99_s": percentile(stats["latency"], 99),
+        "ttft_p50_s": percentile(stats["ttft"], 50),
+        "ttft_p99_s": percentile(stats["ttft"], 99),
+        "completion_tokens": stats["completion_tokens"],
+        "wall_s": round(stats["wall_s"], 1),
+        "tokens_per_s": stats["completion_tokens"] / stats["wall_s"],
+        "errors": stats.get("errors", [])[:5],
         "cpu_count": os.cpu_count(),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"requests ok {result['requests_ok']}  429 {result['responses_429']}  5xx {result['responses_5xx']}  "
-          f"truncated {result['truncated_streams']}  other 4xx {result['other_4xx']}")
-    print(f"latency p50 {result['latency_p50_s']:.2f} s  p99 {result['latency_p99_s']:.2f} s   "
-          f"first token p50 {result['ttft_p50_s']:.2f} s  p99 {result['ttft_p99_s']:.2f} s")
-    print(f"{result['completion_tokens']} completion tokens in {result['wall_s']} s = {result['tokens_per_s']:.1f} tokens/s")
+    print(
+        f"requests ok {result['requests_ok']}  429 {result['responses_429']}  5xx {result['responses_5xx']}  "
+        f"truncated {result['truncated_streams']}  other 4xx {result['other_4xx']}"
+    )
+    print(
+        f"latency p50 {result['latency_p50_s']:.2f} s  p99 {result['latency_p99_s']:.2f} s   "
+        f"first token p50 {result['ttft_p50_s']:.2f} s  p99 {result['ttft_p99_s']:.2f} s"
+    )
+    print(
+        f"{result['completion_tokens']} completion tokens in {result['wall_s']} s = {result['tokens_per_s']:.1f} tokens/s"
+    )
     print(f"wrote {args.out}")
     return 0 if result["responses_5xx"] == 0 and result["truncated_streams"] == 0 else 1
 

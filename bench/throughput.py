@@ -81,20 +81,36 @@ def step_clock() -> list:
 
 def timed(marks: list, step_tokens: list, warmup: int) -> dict:
     """Totals over the steps after the first `warmup` (step i runs from mark i-1 to mark i)."""
-    return {"tokens": sum(step_tokens[warmup:len(marks)]), "steps": len(marks) - warmup,
-            "seconds": marks[-1][0] - marks[warmup - 1][0], "cpu_seconds": marks[-1][1] - marks[warmup - 1][1]}
+    return {
+        "tokens": sum(step_tokens[warmup : len(marks)]),
+        "steps": len(marks) - warmup,
+        "seconds": marks[-1][0] - marks[warmup - 1][0],
+        "cpu_seconds": marks[-1][1] - marks[warmup - 1][1],
+    }
 
 
 def run_tunesmith(args, data: Path, out: Path) -> dict:
     from tunesmith.config import load_config
     from tunesmith.train import train
 
-    cfg = load_config(None, [
-        f"model.name={args.model}", f"data.train={data}", "data.heldout_fraction=0", f"data.max_len={args.max_length}",
-        "data.too_long=truncate", f"train.output_dir={out}", f"train.max_steps={args.warmup + args.steps}",
-        f"train.batch_size={args.batch}", "train.lr=2e-4", f"lora.r={args.rank}", f"lora.alpha={2 * args.rank}",
-        "lora.target_modules=all-linear", "train.save_every=-1",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={args.model}",
+            f"data.train={data}",
+            "data.heldout_fraction=0",
+            f"data.max_len={args.max_length}",
+            "data.too_long=truncate",
+            f"train.output_dir={out}",
+            f"train.max_steps={args.warmup + args.steps}",
+            f"train.batch_size={args.batch}",
+            "train.lr=2e-4",
+            f"lora.r={args.rank}",
+            f"lora.alpha={2 * args.rank}",
+            "lora.target_modules=all-linear",
+            "train.save_every=-1",
+        ],
+    )
     marks = step_clock()
     train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -115,17 +131,35 @@ def run_trl(args, data: Path, out: Path, packing: bool) -> dict:
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     ds = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(converted_dir(resolve(args.model)),
-                                                 dtype=torch.bfloat16 if cuda else torch.float32)
-    config = SFTConfig(  # TRL's defaults otherwise (gradient checkpointing on, as TRL ships it)
-        output_dir=str(out), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-        max_length=args.max_length, packing=packing, max_steps=args.warmup + args.steps, learning_rate=2e-4,
-        logging_steps=1, save_strategy="no", report_to="none", bf16=cuda, use_cpu=not cuda, seed=0,
-        dataloader_num_workers=0, disable_tqdm=True,
+    model = AutoModelForCausalLM.from_pretrained(
+        converted_dir(resolve(args.model)), dtype=torch.bfloat16 if cuda else torch.float32
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=ds, processing_class=tok,
-                         peft_config=LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear",
-                                                lora_dropout=0.0, task_type="CAUSAL_LM"))
+    config = SFTConfig(  # TRL's defaults otherwise (gradient checkpointing on, as TRL ships it)
+        output_dir=str(out),
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        max_length=args.max_length,
+        packing=packing,
+        max_steps=args.warmup + args.steps,
+        learning_rate=2e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=cuda,
+        use_cpu=not cuda,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=LoraConfig(
+            r=args.rank, lora_alpha=2 * args.rank, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"
+        ),
+    )
     collate, step_tokens = trainer.data_collator, []
 
     def counting(features):  # real tokens: the examples' own lengths, before any padding
@@ -203,16 +237,31 @@ def main() -> None:
                     sys.exit(f"{s} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
                 res = json.loads(line[7:])
                 results[s].append(res)
-                print(f"round {r + 1} {s:11s} {res['tokens_per_s']:6.1f} real tok/s {res['tokens_per_cpu_s']:6.1f} per CPU-s"
-                      f"  peak {res['peak_memory_mb']:5.0f} MB  ({res['tokens']} tokens, {res['steps']} steps, "
-                      f"{res['seconds']:.0f} s, {res['threads']} threads; run {time.time() - t0:.0f} s; "
-                      f"load {os.getloadavg()[0]:.1f})", flush=True)
+                print(
+                    f"round {r + 1} {s:11s} {res['tokens_per_s']:6.1f} real tok/s {res['tokens_per_cpu_s']:6.1f} per CPU-s"
+                    f"  peak {res['peak_memory_mb']:5.0f} MB  ({res['tokens']} tokens, {res['steps']} steps, "
+                    f"{res['seconds']:.0f} s, {res['threads']} threads; run {time.time() - t0:.0f} s; "
+                    f"load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
     _report(args, results)
 
 
 def _passthrough(args) -> list[str]:
-    return ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-            "--max-length", str(args.max_length), "--rank", str(args.rank)]
+    return [
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--max-length",
+        str(args.max_length),
+        "--rank",
+        str(args.rank),
+    ]
 
 
 def _describe_data(args, examples) -> None:
@@ -222,12 +271,16 @@ def _describe_data(args, examples) -> None:
     tok = load_tokenizer(args.model)
     lengths = sorted(len(encode(tok, e["messages"])[0]) for e in examples)
     q = lambda f: lengths[int(f * (len(lengths) - 1))]  # noqa: E731
-    print(f"data: {len(lengths)} Pantry chat examples (tunesmith import), tokens min {lengths[0]} / median {q(0.5)} / "
-          f"p90 {q(0.9)} / max {lengths[-1]}; {sum(n > args.max_length for n in lengths)} longer than {args.max_length} "
-          f"(truncated)")
-    print(f"setup: {args.model}, LoRA r{args.rank} all-linear, batch {args.batch}, max_length {args.max_length}, "
-          f"{args.warmup} warmup + {args.steps} timed steps per run, {args.rounds} interleaved round(s), "
-          f"threads: {args.threads or 'each system its own'}")
+    print(
+        f"data: {len(lengths)} Pantry chat examples (tunesmith import), tokens min {lengths[0]} / median {q(0.5)} / "
+        f"p90 {q(0.9)} / max {lengths[-1]}; {sum(n > args.max_length for n in lengths)} longer than {args.max_length} "
+        f"(truncated)"
+    )
+    print(
+        f"setup: {args.model}, LoRA r{args.rank} all-linear, batch {args.batch}, max_length {args.max_length}, "
+        f"{args.warmup} warmup + {args.steps} timed steps per run, {args.rounds} interleaved round(s), "
+        f"threads: {args.threads or 'each system its own'}"
+    )
 
 
 def _report(args, results: dict) -> None:
@@ -237,14 +290,18 @@ def _report(args, results: dict) -> None:
     med = {s: {k: statistics.median(r[k] for r in rs) for k in keys} for s, rs in results.items() if rs}
     base = results.get("trl-padded")
     ratio = lambda s, k: statistics.median(a[k] / b[k] for a, b in zip(results[s], base))  # noqa: E731
-    print("\n| system | real tokens/s | per CPU-second | peak memory MB | speed vs TRL padded (wall / CPU) "
-          "| memory vs TRL padded |")
+    print(
+        "\n| system | real tokens/s | per CPU-second | peak memory MB | speed vs TRL padded (wall / CPU) "
+        "| memory vs TRL padded |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for s, m in med.items():
         speed = f"{ratio(s, 'tokens_per_s'):.2f}x / {ratio(s, 'tokens_per_cpu_s'):.2f}x" if base else "-"
         mem = f"{ratio(s, 'peak_memory_mb'):.2f}x" if base else "-"
-        print(f"| {s} | {m['tokens_per_s']:.1f} | {m['tokens_per_cpu_s']:.1f} | {m['peak_memory_mb']:.0f} | {speed} "
-              f"| {mem} |")
+        print(
+            f"| {s} | {m['tokens_per_s']:.1f} | {m['tokens_per_cpu_s']:.1f} | {m['peak_memory_mb']:.0f} | {speed} "
+            f"| {mem} |"
+        )
     print("(medians over rounds; ratios: median of the per-round ratios)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "median": med}, indent=2))

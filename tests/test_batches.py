@@ -28,7 +28,8 @@ def test_loss_only_on_assistant_replies_and_their_end_token(tokenizer):
     ids, targets = encode(tokenizer, CHAT)
     assert len(ids) == len(targets)
     assert _loss_text(tokenizer, ids, targets) == (
-        "Everything a planner will buy this week.<|im_end|>A cheaper item in place of one in the basket.<|im_end|>")
+        "Everything a planner will buy this week.<|im_end|>A cheaper item in place of one in the basket.<|im_end|>"
+    )
     # the assistant header the model is always given is not a target
     assert "assistant" not in _loss_text(tokenizer, ids, targets)
 
@@ -47,9 +48,11 @@ def test_encoded_tokens_are_the_templates_tokens(tokenizer):
 
 
 def test_too_long_policies_and_examples_without_loss(tokenizer):
-    examples = [{"messages": CHAT, "meta": {"id": "long"}},
-                {"messages": CHAT[:2] + [{"role": "assistant", "content": "x", "weight": 0}], "meta": {"id": "none"}},
-                {"messages": CHAT[:3], "meta": {"id": "short"}}]
+    examples = [
+        {"messages": CHAT, "meta": {"id": "long"}},
+        {"messages": CHAT[:2] + [{"role": "assistant", "content": "x", "weight": 0}], "meta": {"id": "none"}},
+        {"messages": CHAT[:3], "meta": {"id": "short"}},
+    ]
     n_long = len(encode(tokenizer, CHAT)[0])
     n_short = len(encode(tokenizer, CHAT[:3])[0])
     kept, report = encode_examples(tokenizer, examples, max_len=n_long - 1, too_long="drop")
@@ -99,15 +102,18 @@ def test_a_packed_example_sees_exactly_what_it_sees_alone(tiny_model_dir, tokeni
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     use_varlen(model)
     convs = [CHAT, CHAT[1:3], [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
-    encoded = [{"ids": encode(tokenizer, c)[0], "targets": encode(tokenizer, c)[1], "index": i} for i, c in enumerate(convs)]
+    encoded = [
+        {"ids": encode(tokenizer, c)[0], "targets": encode(tokenizer, c)[1], "index": i} for i, c in enumerate(convs)
+    ]
     batch = collate(encoded, packing=True)
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       cu_seqlens=batch["cu_seqlens"]).logits[0]  # (sum of lengths, V)
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"]
+        ).logits[0]  # (sum of lengths, V)
         model.set_attn_implementation("sdpa")
         for e, start in zip(encoded, batch["cu_seqlens"]):
             alone = model(input_ids=torch.tensor([e["ids"]])).logits[0]
-            assert (packed[start:start + len(e["ids"])] - alone).abs().max().item() < 1e-5
+            assert (packed[start : start + len(e["ids"])] - alone).abs().max().item() < 1e-5
         # and without the varlen attention, position ids alone do NOT isolate examples here:
         # the test above would catch a packing that leaked.
         leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
@@ -144,7 +150,9 @@ def test_the_lm_head_sees_only_positions_with_loss(tiny_model_dir, tokenizer, mo
 
     rows = []
     real = train_mod.linear_cross_entropy
-    monkeypatch.setattr(train_mod, "linear_cross_entropy", lambda h, *a, **k: rows.append(h.shape[0]) or real(h, *a, **k))
+    monkeypatch.setattr(
+        train_mod, "linear_cross_entropy", lambda h, *a, **k: rows.append(h.shape[0]) or real(h, *a, **k)
+    )
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     loss_model = train_mod.CausalLMLoss(model)
     answer = {"role": "assistant", "content": "A cheaper item in place of one in the basket."}

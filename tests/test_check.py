@@ -30,11 +30,22 @@ TRICKY = [
 def conversations():
     return [
         [{"role": "user", "content": TRICKY[0]}, {"role": "assistant", "content": TRICKY[1]}],
-        [{"role": "system", "content": TRICKY[2]}, {"role": "user", "content": TRICKY[3]}, {"role": "assistant", "content": TRICKY[5]}],
-        [{"role": "user", "content": "q"}, {"role": "assistant", "content": TRICKY[4]},
-         {"role": "user", "content": "again"}, {"role": "assistant", "content": "not learnt", "weight": 0}],
-        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "only this is learnt", "weight": 1},
-         {"role": "user", "content": "and this?"}],
+        [
+            {"role": "system", "content": TRICKY[2]},
+            {"role": "user", "content": TRICKY[3]},
+            {"role": "assistant", "content": TRICKY[5]},
+        ],
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": TRICKY[4]},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "not learnt", "weight": 0},
+        ],
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "only this is learnt", "weight": 1},
+            {"role": "user", "content": "and this?"},
+        ],
     ]
 
 
@@ -60,7 +71,7 @@ def test_token_lengths_equal_the_rendered_conversation(tokenizer):
         for k, m in enumerate(msgs):
             if m["role"] == "assistant" and m.get("weight", 1):
                 head = n_tokens(tokenizer, render(tokenizer, msgs[:k], True))
-                n += n_tokens(tokenizer, render(tokenizer, msgs[:k + 1], False)) - head - 1
+                n += n_tokens(tokenizer, render(tokenizer, msgs[: k + 1], False)) - head - 1
         want.append(n)
     assert trainable == want
     assert trainable[3] == n_tokens(tokenizer, "only this is learnt") + 1
@@ -69,8 +80,10 @@ def test_token_lengths_equal_the_rendered_conversation(tokenizer):
 def test_a_template_that_rewrites_content_falls_back_to_rendering(tokenizer):
     convs = [[{"role": "user", "content": "  padded  "}, {"role": "assistant", "content": " reply "}]] * 2
     saved = tokenizer.chat_template
-    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
-                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     try:
         assert check._template_pieces(tokenizer, convs[0]) is None
         totals, trainable = token_lengths(tokenizer, [{"messages": m} for m in convs])
@@ -81,8 +94,20 @@ def test_a_template_that_rewrites_content_falls_back_to_rendering(tokenizer):
 
 
 def test_malformed_corpus_end_to_end(tiny_model_dir, capsys):
-    rc = main(["check", str(FIXTURES / "malformed.jsonl"), "--model", str(tiny_model_dir), "--max-len", "256",
-               "--too-long", "error", "--no-probe", "--json"])
+    rc = main(
+        [
+            "check",
+            str(FIXTURES / "malformed.jsonl"),
+            "--model",
+            str(tiny_model_dir),
+            "--max-len",
+            "256",
+            "--too-long",
+            "error",
+            "--no-probe",
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert rc == 1 and not report["ok"]
     got = Counter((i["line"], i["code"]) for i in report["issues"])
@@ -100,7 +125,9 @@ def write_small(path, n=12, long_at=()):
     recs = []
     for i in range(n):
         answer = " ".join(["word"] * 400) if i in long_at else f"answer {i}"
-        recs.append({"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": answer}]})
+        recs.append(
+            {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": answer}]}
+        )
     write_jsonl(path, recs)
     return path
 
@@ -122,14 +149,22 @@ def test_too_long_policy_is_never_silent(tiny_model_dir, tmp_path, policy):
 
 
 def test_estimate_arithmetic():
-    e = estimate(1_000_000, 100_000_000, "lora", 2.5, {"tokens_per_s": 500.0, "device": "cpu", "steps": 3,
-                                                      "tokens_per_step": 128, "step_s": 0.256})
+    e = estimate(
+        1_000_000,
+        100_000_000,
+        "lora",
+        2.5,
+        {"tokens_per_s": 500.0, "device": "cpu", "steps": 3, "tokens_per_step": 128, "step_s": 0.256},
+    )
     assert e["reference"]["flops_per_epoch"] == 4 * 1e8 * 1e6
     seconds = 4e14 / (REFERENCE_GPU["peak_flops"] * REFERENCE_GPU["mfu"])
     assert e["reference"]["seconds_per_epoch"] == round(seconds, 2)
     assert e["reference"]["usd_per_epoch"] == round(seconds / 3600 * 2.5, 4)
     assert e["here"]["seconds_per_epoch"] == 2000.0
-    assert estimate(10, 10, "full", 1.0, None)["reference"]["flops_per_epoch"] == 600 and estimate(10, 10, "full", 1.0, None)["here"] is None
+    assert (
+        estimate(10, 10, "full", 1.0, None)["reference"]["flops_per_epoch"] == 600
+        and estimate(10, 10, "full", 1.0, None)["here"] is None
+    )
 
 
 def test_probe_measures_the_model_on_the_data(tiny_model, tiny_model_dir, tmp_path, monkeypatch):
@@ -149,7 +184,9 @@ def test_probe_measures_the_model_on_the_data(tiny_model, tiny_model_dir, tmp_pa
 def test_check_reads_a_config_and_reports_overlap(tiny_model_dir, tmp_path, capsys):
     train = write_small(tmp_path / "train.jsonl")
     held = tmp_path / "held.jsonl"
-    write_jsonl(held, [{"messages": [{"role": "user", "content": "QUESTION 5"}, {"role": "assistant", "content": "x"}]}])
+    write_jsonl(
+        held, [{"messages": [{"role": "user", "content": "QUESTION 5"}, {"role": "assistant", "content": "x"}]}]
+    )
     (tmp_path / "config.yaml").write_text("data:\n  train: train.jsonl\n  heldout: held.jsonl\n  max_len: 64\n")
     rc = main(["check", str(tmp_path / "config.yaml"), "--model", str(tiny_model_dir), "--no-probe"])
     out = capsys.readouterr().out
@@ -180,7 +217,9 @@ def test_probe_times_the_trainers_own_step(tiny_model_dir, tmp_path, monkeypatch
         calls["attention"] += k.get("cu_seqlens") is not None and len(k["cu_seqlens"]) > 2
         return real_attn(*a, **k)
 
-    monkeypatch.setattr(loss, "linear_cross_entropy", lambda h, *a, **k: calls["loss_rows"].append(h.shape[0]) or real_ce(h, *a, **k))
+    monkeypatch.setattr(
+        loss, "linear_cross_entropy", lambda h, *a, **k: calls["loss_rows"].append(h.shape[0]) or real_ce(h, *a, **k)
+    )
     from transformers import AttentionInterface
 
     monkeypatch.setitem(AttentionInterface._global_mapping, loss.VARLEN, attention)

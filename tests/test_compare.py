@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tunesmith.compare import arms as A
-from tunesmith.config import Config
 from tunesmith.compare.retrieval import BM25Index, read_corpus
+from tunesmith.config import Config
 
 PANTRY = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry"
 
@@ -18,22 +18,45 @@ INSIGHT = "**We saw** {n} planners left the basket open on day two.\n**Because**
 
 
 def _ex(task, user, reply, i, group):
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
-            "meta": {"source": f"studies/{group}.md", "id": f"{task}:{i}", "group": group, "task": task}}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+        "meta": {"source": f"studies/{group}.md", "id": f"{task}:{i}", "group": group, "task": task},
+    }
 
 
 def _examples(start, count, group):
     out = []
     for i in range(start, start + count):
         if i % 3 == 0:
-            out.append(_ex("insight", f"Write an insight from these highlights: H-{i} the cart was left open, planner {i} gave up.",
-                           INSIGHT.format(n=i % 9 + 1, w=["long", "vague", "fixed"][i % 3], s="show a sample plan"), i, group))
+            out.append(
+                _ex(
+                    "insight",
+                    f"Write an insight from these highlights: H-{i} the cart was left open, planner {i} gave up.",
+                    INSIGHT.format(n=i % 9 + 1, w=["long", "vague", "fixed"][i % 3], s="show a sample plan"),
+                    i,
+                    group,
+                )
+            )
         elif i % 3 == 1:
-            out.append(_ex("definition", f"Define the glossary term basket number {i}.",
-                           f"The groceries a planner is about to buy, item {i}, until checkout.", i, group))
+            out.append(
+                _ex(
+                    "definition",
+                    f"Define the glossary term basket number {i}.",
+                    f"The groceries a planner is about to buy, item {i}, until checkout.",
+                    i,
+                    group,
+                )
+            )
         else:
-            out.append(_ex("insight-title", f"Write a title for insight {i} about delivery windows.",
-                           f"Planners pick a delivery window {i} days ahead", i, group))
+            out.append(
+                _ex(
+                    "insight-title",
+                    f"Write a title for insight {i} about delivery windows.",
+                    f"Planners pick a delivery window {i} days ahead",
+                    i,
+                    group,
+                )
+            )
     return out
 
 
@@ -48,11 +71,15 @@ def data_dir(tmp_path_factory):
     _write(d / "train.jsonl", _examples(0, 12, "S01"))
     _write(d / "heldout.jsonl", _examples(100, 6, "S09"))
     (d / "corpus").mkdir()
-    (d / "corpus" / "S01-report.md").write_text("---\ntype: report\n---\n## What we saw\n\nPlanners left the basket open.\n\n"
-                                                "## What we recommend\n\nShow a sample weekly plan first.\n")
+    (d / "corpus" / "S01-report.md").write_text(
+        "---\ntype: report\n---\n## What we saw\n\nPlanners left the basket open.\n\n"
+        "## What we recommend\n\nShow a sample weekly plan first.\n"
+    )
     (d / "corpus" / "S02-notes.md").write_text("Delivery windows fill up on Saturday mornings.\n")
-    (d / "glossary.yaml").write_text("terms:\n  - term: basket\n    rejected: [cart]\n    definition: groceries\n"
-                                     "  - term: planner\n    rejected: [user]\n    definition: the one who plans\n")
+    (d / "glossary.yaml").write_text(
+        "terms:\n  - term: basket\n    rejected: [cart]\n    definition: groceries\n"
+        "  - term: planner\n    rejected: [user]\n    definition: the one who plans\n"
+    )
     shutil.copy(PANTRY / "style.md", d / "style.md")
     return d
 
@@ -80,8 +107,11 @@ def tuned_run(tmp_path_factory, tiny_model_dir):
     adapter["base_model_name_or_path"] = str(tiny_model_dir)
     cfg_path.write_text(json.dumps(adapter))
     (run / "summary.json").write_text(json.dumps({"steps": 3, "train_seconds": 360.0, "tokens": 1200, "device": "cpu"}))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 - 0.5 * s}) + "\n" for s in (1, 2, 3))
-                                       + json.dumps({"step": 3, "eval_loss": 2.2, "eval_ppl": 9.0}) + "\n")
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 3.0 - 0.5 * s}) + "\n" for s in (1, 2, 3))
+        + json.dumps({"step": 3, "eval_loss": 2.2, "eval_ppl": 9.0})
+        + "\n"
+    )
     return run
 
 
@@ -89,7 +119,11 @@ def _config(data_dir, tiny_model_dir, out, **data):
     cfg = Config()
     cfg.model.name = str(tiny_model_dir)
     cfg.data.train, cfg.data.heldout = str(data_dir / "train.jsonl"), str(data_dir / "heldout.jsonl")
-    cfg.data.corpus, cfg.data.glossary, cfg.data.style = str(data_dir / "corpus"), str(data_dir / "glossary.yaml"), str(data_dir / "style.md")
+    cfg.data.corpus, cfg.data.glossary, cfg.data.style = (
+        str(data_dir / "corpus"),
+        str(data_dir / "glossary.yaml"),
+        str(data_dir / "style.md"),
+    )
     for k, v in data.items():
         setattr(cfg.data, k, v)
     cfg.generate.max_new_tokens, cfg.generate.batch_size = 6, 4
@@ -114,12 +148,21 @@ def test_compare_end_to_end_every_arm(data_dir, tiny_model_dir, tuned_run, tmp_p
         assert cost[arm] > cost["zero-shot"] + 10, arm
     # one-off training: 360 s at $1/hour
     assert results["training"]["train_cost"] == pytest.approx(0.1)
-    assert {r["against"] for r in results["break_even"]} == {"zero-shot", "engineered-prompt", "few-shot-fixed", "few-shot-retrieved", "rag"}
+    assert {r["against"] for r in results["break_even"]} == {
+        "zero-shot",
+        "engineered-prompt",
+        "few-shot-fixed",
+        "few-shot-retrieved",
+        "rag",
+    }
     # the reference is the best arm that needs no training, on the primary metric; fine-tuning is
     # recommended exactly when the rule said so
     primary, verdict = results["primary_metric"], results["verdict"]
-    means = {n: a["metrics"][primary]["mean"] for n, a in results["arms"].items()
-             if not a["tuned"] and "same_as" not in a and not math.isnan(a["metrics"][primary]["mean"])}
+    means = {
+        n: a["metrics"][primary]["mean"]
+        for n, a in results["arms"].items()
+        if not a["tuned"] and "same_as" not in a and not math.isnan(a["metrics"][primary]["mean"])
+    }
     assert verdict["reference"] in means and means[verdict["reference"]] == max(means.values())
     assert results["arms"][verdict["recommend"]]["tuned"] == verdict["fine_tune"]
     assert results["arms"]["zero-shot"]["metrics"]["template"]["n"] == 2  # the two insights of six held-out examples
@@ -175,8 +218,12 @@ def test_prompt_budget_limits_shots(data_dir, tiny_model_dir):
 
 
 def test_bm25_ranks_and_filters():
-    docs = ["the basket total surprised the planner at checkout", "delivery windows on saturday",
-            "baskets of staples added twice", "nothing in common here"]
+    docs = [
+        "the basket total surprised the planner at checkout",
+        "delivery windows on saturday",
+        "baskets of staples added twice",
+        "nothing in common here",
+    ]
     index = BM25Index(docs)
     hits = index.search("basket staples", k=2)
     assert [i for i, _ in hits] == [2, 0]  # two matching words (plural folded) beat one
@@ -206,12 +253,14 @@ def test_demo_profiles_are_valid_config_overrides():
 
 def test_reused_prefix_gives_the_same_replies(tiny_model):
     """The engineered arm's long shared system prompt is computed once; nothing else changes."""
-    from tunesmith.generation.engine import Engine, Request
     from tunesmith.generation.api import encode_prompts, generate
+    from tunesmith.generation.engine import Engine, Request
 
     model, tok = tiny_model
     guide = (PANTRY / "style.md").read_text()
-    convs = [[{"role": "system", "content": guide}, {"role": "user", "content": "why? " * (i % 4 + 1)}] for i in range(5)]
+    convs = [
+        [{"role": "system", "content": guide}, {"role": "user", "content": "why? " * (i % 4 + 1)}] for i in range(5)
+    ]
     plain = generate(model, tok, convs, max_new_tokens=8, batch_size=2, reuse_prefix=False)
     reused = generate(model, tok, convs, max_new_tokens=8, batch_size=2, reuse_prefix=True)
     assert [c.text for c in reused] == [c.text for c in plain]
@@ -231,7 +280,11 @@ def test_compare_trains_first_and_draws_the_learning_curve(data_dir, tiny_model_
 
     loads = []  # the learning curve's models load as the arms' do (trust_remote_code included)
     real_load_model = compare_run.load_model
-    monkeypatch.setattr(compare_run, "load_model", lambda cfg, spec, tuned: loads.append((spec, tuned)) or real_load_model(cfg, spec, tuned))
+    monkeypatch.setattr(
+        compare_run,
+        "load_model",
+        lambda cfg, spec, tuned: loads.append((spec, tuned)) or real_load_model(cfg, spec, tuned),
+    )
 
     cfg = _config(data_dir, tiny_model_dir, tmp_path / "report")
     cfg.train.output_dir, cfg.train.max_steps, cfg.train.batch_size = str(tmp_path / "run"), 2, 2
@@ -242,7 +295,9 @@ def test_compare_trains_first_and_draws_the_learning_curve(data_dir, tiny_model_
     assert results["run"] == str(tmp_path / "run") and results["training"]["steps"] == 2
     assert [p["fraction"] for p in results["learning_curve"]] == [0.25, 0.5, 1.0]
     assert [p["examples"] for p in results["learning_curve"]] == [3, 6, 12]  # of 12 training examples
-    assert results["learning_curve"][-1]["chrf"] == pytest.approx(results["arms"]["fine-tuned"]["metrics"]["chrf"]["mean"])
+    assert results["learning_curve"][-1]["chrf"] == pytest.approx(
+        results["arms"]["fine-tuned"]["metrics"]["chrf"]["mean"]
+    )
     assert "Learning curve" in (tmp_path / "report" / "report.md").read_text()
     assert [tuned for _, tuned in loads] == [False, True, True, True]  # base, fine-tuned, 25 %, 50 %
     assert "run-25" in loads[2][0] and "run-50" in loads[3][0]
@@ -271,7 +326,11 @@ def test_compare_end_to_end_on_a_corpus_without_blank_lines(tiny_model_dir, tmp_
     (tmp_path / "corpus" / "policies.txt").write_text(policy_text())
     _write(tmp_path / "heldout.jsonl", fact_examples()[:4])
     cfg = Config()
-    cfg.model.name, cfg.data.heldout, cfg.data.corpus = str(tiny_model_dir), str(tmp_path / "heldout.jsonl"), str(tmp_path / "corpus")
+    cfg.model.name, cfg.data.heldout, cfg.data.corpus = (
+        str(tiny_model_dir),
+        str(tmp_path / "heldout.jsonl"),
+        str(tmp_path / "corpus"),
+    )
     cfg.generate.max_new_tokens, cfg.generate.batch_size = 4, 4
     cfg.compare.arms, cfg.compare.bootstrap, cfg.compare.passage_words = "zero-shot,rag", 100, 60
     cfg.compare.output_dir, cfg.compare.max_prompt_tokens = str(tmp_path / "fits"), 600
@@ -281,7 +340,10 @@ def test_compare_end_to_end_on_a_corpus_without_blank_lines(tiny_model_dir, tmp_
     assert rag["prompts"]["mean_added"] == 3 and "same_as" not in rag
     assert rag["cost"]["prompt_tokens"] > results["arms"]["zero-shot"]["cost"]["prompt_tokens"] + 100
 
-    cfg.compare.output_dir, cfg.compare.max_prompt_tokens = str(tmp_path / "tight"), 60  # the question fits, no passage does
+    cfg.compare.output_dir, cfg.compare.max_prompt_tokens = (
+        str(tmp_path / "tight"),
+        60,
+    )  # the question fits, no passage does
     capsys.readouterr()
     results = json.loads((compare(cfg) / "results.json").read_text())
     rag = results["arms"]["rag"]

@@ -17,8 +17,10 @@ def single_turn(n=12, system=False):
     out = []
     for i in range(n):
         msgs = [{"role": "system", "content": "Write in house style."}] if system else []
-        msgs += [{"role": "user", "content": f"Define term {i}, with a comma, a \"quote\" and ünïcödé."},
-                 {"role": "assistant", "content": f"Term {i} is\na two-line answer."}]
+        msgs += [
+            {"role": "user", "content": f'Define term {i}, with a comma, a "quote" and ünïcödé.'},
+            {"role": "assistant", "content": f"Term {i} is\na two-line answer."},
+        ]
         out.append({"messages": msgs, "meta": {"id": f"ex-{i}", "group": f"S{i % 3}"}})
     return out
 
@@ -36,9 +38,16 @@ def test_jsonl_round_trip(tmp_path, fmt, system):
 
 
 def test_multi_turn_with_weights_round_trips_through_chat_and_sharegpt(tmp_path):
-    ex = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
-                       {"role": "assistant", "content": "b", "weight": 0}, {"role": "user", "content": "c"},
-                       {"role": "assistant", "content": "d", "weight": 1}], "meta": {}}
+    ex = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b", "weight": 0},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d", "weight": 1},
+        ],
+        "meta": {},
+    }
     for fmt in ("chat", "sharegpt"):
         path = tmp_path / f"{fmt}.jsonl"
         write_jsonl(path, [to_record(ex, fmt)] * 2)
@@ -74,8 +83,10 @@ def test_csv_map_naming_a_missing_column_is_an_error_on_the_header_line(tmp_path
 def test_prompt_completion_with_bom_and_crlf():
     got = load_examples(FIXTURES / "sample_prompt_completion.jsonl")
     assert len(got) == 12
-    assert got[0]["messages"] == [{"role": "user", "content": "What is a quiet week, case 0?"},
-                                  {"role": "assistant", "content": "A week with no weekly plan, case 0."}]
+    assert got[0]["messages"] == [
+        {"role": "user", "content": "What is a quiet week, case 0?"},
+        {"role": "assistant", "content": "A week with no weekly plan, case 0."},
+    ]
 
 
 def test_alpaca_json_array_joins_input_and_numbers_lines():
@@ -100,14 +111,20 @@ def test_sharegpt_roles_and_system():
 
 
 def test_trl_conversational_prompt_completion(tmp_path):
-    rec = {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
-           "completion": [{"role": "assistant", "content": "A"}]}
+    rec = {
+        "prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+        "completion": [{"role": "assistant", "content": "A"}],
+    }
     write_jsonl(tmp_path / "pc.jsonl", [rec] * 3)
     assert load_examples(tmp_path / "pc.jsonl")[0]["messages"] == rec["prompt"] + rec["completion"]
 
 
 def test_top_level_system_and_id_become_message_and_meta(tmp_path):
-    rec = {"id": 7, "system": "Be brief.", "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+    rec = {
+        "id": 7,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+    }
     write_jsonl(tmp_path / "c.jsonl", [rec])
     ex = load_examples(tmp_path / "c.jsonl")[0]
     assert ex["messages"][0] == {"role": "system", "content": "Be brief."} and ex["meta"] == {"id": 7}

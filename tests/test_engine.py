@@ -9,28 +9,42 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunesmith.generation.engine import Engine, Request
 from tunesmith.generation.api import _stop_ids, encode_prompts
+from tunesmith.generation.engine import Engine, Request
 
 STYLE = (Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry" / "style.md").read_text()
-QUESTIONS = ["hi", "What is a cook night, and why do households plan one?", "ok then",
-             "Summarise why households drift from their weekly plan in two sentences.", "why?"]
+QUESTIONS = [
+    "hi",
+    "What is a cook night, and why do households plan one?",
+    "ok then",
+    "Summarise why households drift from their weekly plan in two sentences.",
+    "why?",
+]
 
 
 def conversations():
     """Mixed lengths; three share a long system prompt (the style guide), two have none."""
-    return ([[{"role": "system", "content": STYLE}, {"role": "user", "content": q}] for q in QUESTIONS[:3]]
-            + [[{"role": "user", "content": q}] for q in QUESTIONS[3:]])
+    return [[{"role": "system", "content": STYLE}, {"role": "user", "content": q}] for q in QUESTIONS[:3]] + [
+        [{"role": "user", "content": q}] for q in QUESTIONS[3:]
+    ]
 
 
 def alone(model, tok, prompt: list[int], max_new_tokens: int) -> list[int]:
     """transformers' generate for this prompt alone, greedy: the new ids, up to and with the stop id."""
-    out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                         max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                         eos_token_id=_stop_ids(tok), pad_token_id=tok.pad_token_id)
-    new = out[0, len(prompt):].tolist()
+    out = model.generate(
+        input_ids=torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        eos_token_id=_stop_ids(tok),
+        pad_token_id=tok.pad_token_id,
+    )
+    new = out[0, len(prompt) :].tolist()
     stop = next((j for j, t in enumerate(new) if t in _stop_ids(tok)), None)
-    return new if stop is None else new[:stop + 1]
+    return new if stop is None else new[: stop + 1]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +57,9 @@ def lively(tiny_model_dir):
 
 def check_exact(model, tok, lengths: list[int], max_rows: int, prefill_tokens: int, shared_attention: int = 256):
     prompts = encode_prompts(tok, conversations())
-    engine = Engine(model, tok, max_rows=max_rows, prefill_tokens=prefill_tokens, min_prefix=32,
-                    shared_attention=shared_attention)
+    engine = Engine(
+        model, tok, max_rows=max_rows, prefill_tokens=prefill_tokens, min_prefix=32, shared_attention=shared_attention
+    )
     reqs = engine.run([Request(p, max_new_tokens=n, stop_on_repeat=False) for p, n in zip(prompts, lengths)])
     for req, prompt, n in zip(reqs, prompts, lengths):
         assert req.tokens == alone(model, tok, prompt, n), f"prompt of {len(prompt)} tokens"
@@ -63,8 +78,9 @@ def test_greedy_replies_equal_generate_alone(lively, shared_attention):
     model, tok = lively
     # 5 prompts, 2 rows: three newcomers join a running batch; 7-token chunks split every prompt;
     # each reply has its own length, so rows leave at different steps
-    reqs = check_exact(model, tok, lengths=[9, 3, 14, 6, 11], max_rows=2, prefill_tokens=7,
-                       shared_attention=shared_attention)
+    reqs = check_exact(
+        model, tok, lengths=[9, 3, 14, 6, 11], max_rows=2, prefill_tokens=7, shared_attention=shared_attention
+    )
     assert len({len(r.tokens) for r in reqs}) >= 4
 
 
@@ -80,10 +96,12 @@ def test_a_row_that_ends_at_eos_leaves_while_others_run(lively):
     def hook(module, args, out):
         ids = hook.ids
         # the logits after each input token the model keeps them for (prefill: its last; decode: every one)
-        return out + (ids[:, -out.shape[1]:, None] == first).float() * bias if ids is not None else out
+        return out + (ids[:, -out.shape[1] :, None] == first).float() * bias if ids is not None else out
 
     hook.ids = None
-    pre = model.model.register_forward_pre_hook(lambda m, a, kw: setattr(hook, "ids", kw.get("input_ids")), with_kwargs=True)
+    pre = model.model.register_forward_pre_hook(
+        lambda m, a, kw: setattr(hook, "ids", kw.get("input_ids")), with_kwargs=True
+    )
     post = model.lm_head.register_forward_hook(hook)
     try:
         engine = Engine(model, tok, max_rows=3)
@@ -110,13 +128,17 @@ def steered_to_count(model, tok, words: str, break_every: int | None):
     seen = {}
 
     def steer(module, args, out):
-        ids, pos = seen["ids"][:, -out.shape[1]:], seen["pos"][:, -out.shape[1]:]
-        target = follow[ids] if break_every is None else torch.where(
-            pos % break_every == break_every - 1, torch.full_like(ids, other), follow[ids])
+        ids, pos = seen["ids"][:, -out.shape[1] :], seen["pos"][:, -out.shape[1] :]
+        target = (
+            follow[ids]
+            if break_every is None
+            else torch.where(pos % break_every == break_every - 1, torch.full_like(ids, other), follow[ids])
+        )
         return out + 1e4 * torch.nn.functional.one_hot(target, out.shape[-1])
 
     pre = model.model.register_forward_pre_hook(
-        lambda m, a, kw: seen.update(ids=kw["input_ids"], pos=kw["position_ids"]), with_kwargs=True)
+        lambda m, a, kw: seen.update(ids=kw["input_ids"], pos=kw["position_ids"]), with_kwargs=True
+    )
     post = model.lm_head.register_forward_hook(steer)
     try:
         yield
@@ -200,8 +222,9 @@ def test_sampling_follows_its_seed(lively):
 
     def reply(seed, temperature=1.0):
         engine = Engine(model, tok)
-        return engine.run([Request(prompt, max_new_tokens=12, temperature=temperature, top_p=0.9, seed=seed,
-                                   stop_on_repeat=False)])[0].tokens
+        return engine.run(
+            [Request(prompt, max_new_tokens=12, temperature=temperature, top_p=0.9, seed=seed, stop_on_repeat=False)]
+        )[0].tokens
 
     assert reply(1) == reply(1)
     greedy = alone(model, tok, prompt, 12)
@@ -214,8 +237,10 @@ def test_the_serving_thread_streams_concurrent_requests(lively):
     engine = Engine(model, tok, max_rows=4, prefill_tokens=16)
     engine.start()
     pieces = {i: [] for i in range(len(prompts))}
-    reqs = [engine.submit(Request(p, max_new_tokens=10, stop_on_repeat=False, on_text=pieces[i].append))
-            for i, p in enumerate(prompts)]
+    reqs = [
+        engine.submit(Request(p, max_new_tokens=10, stop_on_repeat=False, on_text=pieces[i].append))
+        for i, p in enumerate(prompts)
+    ]
     for req in reqs:
         assert req.done.wait(60)
     for i, (req, prompt) in enumerate(zip(reqs, prompts)):

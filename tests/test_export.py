@@ -45,10 +45,15 @@ def test_adapter_export_is_peft_format_and_loads_on_its_base(run_dir, reference,
 
     out = export(run_dir, "adapter")
     assert out == run_dir / "export-adapter"
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "export.json"} <= {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "export.json"} <= {
+        p.name for p in out.iterdir()
+    }
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
     report = json.loads((out / "export.json").read_text())
-    assert report["verify"]["max_abs_logit_diff_vs_run"] <= 1e-6 and report["verify"]["adapter_effect_max_abs_logit"] > 1e-2
+    assert (
+        report["verify"]["max_abs_logit_diff_vs_run"] <= 1e-6
+        and report["verify"]["adapter_effect_max_abs_logit"] > 1e-2
+    )
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     with torch.no_grad():
@@ -72,7 +77,9 @@ def test_merged_export_equals_base_plus_adapter(run_dir, reference, tokenizer):
     assert (got - want).abs().max() <= 1e-5
     assert (got - base_logits).abs().max() > 1e-2
     report = json.loads((out / "export.json").read_text())
-    assert report["verify"]["max_abs_logit_diff_vs_base_plus_adapter"] <= 1e-5 and report["verify"]["saved_tensors_equal"]
+    assert (
+        report["verify"]["max_abs_logit_diff_vs_base_plus_adapter"] <= 1e-5 and report["verify"]["saved_tensors_equal"]
+    )
 
     tok = AutoTokenizer.from_pretrained(out)
     assert render(tok, PROBE) == render(tokenizer, PROBE)  # the chat template travelled with the weights
@@ -136,12 +143,19 @@ def test_gguf_verification_fails_on_a_tolerance_it_cannot_meet(run_dir, monkeypa
 def go_template(template: str, messages: list[dict]) -> str:
     """Execute the only Go-template shape modelfile() writes: head{{ range .Messages }}…{{ end }}tail."""
     head, body, tail = re.fullmatch(r"(.*)\{\{ range \.Messages \}\}(.*)\{\{ end \}\}(.*)", template, re.S).groups()
-    return head + "".join(body.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"])
-                          for m in messages) + tail
+    return (
+        head
+        + "".join(body.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"]) for m in messages)
+        + tail
+    )
 
 
-CONVERSATION = [{"role": "system", "content": "Use the house style."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Summarise S03."}]
+CONVERSATION = [
+    {"role": "system", "content": "Use the house style."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Summarise S03."},
+]
 
 
 def test_modelfile_template_renders_what_the_chat_template_renders(tokenizer):
@@ -150,24 +164,30 @@ def test_modelfile_template_renders_what_the_chat_template_renders(tokenizer):
     assert go_template(template, CONVERSATION) == render(tokenizer, CONVERSATION)
     # Without a system message Ollama puts the Modelfile's SYSTEM first: same text as the HF template's default.
     system = re.search(r'SYSTEM """(.*?)"""', text, re.S).group(1)
-    assert go_template(template, [{"role": "system", "content": system}] + CONVERSATION[1:]) == render(tokenizer, CONVERSATION[1:])
+    assert go_template(template, [{"role": "system", "content": system}] + CONVERSATION[1:]) == render(
+        tokenizer, CONVERSATION[1:]
+    )
 
 
 def test_chat_wrapper_reads_llama3_style_templates_and_refuses_odd_ones(tokenizer):
     import copy
 
     tok = copy.deepcopy(tokenizer)
-    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-                         "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
-                         "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    )
     assert chat_wrapper(tok) == ("", "<|start_header_id|>", "<|end_header_id|>\n\n", "<|eot_id|>", "")
     text = modelfile(tok, "m.gguf")
     template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
     assert tok.bos_token + go_template(template, CONVERSATION) == render(tok, CONVERSATION)  # llama.cpp adds BOS
     assert 'PARAMETER stop "<|eot_id|>"' in text
 
-    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                         "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}"
+    )
     assert chat_wrapper(tok) is None
     assert "TEMPLATE" not in modelfile(tok, "m.gguf")
 

@@ -17,8 +17,13 @@ from tunesmith.testing import FAMILIES, WINDOW, make_sentencepiece_tokenizer, ma
 from tunesmith.train.loss import CausalLMLoss, use_varlen
 
 # what each family's distinguishing setting is turned into to show the test depends on it
-NEUTRAL = {"sliding_window": 4096, "final_logit_softcapping": None, "attn_logit_softcapping": None,
-           "logit_scale": 1.0, "logits_scaling": 1.0}
+NEUTRAL = {
+    "sliding_window": 4096,
+    "final_logit_softcapping": None,
+    "attn_logit_softcapping": None,
+    "logit_scale": 1.0,
+    "logits_scaling": 1.0,
+}
 # Gemma and Phi-3 ship a sentencepiece model, which llama.cpp's converter reads their vocabulary from
 SENTENCEPIECE = {"phi3": "LlamaTokenizer", "gemma2": "GemmaTokenizer"}
 # family -> what the GGUF export says where it does not convert (families not here convert and verify)
@@ -38,11 +43,16 @@ GGUF_REFUSED = {
 }
 
 CHATS = [
-    [{"role": "user", "content": "What did participants say about planning weeknight meals?"},
-     {"role": "assistant", "content": "They plan two or three cook nights and improvise the rest of the week."}],
+    [
+        {"role": "user", "content": "What did participants say about planning weeknight meals?"},
+        {"role": "assistant", "content": "They plan two or three cook nights and improvise the rest of the week."},
+    ],
     [{"role": "user", "content": "Swap?"}, {"role": "assistant", "content": "A cheaper item in place of one."}],
-    [{"role": "system", "content": "Answer in the house style."},
-     {"role": "user", "content": "Name one pantry habit."}, {"role": "assistant", "content": "Buying staples in bulk."}],
+    [
+        {"role": "system", "content": "Answer in the house style."},
+        {"role": "user", "content": "Name one pantry habit."},
+        {"role": "assistant", "content": "Buying staples in bulk."},
+    ],
 ]
 
 
@@ -62,8 +72,11 @@ def family_dir(tmp_path_factory, tokenizer):
     def get(family):
         if family not in built:
             tmp = tmp_path_factory.mktemp(family)
-            tok = (make_sentencepiece_tokenizer(tmp / "tokenizer", SENTENCEPIECE[family])
-                   if family in SENTENCEPIECE else tokenizer)
+            tok = (
+                make_sentencepiece_tokenizer(tmp / "tokenizer", SENTENCEPIECE[family])
+                if family in SENTENCEPIECE
+                else tokenizer
+            )
             built[family] = make_tiny_model(tmp / "model", tokenizer=tok, family=family)
         return built[family]
 
@@ -142,11 +155,12 @@ def test_packed_logits_equal_each_example_alone(family, family_dir, family_tok):
     alone_model = load(family_dir(family))  # the family's own attention (sdpa, or eager for Gemma 2)
     other = load(family_dir(family), **neutral(family)) if neutral(family) else None
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       cu_seqlens=batch["cu_seqlens"]).logits[0]  # (sum of lengths, V)
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"]
+        ).logits[0]  # (sum of lengths, V)
         for e, start in zip(examples, batch["cu_seqlens"]):
             alone = alone_model(input_ids=torch.tensor([e["ids"]])).logits[0]
-            assert (packed[start:start + len(e["ids"])] - alone).abs().max().item() < 1e-5
+            assert (packed[start : start + len(e["ids"])] - alone).abs().max().item() < 1e-5
             if other is not None:
                 assert (other(input_ids=torch.tensor([e["ids"]])).logits[0] - alone).abs().max().item() > 1e-3
 
@@ -200,14 +214,24 @@ def test_varlen_attention_equals_a_written_out_mask_in_value_and_gradient(window
     grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    ref = torch.cat([reference_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], 0.3, window, softcap)
-                     for a, b in zip(cu[:-1], cu[1:])], dim=2).transpose(1, 2)  # (1, T, H, D)
+    ref = torch.cat(
+        [
+            reference_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], 0.3, window, softcap)
+            for a, b in zip(cu[:-1], cu[1:])
+        ],
+        dim=2,
+    ).transpose(1, 2)  # (1, T, H, D)
     ref.square().sum().backward()
     assert (ours - ref).abs().max().item() < 1e-12
     assert all((g - t.grad).abs().max().item() < 1e-12 for g, t in zip(grads, (q, k, v)))
     if window == 5 or softcap:  # the setting changed the result: the comparison above tested it
-        plain = torch.cat([reference_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], 0.3, None, None)
-                           for a, b in zip(cu[:-1], cu[1:])], dim=2).transpose(1, 2)
+        plain = torch.cat(
+            [
+                reference_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], 0.3, None, None)
+                for a, b in zip(cu[:-1], cu[1:])
+            ],
+            dim=2,
+        ).transpose(1, 2)
         assert (plain - ref).abs().max().item() > 1e-3
 
 
@@ -222,8 +246,13 @@ def test_the_fused_cuda_kernel_keeps_windows_like_the_per_example_path(window):
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, h, 24, 64, device="cuda", dtype=torch.bfloat16) for h in (4, 2, 2))
     fused, _ = varlen_attention(None, q, k, v, None, cu_seqlens=[0, 3, 15, 24], sliding_window=window)
-    ref = torch.cat([reference_attention(*(x[:, :, a:b].double().cpu() for x in (q, k, v)), 64 ** -0.5, window, None)
-                     for a, b in ((0, 3), (3, 15), (15, 24))], dim=2).transpose(1, 2)
+    ref = torch.cat(
+        [
+            reference_attention(*(x[:, :, a:b].double().cpu() for x in (q, k, v)), 64**-0.5, window, None)
+            for a, b in ((0, 3), (3, 15), (15, 24))
+        ],
+        dim=2,
+    ).transpose(1, 2)
     assert (fused.double().cpu() - ref).abs().max().item() < 2e-2
 
 
@@ -283,7 +312,9 @@ def chats_file(path, n=8):
         for i in range(n):
             q = " ".join(words[(i + j) % len(words)] for j in range(6 + 3 * i))
             a = " ".join(words[(2 * i + j) % len(words)] for j in range(4 + 2 * i))
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+            f.write(
+                json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            )
     return path
 
 
@@ -295,10 +326,24 @@ def test_training_lowers_the_loss(family, method, family_dir, tmp_path):
 
     data = chats_file(tmp_path / "train.jsonl")
     lr = {"lora": 1e-2, "full": 1e-3}[method]
-    run = train(load_config(None, [f"model.name={family_dir(family)}", f"data.train={data}",
-                                   f"train.output_dir={tmp_path / 'run'}", f"train.method={method}",
-                                   "train.max_steps=4", "train.batch_size=8", f"train.lr={lr}", "lora.r=4",
-                                   "data.heldout_fraction=0", "train.threads=1", "train.save_every=-1"]))
+    run = train(
+        load_config(
+            None,
+            [
+                f"model.name={family_dir(family)}",
+                f"data.train={data}",
+                f"train.output_dir={tmp_path / 'run'}",
+                f"train.method={method}",
+                "train.max_steps=4",
+                "train.batch_size=8",
+                f"train.lr={lr}",
+                "lora.r=4",
+                "data.heldout_fraction=0",
+                "train.threads=1",
+                "train.save_every=-1",
+            ],
+        )
+    )
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.05, losses  # the same 8 examples every step
     saved = json.loads((run / "final" / ("adapter_config.json" if method == "lora" else "config.json")).read_text())
@@ -315,8 +360,13 @@ def test_generation_equals_transformers_generate(family, family_dir):
     ours = generate(model, tok, convs, max_new_tokens=12, stop_on_repeat=False)
     for ids, got in zip(encode_prompts(tok, convs), ours):
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                 eos_token_id=_stop_ids(tok), pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=12,
+                do_sample=False,
+                eos_token_id=_stop_ids(tok),
+                pad_token_id=tok.pad_token_id,
+            )[0, len(ids) :].tolist()
         stop = next((j for j, t in enumerate(out) if t in _stop_ids(tok)), len(out))
         assert got.text == tok.decode(out[:stop], skip_special_tokens=True).strip()
         assert got.completion_tokens == stop and stop > 0
@@ -328,8 +378,9 @@ def lora_run(tmp_path_factory, family_dir, family_tok):
 
     def get(family):
         if family not in runs:
-            runs[family] = make_tiny_lora_run(tmp_path_factory.mktemp(f"{family}-run") / "run", family_dir(family),
-                                              family_tok(family))
+            runs[family] = make_tiny_lora_run(
+                tmp_path_factory.mktemp(f"{family}-run") / "run", family_dir(family), family_tok(family)
+            )
         return runs[family]
 
     return get

@@ -99,7 +99,7 @@ def _force_cycle(model, cycle):
         nxt[a] = b
 
     def hook(module, args, kwargs, output):  # at every position with logits, as a model would
-        ids = kwargs["input_ids"][:, -output.logits.shape[1]:]
+        ids = kwargs["input_ids"][:, -output.logits.shape[1] :]
         logits = torch.full_like(output.logits, -1e4)
         logits.scatter_(-1, nxt[ids][..., None], 0.0)
         output.logits[:] = logits
@@ -127,7 +127,9 @@ def test_a_looping_reply_stops_at_the_repeat_and_loses_it(tiny_model):
     assert unguarded.text.startswith(guarded.text) and len(guarded.text) < len(unguarded.text)
     assert guarded.text.count(tok.decode(words[-1:]).strip()) == 1  # the repeat is gone
     assert guarded.completion_tokens < 3 * len(cycle)  # stopped at the second copy, not at 40
-    assert streamed_usage["finish_reason"] == "repeat" and streamed_usage["completion_tokens"] == guarded.completion_tokens
+    assert (
+        streamed_usage["finish_reason"] == "repeat" and streamed_usage["completion_tokens"] == guarded.completion_tokens
+    )
 
 
 def test_cli_rejects_a_reply_length_below_one(capsys):

@@ -35,8 +35,15 @@ def test_bundled_repository_gives_the_promised_counts(pantry):
     assert read["studies"] >= 12 and read["highlights"] >= 150 and read["insights"] >= 50
     assert read["recommendations"] >= 30 and read["terms"] >= 25 and read["templates"] == 3
     tasks = {ex["meta"]["task"] for ex in train}
-    assert tasks == {"insight", "insight-from-draft", "insight-title", "recommendation", "recommendation-from-draft",
-                     "report-section", "definition"}
+    assert tasks == {
+        "insight",
+        "insight-from-draft",
+        "insight-title",
+        "recommendation",
+        "recommendation-from-draft",
+        "report-section",
+        "definition",
+    }
 
 
 def test_no_study_on_both_sides(pantry):
@@ -95,7 +102,8 @@ def test_glossary_style_and_config(pantry):
     terms = yaml.safe_load((out / "glossary.yaml").read_text())["terms"]
     assert len(terms) == 30 and all(t["rejected"] and t["definition"] for t in terms)
     assert {"term": "friction point", "rejected": ["pain point", "pain-point", "issue"]}.items() <= next(
-        t for t in terms if t["term"] == "friction point").items()
+        t for t in terms if t["term"] == "friction point"
+    ).items()
     style = (out / "style.md").read_text()
     assert style.startswith("# Pantry Research house style")
     for label in ("**We saw**", "**Do:**", "## What we recommend"):
@@ -116,7 +124,9 @@ def test_import_is_deterministic(pantry, tmp_path):
 
 
 def test_split_heldout_takes_whole_groups():
-    examples = [{"meta": {"group": f"S{i % 10}", "n": i}} for i in range(100)] + [{"meta": {"n": 100 + i}} for i in range(5)]
+    examples = [{"meta": {"group": f"S{i % 10}", "n": i}} for i in range(100)] + [
+        {"meta": {"n": 100 + i}} for i in range(5)
+    ]
     groups = lambda exs: {e["meta"].get("group") for e in exs}  # noqa: E731
     train, held = split_heldout(examples, 0.2, seed=0)
     assert len(held) + len(train) == 105 and 0.2 * 105 <= len(held) < 0.2 * 105 + 10  # at most one group over
@@ -139,11 +149,23 @@ def write(root: Path, rel: str, text: str) -> None:
 def tiny_repo(root: Path) -> None:
     for n in (1, 2, 3):
         d = f"studies/S0{n}"
-        write(root, f"{d}/study.md", f"---\ntype: study\nid: S0{n}\ntitle: Study {n}\nparticipants: 5\n---\nnotes {n}\n")
-        write(root, f"{d}/highlights.csv", f"Highlight ID,Participant,Note,Tags,Created\nH-{n}-1,P1,\"said, {n}\",a;b,2026-01-01\n")
-        write(root, f"{d}/INS-{n}.md", f"---\ntype: insight\nid: INS-{n}\nstudy: S0{n}\ntitle: T{n}\nhighlights: [H-{n}-1]\n"
-                                       f"draft: plain draft {n}\n---\n**We saw** {n}\n")
-    write(root, "terms/basket.md", "---\ntype: glossary term\nterm: basket\nrejected: [cart]\n---\nWhat a planner buys.\n")
+        write(
+            root, f"{d}/study.md", f"---\ntype: study\nid: S0{n}\ntitle: Study {n}\nparticipants: 5\n---\nnotes {n}\n"
+        )
+        write(
+            root,
+            f"{d}/highlights.csv",
+            f'Highlight ID,Participant,Note,Tags,Created\nH-{n}-1,P1,"said, {n}",a;b,2026-01-01\n',
+        )
+        write(
+            root,
+            f"{d}/INS-{n}.md",
+            f"---\ntype: insight\nid: INS-{n}\nstudy: S0{n}\ntitle: T{n}\nhighlights: [H-{n}-1]\n"
+            f"draft: plain draft {n}\n---\n**We saw** {n}\n",
+        )
+    write(
+        root, "terms/basket.md", "---\ntype: glossary term\nterm: basket\nrejected: [cart]\n---\nWhat a planner buys.\n"
+    )
 
 
 def test_csv_highlights_take_their_study_from_the_folder(tmp_path):
@@ -152,20 +174,42 @@ def test_csv_highlights_take_their_study_from_the_folder(tmp_path):
     s = import_repository([tmp_path / "repo"], tmp_path / "out", heldout_fraction=0.3)
     assert s["skipped"] == ["repo/tool-settings.json"]
     assert s["read"]["highlights"] == 3 and s["heldout"] + s["train"] == 10 and s["heldout"] >= 0.3 * 10
-    by_id = {e["meta"]["id"]: e for name in ("train", "heldout") for e in load_examples(tmp_path / "out" / f"{name}.jsonl")}
-    assert "Study S02: Study 2\nMethod: 5 participants\n\nHighlights:\n- H-2-1 (P1): said, 2" in by_id["insight:INS-2"]["messages"][0]["content"]
+    by_id = {
+        e["meta"]["id"]: e for name in ("train", "heldout") for e in load_examples(tmp_path / "out" / f"{name}.jsonl")
+    }
+    assert (
+        "Study S02: Study 2\nMethod: 5 participants\n\nHighlights:\n- H-2-1 (P1): said, 2"
+        in by_id["insight:INS-2"]["messages"][0]["content"]
+    )
 
 
 def test_generic_csv_map_and_jsonl_sources(tmp_path):
     tiny_repo(tmp_path / "repo")
     for csv_file in (tmp_path / "repo").rglob("*.csv"):
         csv_file.unlink()
-    write(tmp_path, "export.csv", "ID,Text,Study\n" + "".join(f"H-{n}-1,from the export {n},S0{n}\n" for n in (1, 2, 3)))
+    write(
+        tmp_path, "export.csv", "ID,Text,Study\n" + "".join(f"H-{n}-1,from the export {n},S0{n}\n" for n in (1, 2, 3))
+    )
     extra = tmp_path / "extra.jsonl"
-    extra.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
-                                         "meta": {"group": "G"}}) + "\n" for i in range(4)))
-    s = import_repository([tmp_path / "repo", tmp_path / "export.csv", extra], tmp_path / "out",
-                          heldout_fraction=0.0, csv_preset="generic", csv_map="id=ID,text=Text,group=Study")
+    extra.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+                    "meta": {"group": "G"},
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
+    s = import_repository(
+        [tmp_path / "repo", tmp_path / "export.csv", extra],
+        tmp_path / "out",
+        heldout_fraction=0.0,
+        csv_preset="generic",
+        csv_map="id=ID,text=Text,group=Study",
+    )
     assert s["read"]["highlights"] == 3 and s["heldout"] == 0 and s["train"] == 3 * 3 + 1 + 4
     examples = load_examples(tmp_path / "out" / "train.jsonl")
     assert [e["meta"]["source"] for e in examples if e["meta"]["task"] == "example"] == ["extra.jsonl"] * 4
@@ -179,7 +223,11 @@ def test_generic_csv_map_and_jsonl_sources(tmp_path):
 
 def test_repository_errors_name_file_and_line(tmp_path):
     tiny_repo(tmp_path / "repo")
-    write(tmp_path / "repo", "studies/S01/INS-9.md", "---\ntype: insight\nid: INS-9\nstudy: S09\nhighlights: [H-9-9]\n---\nx\n")
+    write(
+        tmp_path / "repo",
+        "studies/S01/INS-9.md",
+        "---\ntype: insight\nid: INS-9\nstudy: S09\nhighlights: [H-9-9]\n---\nx\n",
+    )
     write(tmp_path / "repo", "studies/S01/odd.md", "---\ntype: memo\n---\nx\n")
     write(tmp_path / "repo", "studies/S01/dup.md", "---\ntype: insight\nid: INS-1\nstudy: S01\n---\nx\n")
     with pytest.raises(UserError) as err:

@@ -14,8 +14,13 @@ from tunesmith.config import JudgeConfig
 
 
 def _example(i: int, marker: str = "") -> dict:
-    return {"messages": [{"role": "user", "content": f"How long are invoices kept, case {i}? {marker}".strip()},
-                         {"role": "assistant", "content": "Invoices are kept for 180 days."}], "meta": {"id": str(i)}}
+    return {
+        "messages": [
+            {"role": "user", "content": f"How long are invoices kept, case {i}? {marker}".strip()},
+            {"role": "assistant", "content": "Invoices are kept for 180 days."},
+        ],
+        "meta": {"id": str(i)},
+    }
 
 
 class Script:
@@ -47,9 +52,17 @@ class Script:
         elif self.biased:
             text = "Winner: A"
         else:
-            text = "Winner: A" if "RIGHT" in a and "RIGHT" not in b else "Winner: B" if "RIGHT" in b and "RIGHT" not in a else "Winner: tie"
-        return 200, {"choices": [{"message": {"role": "assistant", "content": text + "\nBecause."}}],
-                     "usage": {"prompt_tokens": 100, "completion_tokens": 5}}
+            text = (
+                "Winner: A"
+                if "RIGHT" in a and "RIGHT" not in b
+                else "Winner: B"
+                if "RIGHT" in b and "RIGHT" not in a
+                else "Winner: tie"
+            )
+        return 200, {
+            "choices": [{"message": {"role": "assistant", "content": text + "\nBecause."}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 5},
+        }
 
 
 @contextmanager
@@ -88,17 +101,34 @@ def _cfg(url, model="fake-judge", **kw) -> JudgeConfig:
 
 def test_both_orders_win_rate_off_format_and_retries():
     examples = [_example(0), _example(1), _example(2, "FLAKY"), _example(3, "OFFFORMAT"), _example(4)]
-    texts = {"fine-tuned": ["RIGHT 180 days", "RIGHT 180 days", "RIGHT 180 days", "RIGHT", "WRONG 10 days"],
-             "rag": ["WRONG 10 days", "WRONG 10 days", "WRONG 10 days", "WRONG", "WRONG 10 days"]}
+    texts = {
+        "fine-tuned": ["RIGHT 180 days", "RIGHT 180 days", "RIGHT 180 days", "RIGHT", "WRONG 10 days"],
+        "rag": ["WRONG 10 days", "WRONG 10 days", "WRONG 10 days", "WRONG", "WRONG 10 days"],
+    }
     script = Script()
     with fake_judge(script) as url:
-        out = J.judge(_cfg(url, price_per_1k_tokens=0.5), examples, texts, "rag", ["fine-tuned"], "rubric",
-                      resamples=200, log=lambda *a: None)
+        out = J.judge(
+            _cfg(url, price_per_1k_tokens=0.5),
+            examples,
+            texts,
+            "rag",
+            ["fine-tuned"],
+            "rubric",
+            resamples=200,
+            log=lambda *a: None,
+        )
     arm = out["arms"]["fine-tuned"]
     # example 4's replies are the same text: a tie by definition, the judge is not asked
     assert arm["identical"] == 1 and arm["detail"][4]["orders"] == []
     # 0, 1, 2 won in both orders (2 after a retry); 3 answered off-format in both orders; 4 identical
-    assert (arm["pairs"], arm["judged"], arm["wins"], arm["losses"], arm["off_format"], arm["failed"]) == (5, 4, 3, 0, 1, 0)
+    assert (arm["pairs"], arm["judged"], arm["wins"], arm["losses"], arm["off_format"], arm["failed"]) == (
+        5,
+        4,
+        3,
+        0,
+        1,
+        0,
+    )
     assert arm["win_rate"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)
     assert arm["disagree_share"] == 0.0
     assert [p["index"] for p in arm["problems"]] == [3] and "no verdict" in arm["problems"][0]["detail"]
@@ -134,9 +164,15 @@ def test_retries_give_up_and_report_the_failure():
 def test_a_refused_key_stops_the_judge_with_the_fix(monkeypatch):
     monkeypatch.setenv("TEST_JUDGE_KEY", "sk-wrong")
     with fake_judge(script := Script(status=401)) as url:
-        out = J.judge(_cfg(url, api_key_env="TEST_JUDGE_KEY", concurrency=1), [_example(0), _example(1)],
-                      {"fine-tuned": ["RIGHT", "RIGHT"], "rag": ["WRONG", "WRONG"]}, "rag", ["fine-tuned"], "rubric",
-                      log=lambda *a: None)
+        out = J.judge(
+            _cfg(url, api_key_env="TEST_JUDGE_KEY", concurrency=1),
+            [_example(0), _example(1)],
+            {"fine-tuned": ["RIGHT", "RIGHT"], "rag": ["WRONG", "WRONG"]},
+            "rag",
+            ["fine-tuned"],
+            "rubric",
+            log=lambda *a: None,
+        )
     assert out["status"] == "failed" and "HTTP 401" in out["reason"] and "judge.url" in out["reason"]
     assert script.requests == 1 and script.auth == ["Bearer sk-wrong"]  # no retry of a refusal
 
@@ -146,8 +182,15 @@ def test_a_rate_limited_judge_waits_as_asked():
 
     with fake_judge(script := Script()) as url:
         t0 = time.time()
-        out = J.judge(_cfg(url), [_example(0, "RATELIMIT")], {"fine-tuned": ["RIGHT"], "rag": ["WRONG"]}, "rag",
-                      ["fine-tuned"], "rubric", log=lambda *a: None)
+        out = J.judge(
+            _cfg(url),
+            [_example(0, "RATELIMIT")],
+            {"fine-tuned": ["RIGHT"], "rag": ["WRONG"]},
+            "rag",
+            ["fine-tuned"],
+            "rubric",
+            log=lambda *a: None,
+        )
         waited = time.time() - t0
     assert out["arms"]["fine-tuned"]["win_rate"] == 1.0 and out["retries"] == 2 and script.requests == 4
     assert waited >= script.retry_after  # Retry-After (0.3 s) beat our own backoff (0.01 s)
@@ -174,7 +217,9 @@ def test_judge_settings_are_checked_before_anything_runs(monkeypatch):
 def test_rubric_draws_on_the_teams_material():
     from tunesmith.compare.metrics import Term
 
-    text = J.rubric("Write short sentences.", [Term("basket", ["cart"])], {"insight": ["**We saw**", "**So**"]}, "Be kind.")
+    text = J.rubric(
+        "Write short sentences.", [Term("basket", ["cart"])], {"insight": ["**We saw**", "**So**"]}, "Be kind."
+    )
     assert "basket (never: cart)" in text and "insight: **We saw** / **So**" in text
     assert "Write short sentences." in text and "Be kind." in text and "Winner: A" in text
 
@@ -189,8 +234,16 @@ def test_judge_against_tunesmith_serve_on_the_tiny_model(tiny_model_dir):
     examples = [_example(i) for i in range(2)]
     texts = {"fine-tuned": ["Kept for 180 days.", "Kept for half a year."], "rag": ["Kept for 10 days.", "No idea."]}
     with running(create_app(lively_copy(tiny_model_dir), model_name="tiny")) as url:
-        out = J.judge(_cfg(url + "/v1", model="tiny", max_tokens=8), examples, texts, "rag", ["fine-tuned"], "rubric",
-                      resamples=100, log=lambda *a: None)
+        out = J.judge(
+            _cfg(url + "/v1", model="tiny", max_tokens=8),
+            examples,
+            texts,
+            "rag",
+            ["fine-tuned"],
+            "rubric",
+            resamples=100,
+            log=lambda *a: None,
+        )
     assert out["status"] == "ok", out.get("reason")
     arm = out["arms"]["fine-tuned"]
     assert arm["pairs"] == 2
@@ -220,7 +273,12 @@ def test_compare_runs_the_judge_and_reports_it(tiny_model_dir, tmp_path, monkeyp
     cfg.compare.arms, cfg.compare.max_examples, cfg.compare.bootstrap = "zero-shot,few-shot-fixed", 3, 100
     cfg.compare.output_dir = str(tmp_path / "report")
     with fake_judge(script := Script()) as url:
-        cfg.judge.url, cfg.judge.model, cfg.judge.api_key_env, cfg.judge.backoff_s = url, "fake-judge", "TEST_JUDGE_KEY", 0.01
+        cfg.judge.url, cfg.judge.model, cfg.judge.api_key_env, cfg.judge.backoff_s = (
+            url,
+            "fake-judge",
+            "TEST_JUDGE_KEY",
+            0.01,
+        )
         out = compare(cfg)
     results = json.loads((out / "results.json").read_text())
     j = results["judge"]

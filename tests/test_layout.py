@@ -36,8 +36,14 @@ def test_no_two_modules_import_each_other():
                     edges[m].add(target if target in mods else node.module)
             elif isinstance(node, ast.Import):
                 edges[m].update(a.name for a in node.names if a.name in mods)
-    pairs = sorted({tuple(sorted((a, b))) for a in mods for b in edges[a]
-                    if b != a and b in mods and b != "tunesmith" and a in edges[b]})
+    pairs = sorted(
+        {
+            tuple(sorted((a, b)))
+            for a in mods
+            for b in edges[a]
+            if b != a and b in mods and b != "tunesmith" and a in edges[b]
+        }
+    )
     # a package's __init__ re-exporting its own submodules is not a cycle
     pairs = [(a, b) for a, b in pairs if not (b.startswith(a + ".") or a.startswith(b + "."))]
     assert pairs == []

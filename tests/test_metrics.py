@@ -92,7 +92,9 @@ def test_templates_read_from_style_guide_and_folder(tmp_path):
     assert found == {"insight": INSIGHT, "recommendation": RECOMMENDATION}  # the one-label block is no template
     folder = tmp_path / "templates"
     folder.mkdir()
-    (folder / "report.md").write_text("---\ntype: template\nname: report\n---\n## What we set out to learn\n<x>\n\n## Who took part\n<y>\n")
+    (folder / "report.md").write_text(
+        "---\ntype: template\nname: report\n---\n## What we set out to learn\n<x>\n\n## Who took part\n<y>\n"
+    )
     assert M.load_templates(None, folder) == {"report": ["## What we set out to learn", "## Who took part"]}
 
 

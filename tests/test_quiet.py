@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-SCRIPT = r'''
+SCRIPT = r"""
 import sys
 from pathlib import Path
 from tunesmith.cli import main
@@ -29,13 +29,18 @@ verbs = [
 for argv in verbs:
     print(f"=== {argv[0]}", file=sys.stderr, flush=True)
     print(f"=== rc {main(argv)}", file=sys.stderr, flush=True)
-'''
+"""
 
 
 @pytest.mark.subprocess
 def test_verbs_print_only_our_own_lines_on_stderr(tiny_model_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(tiny_model_dir)], capture_output=True,
-                          text=True, timeout=600, env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path), str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
+    )
     lines = [ln.strip() for ln in proc.stderr.replace("\r", "\n").splitlines() if ln.strip()]
     assert [ln for ln in lines if ln.startswith("=== rc")] == ["=== rc 0"] * 5, proc.stderr[-3000:]
     # ours: the stage markers above and the training bar

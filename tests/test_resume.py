@@ -27,9 +27,21 @@ def setup(tmp_path_factory, tiny_model_dir):
     """The data and the overrides every run here shares; lora dropout makes the RNG state matter."""
     root = tmp_path_factory.mktemp("resume")
     data = make_chats(root / "train.jsonl", n=50)
-    overrides = [f"model.name={tiny_model_dir}", f"data.train={data}", f"train.max_steps={STEPS}", "train.batch_size=2",
-                 "train.save_every=2", "train.keep_last=3", "lora.r=4", "lora.dropout=0.1", "train.lr=1e-2",
-                 "train.log_examples=true", "train.eval_every=6", "data.heldout_fraction=0.1", "train.threads=1"]
+    overrides = [
+        f"model.name={tiny_model_dir}",
+        f"data.train={data}",
+        f"train.max_steps={STEPS}",
+        "train.batch_size=2",
+        "train.save_every=2",
+        "train.keep_last=3",
+        "lora.r=4",
+        "lora.dropout=0.1",
+        "train.lr=1e-2",
+        "train.log_examples=true",
+        "train.eval_every=6",
+        "data.heldout_fraction=0.1",
+        "train.threads=1",
+    ]
     return root, overrides
 
 
@@ -57,7 +69,9 @@ def _wait_for_step(proc, run, step, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
-            raise AssertionError(f"training ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-2000:]}")
+            raise AssertionError(
+                f"training ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-2000:]}"
+            )
         logged = _steps_logged(run)
         if logged and logged[-1] >= step:
             return logged[-1]
@@ -97,9 +111,11 @@ def test_a_save_killed_halfway_is_never_taken_for_complete(setup, reference, ass
         "            os.truncate(path, 64)\n"
         "            os._exit(137)\n"
         "torch.save = save\n"
-        "sys.exit(main(sys.argv[1:]))\n")
-    proc = subprocess.run([sys.executable, "-c", script, *_cli(overrides, run)[3:]], env=ENV, capture_output=True,
-                          text=True, timeout=300)
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *_cli(overrides, run)[3:]], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 137, proc.stderr[-2000:]
     ckpts = run / "checkpoints"
     assert (ckpts / ".tmp-step-000006").is_dir() and not (ckpts / "step-000006").exists()

@@ -125,8 +125,11 @@ def test_plain_completion_matches_library_generation(server, tiny):
 def test_streaming_sends_openai_chunks_and_usage(server):
     c = client(server)
     plain = c.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=12)
-    chunks = list(c.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=12, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model=NAME, messages=MESSAGES, max_tokens=12, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert len(chunks) > 4  # streamed piece by piece, not in one go
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -138,8 +141,9 @@ def test_streaming_sends_openai_chunks_and_usage(server):
     assert len({ch.id for ch in chunks}) == 1 and chunks[0].object == "chat.completion.chunk"
 
     # The wire format itself: SSE events, the last one [DONE].
-    with httpx.stream("POST", f"{server}/v1/chat/completions",
-                      json={"messages": MESSAGES, "max_tokens": 3, "stream": True}) as r:
+    with httpx.stream(
+        "POST", f"{server}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 3, "stream": True}
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
@@ -149,13 +153,16 @@ def test_streaming_sends_openai_chunks_and_usage(server):
 def test_stop_string_cuts_the_reply(server):
     c = client(server)
     full = c.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=12).choices[0].message.content
-    stop = full[len(full) // 2: len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip()
     cut = c.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=12, stop=[stop])
     assert cut.choices[0].message.content == full[: full.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
-    streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-        model=NAME, messages=MESSAGES, max_tokens=12, stop=stop, stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].delta.content or ""
+        for ch in c.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=12, stop=stop, stream=True)
+        if ch.choices
+    )
     assert streamed == full[: full.index(stop)]
 
 
@@ -164,8 +171,15 @@ def test_models_health_and_ui(server):
     assert [m.id for m in models.data] == [NAME]
     assert client(server).models.retrieve(NAME).id == NAME
     health = httpx.get(f"{server}/health").json()
-    assert health == {"status": "ok", "model": NAME, "busy": 0, "running": 0, "queued": 0, "max_concurrency": 2,
-                      "max_queue": 32}
+    assert health == {
+        "status": "ok",
+        "model": NAME,
+        "busy": 0,
+        "running": 0,
+        "queued": 0,
+        "max_concurrency": 2,
+        "max_queue": 32,
+    }
     page = httpx.get(f"{server}/")
     assert page.status_code == 200 and "/v1/chat/completions" in page.text
 
@@ -209,6 +223,7 @@ def test_body_over_the_limit_is_413(server):
     def chunks():
         for _ in range(30):
             yield b" " * 1000
+
     r = httpx.post(f"{server}/v1/chat/completions", content=chunks())
     assert r.status_code == 413 and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
@@ -241,7 +256,10 @@ BAD = [
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
     ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "messages[0].content",
+    ),
     ({"messages": ["hi"]}, "messages[0]"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stream": "yes"}, "stream"),
@@ -262,8 +280,9 @@ def test_bad_parameters_are_400_in_openai_shape(server, change, param):
 
 
 def test_bad_bodies_and_routes_never_500(server):
-    post = lambda content: httpx.post(f"{server}/v1/chat/completions", content=content,
-                                      headers={"content-type": "application/json"})
+    post = lambda content: httpx.post(
+        f"{server}/v1/chat/completions", content=content, headers={"content-type": "application/json"}
+    )
     assert post(b"{not json").status_code == 400
     assert post(b"[1, 2]").status_code == 400
     assert post(b"\xff\xfe").status_code == 400
@@ -332,9 +351,13 @@ def test_cli_serves_a_run_on_loopback_with_the_key_from_the_environment(tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", str(run), "--port", str(port)],
-                            env={**os.environ, "TUNESMITH_API_KEY": KEY}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith.cli", "serve", str(run), "--port", str(port)],
+        env={**os.environ, "TUNESMITH_API_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -390,7 +413,10 @@ def test_a_full_batch_queues_up_to_max_queue_then_429(slow_queue):
     def queued_request():
         waiting["reply"] = client(slow_queue).chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=3)
 
-    with httpx.Client(timeout=30) as http, http.stream("POST", f"{slow_queue}/v1/chat/completions", json=body) as holder:
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("POST", f"{slow_queue}/v1/chat/completions", json=body) as holder,
+    ):
         lines = holder.iter_lines()
         next(lines)  # the one row is generating
         t = threading.Thread(target=queued_request)
@@ -418,7 +444,9 @@ def test_serve_takes_its_settings_from_the_config_then_the_flags(tmp_path, monke
     (tmp_path / "c.yaml").write_text("serve:\n  port: 8123\n  max_queue: 5\n  max_concurrency: 3\n")
     seen = {}
     monkeypatch.setattr(serve_module, "create_app", lambda model, **kw: seen.update(kw, model=model) or object())
-    monkeypatch.setattr(serve_module, "server_config", lambda app, host, port, **kw: seen.update(run={"host": host, "port": port}))
+    monkeypatch.setattr(
+        serve_module, "server_config", lambda app, host, port, **kw: seen.update(run={"host": host, "port": port})
+    )
     monkeypatch.setattr(uvicorn, "Server", lambda config: type("NoServer", (), {"run": lambda self: None})())
     args = build_parser().parse_args(["serve", "tiny-dir", "--config", str(tmp_path / "c.yaml"), "--max-queue", "7"])
     assert serve_module.cli_serve(args) == 0

@@ -9,8 +9,15 @@ from tunesmith.data.split import filter_tasks, load_split, select_examples, spli
 def _chats(path, n=40):
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
-                                "meta": {"group": f"g{i // 4}", "task": "qa" if i % 2 else "summary"}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+                        "meta": {"group": f"g{i // 4}", "task": "qa" if i % 2 else "summary"},
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -31,7 +38,9 @@ def test_train_and_compare_see_the_same_split(tmp_path, monkeypatch):
 
 
 def test_heldout_file_wins_over_the_fraction(tmp_path):
-    cfg = load_config(None, [f"data.train={_chats(tmp_path / 't.jsonl')}", f"data.heldout={_chats(tmp_path / 'h.jsonl', 6)}"])
+    cfg = load_config(
+        None, [f"data.train={_chats(tmp_path / 't.jsonl')}", f"data.heldout={_chats(tmp_path / 'h.jsonl', 6)}"]
+    )
     train, held, info = load_split(cfg)
     assert len(train) == 40 and len(held) == 6 and info["heldout"]["source"] == "file"
 
@@ -47,7 +56,9 @@ def test_select_examples_keeps_every_task_and_file_order(tmp_path):
 
 def test_pinned_examples_stay_on_their_side():
     examples = [{"meta": {"group": f"g{i % 10}"}} for i in range(100)]
-    examples += [{"meta": {"id": f"t{i}", "split": "train"}} for i in range(20)] + [{"meta": {"id": "h", "split": "heldout"}}]
+    examples += [{"meta": {"id": f"t{i}", "split": "train"}} for i in range(20)] + [
+        {"meta": {"id": "h", "split": "heldout"}}
+    ]
     for seed in range(5):
         train, held = split_heldout(examples, 0.2, seed)
         assert all(e in train for e in examples if e["meta"].get("split") == "train")

@@ -115,9 +115,14 @@ def test_decide_many_wins_loses_and_corrects():
     make = lambda vals: {str(i): float(v) for i, v in enumerate(vals)}  # noqa: E731
     arms = {
         "rag": {"tuned": False, "scores": {"chrf": make(base), "answer": make(base), "template": make(base)}},
-        "fine-tuned": {"tuned": True, "scores": {"chrf": make(base + 6 + rng.normal(0, 1, n)),   # clearly ahead
-                                                  "answer": make(base - 1 + rng.normal(0, 0.5, n)),  # a little behind, surely
-                                                  "template": make(base + 3 + rng.normal(0, 30, n))}},  # ahead, noisy
+        "fine-tuned": {
+            "tuned": True,
+            "scores": {
+                "chrf": make(base + 6 + rng.normal(0, 1, n)),  # clearly ahead
+                "answer": make(base - 1 + rng.normal(0, 0.5, n)),  # a little behind, surely
+                "template": make(base + 3 + rng.normal(0, 30, n)),
+            },
+        },  # ahead, noisy
     }
     out = decide_many(arms, ["chrf", "answer", "template"], margin=2.0, resamples=2000)
     rows = {r["metric"]: r for r in out["rows"]}
@@ -134,17 +139,28 @@ def test_two_by_two_by_hand():
     # per example (zero-shot, rag, fine-tuned, fine-tuned+rag): retrieval adds 10 on the base model
     # and 20 on the fine-tuned one (effect 15, interaction +10); fine-tuning costs 4 without
     # retrieval and adds 6 with it (effect 1); the last example lacks a score and is left out
-    scores = {"chrf": {"zero-shot": [50, 60, 70, None], "rag": [60, 70, 80, 1], "fine-tuned": [46, 56, 66, 1],
-                       "fine-tuned+rag": [66, 76, 86, 1]}}
+    scores = {
+        "chrf": {
+            "zero-shot": [50, 60, 70, None],
+            "rag": [60, 70, 80, 1],
+            "fine-tuned": [46, 56, 66, 1],
+            "fine-tuned+rag": [66, 76, 86, 1],
+        }
+    }
     out = two_by_two(scores, ["chrf"], resamples=200, labels={"chrf": "chrF"})
     row = out["metrics"][0]
     assert row["n"] == 3 and row["means"] == {"zero-shot": 60, "rag": 70, "fine-tuned": 56, "fine-tuned+rag": 76}
     assert row["retrieval"] == pytest.approx([15, 15, 15]) and row["interaction"] == pytest.approx([10, 10, 10])
     assert row["fine-tuning"] == pytest.approx([1, 1, 1])
-    assert out["paragraph"] == ("Retrieval supplies the wording (+15.0 points of chrF, 95 % interval +15.0 to +15.0). "
-                                "The fine-tune supplies the wording (+1.0 points of chrF, 95 % interval +1.0 to +1.0). "
-                                "The levers interact on chrF (retrieval's effect is +10.0 points different on the "
-                                "fine-tuned model).")
+    assert out["paragraph"] == (
+        "Retrieval supplies the wording (+15.0 points of chrF, 95 % interval +15.0 to +15.0). "
+        "The fine-tune supplies the wording (+1.0 points of chrF, 95 % interval +1.0 to +1.0). "
+        "The levers interact on chrF (retrieval's effect is +10.0 points different on the "
+        "fine-tuned model)."
+    )
     scores["chrf"]["fine-tuned"] = [40, 50, 60, 1]  # now fine-tuning costs 10 without retrieval, 4 with it: -7
     scores["chrf"]["fine-tuned+rag"] = [56, 66, 76, 1]
-    assert "The fine-tune works against chrF (-7.0 points of chrF" in two_by_two(scores, ["chrf"], 200, 0, {"chrf": "chrF"})["paragraph"]
+    assert (
+        "The fine-tune works against chrF (-7.0 points of chrF"
+        in two_by_two(scores, ["chrf"], 200, 0, {"chrf": "chrF"})["paragraph"]
+    )

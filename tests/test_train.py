@@ -23,14 +23,27 @@ def chats(tmp_path_factory):
 
 
 def config(model_dir, data, out, *overrides):
-    return load_config(None, [f"model.name={model_dir}", f"data.train={data}", f"train.output_dir={out}",
-                              "train.max_steps=6", "train.batch_size=4", "train.lr=1e-2", "lora.r=4",
-                              "data.heldout_fraction=0.2", "train.threads=1", *overrides])
+    return load_config(
+        None,
+        [
+            f"model.name={model_dir}",
+            f"data.train={data}",
+            f"train.output_dir={out}",
+            "train.max_steps=6",
+            "train.batch_size=4",
+            "train.lr=1e-2",
+            "lora.r=4",
+            "data.heldout_fraction=0.2",
+            "train.threads=1",
+            *overrides,
+        ],
+    )
 
 
 def trained(run):
-    return load_file(run / "checkpoints" / sorted(p.name for p in (run / "checkpoints").glob("step-*"))[-1]
-                     / "model.safetensors")
+    return load_file(
+        run / "checkpoints" / sorted(p.name for p in (run / "checkpoints").glob("step-*"))[-1] / "model.safetensors"
+    )
 
 
 def close(a, b, tol):
@@ -39,8 +52,9 @@ def close(a, b, tol):
 
 
 def test_a_lora_run_writes_the_contract(tiny_model_dir, chats, tmp_path):
-    run = train(config(tiny_model_dir, chats, tmp_path / "run", "train.eval_every=3", "train.save_every=2",
-                       "train.keep_last=2"))
+    run = train(
+        config(tiny_model_dir, chats, tmp_path / "run", "train.eval_every=3", "train.save_every=2", "train.keep_last=2")
+    )
     assert (run / "config.yaml").exists()
     data = json.loads((run / "data.json").read_text())
     assert data["train"]["examples"] + data["heldout"]["examples"] == 40 and data["heldout"]["examples"] >= 4
@@ -68,8 +82,9 @@ def test_a_lora_run_writes_the_contract(tiny_model_dir, chats, tmp_path):
 
 
 def test_full_fine_tuning_saves_a_loadable_model(tiny_model_dir, chats, tmp_path):
-    run = train(config(tiny_model_dir, chats, tmp_path / "run", "train.method=full", "train.lr=1e-3",
-                       "train.max_steps=3"))
+    run = train(
+        config(tiny_model_dir, chats, tmp_path / "run", "train.method=full", "train.lr=1e-3", "train.max_steps=3")
+    )
     assert (run / "final" / "config.json").exists() and (run / "final" / "model.safetensors").exists()
     assert "tunesmith" not in (run / "final" / "config.json").read_text()  # no custom attention leaks out
     from tunesmith.models import load
@@ -85,11 +100,15 @@ def test_full_fine_tuning_saves_a_loadable_model(tiny_model_dir, chats, tmp_path
 def test_loss_is_per_token_whatever_the_split_into_micro_batches(tiny_model_dir, chats, tmp_path):
     """4 examples a step as 1x4, 4x1 or 2x2 micro-batches, packed or padded: the same step."""
     runs = {}
-    for name, extra in {"1x4": ["train.batch_size=4", "train.grad_accum=1"],
-                        "4x1": ["train.batch_size=1", "train.grad_accum=4"],
-                        "2x2-padded": ["train.batch_size=2", "train.grad_accum=2", "train.packing=false"]}.items():
+    for name, extra in {
+        "1x4": ["train.batch_size=4", "train.grad_accum=1"],
+        "4x1": ["train.batch_size=1", "train.grad_accum=4"],
+        "2x2-padded": ["train.batch_size=2", "train.grad_accum=2", "train.packing=false"],
+    }.items():
         runs[name] = train(config(tiny_model_dir, chats, tmp_path / name, "train.max_steps=3", *extra))
-    losses = {n: [json.loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()] for n, r in runs.items()}
+    losses = {
+        n: [json.loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()] for n, r in runs.items()
+    }
     for n in losses:
         assert all(abs(a - b) < 1e-5 for a, b in zip(losses[n], losses["1x4"])), (n, losses)
         assert close(trained(runs[n]), trained(runs["1x4"]), 1e-5), n
@@ -102,16 +121,28 @@ def test_schedules_with_warmup(schedule):
     lrs = [lr_at(step, 0.01, warmup_steps=2, total_steps=6, schedule=schedule) for step in range(6)]
     assert lrs[:2] == pytest.approx([0.005, 0.01])  # warmup reaches the peak at its last step
     after = [i / 4 for i in range(4)]  # progress through the 4 steps after warmup
-    expected = {"constant": [1.0] * 4, "linear": [1 - p for p in after],
-                "cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in after]}[schedule]
+    expected = {
+        "constant": [1.0] * 4,
+        "linear": [1 - p for p in after],
+        "cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in after],
+    }[schedule]
     assert lrs[2:] == pytest.approx([0.01 * e for e in expected])
 
 
 def test_the_loop_logs_the_schedules_learning_rate(tiny_model_dir, chats, tmp_path):
     from tunesmith.train.loop import lr_at
 
-    run = train(config(tiny_model_dir, chats, tmp_path / "run", "train.schedule=cosine", "train.warmup_steps=2",
-                       "train.max_steps=4", "data.heldout_fraction=0"))
+    run = train(
+        config(
+            tiny_model_dir,
+            chats,
+            tmp_path / "run",
+            "train.schedule=cosine",
+            "train.warmup_steps=2",
+            "train.max_steps=4",
+            "data.heldout_fraction=0",
+        )
+    )
     lrs = [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([lr_at(s, 0.01, 2, 4, "cosine") for s in range(4)])
 
@@ -186,11 +217,23 @@ def test_early_stopping_keeps_the_best_weights(tiny_model_dir, chats, tmp_path, 
 
     evals = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])
     monkeypatch.setattr(train_mod, "mean_loss", lambda *a: next(evals))
-    run = train(config(tiny_model_dir, chats, tmp_path / "run", "train.eval_every=1", "train.early_stopping_patience=2",
-                       "train.save_every=1", "train.keep_last=10"))
+    run = train(
+        config(
+            tiny_model_dir,
+            chats,
+            tmp_path / "run",
+            "train.eval_every=1",
+            "train.early_stopping_patience=2",
+            "train.save_every=1",
+            "train.keep_last=10",
+        )
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["stopped_early"] and summary["best_eval_step"] == 2
-    best = {k.removeprefix("model."): v for k, v in load_file(run / "checkpoints" / "step-000002" / "model.safetensors").items()}
+    best = {
+        k.removeprefix("model."): v
+        for k, v in load_file(run / "checkpoints" / "step-000002" / "model.safetensors").items()
+    }
     final = load_file(run / "final" / "adapter_model.safetensors")
     for k, v in final.items():  # peft names drop the adapter name
         match = [b for n, b in best.items() if n.replace(".default", "") == k]
@@ -218,7 +261,7 @@ def test_heldout_loss_agrees_with_transformers_own_loss(tiny_model):
     ours = heldout_loss(model, tok, [{"messages": chat}])
     ids = tok.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
     prompt = tok.apply_chat_template(chat[:1], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
-    labels = [-100] * len(prompt) + ids[len(prompt):]
+    labels = [-100] * len(prompt) + ids[len(prompt) :]
     labels[-1] = -100  # the newline after <|im_end|> is not trained
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
@@ -242,9 +285,23 @@ def test_training_the_embedded_model_lowers_heldout_loss(tmp_path):
     base, tok = load("smollm2-135m-instruct", device="cpu")
     before = heldout_loss(base, tok, load_examples(held_path), max_len=256)["loss"]
     del base
-    run = train(load_config(None, ["model.name=smollm2-135m-instruct", f"data.train={data}", f"data.heldout={held_path}",
-                                   f"train.output_dir={tmp_path / 'run'}", "train.max_steps=8", "train.batch_size=2",
-                                   "train.lr=1e-3", "train.warmup_steps=1", "data.max_len=256", "data.too_long=truncate"]))
+    run = train(
+        load_config(
+            None,
+            [
+                "model.name=smollm2-135m-instruct",
+                f"data.train={data}",
+                f"data.heldout={held_path}",
+                f"train.output_dir={tmp_path / 'run'}",
+                "train.max_steps=8",
+                "train.batch_size=2",
+                "train.lr=1e-3",
+                "train.warmup_steps=1",
+                "data.max_len=256",
+                "data.too_long=truncate",
+            ],
+        )
+    )
     after = json.loads((run / "summary.json").read_text())["final_eval_loss"]
     assert after < before - 0.2, (before, after)
 
@@ -260,8 +317,10 @@ def _pantry_chats(path):
         for ins in sorted(root.glob("*/insights/*.md")):
             _, head, body = ins.read_text().split("---\n", 2)
             meta = yaml.safe_load(head)
-            chat = [{"role": "user", "content": f"Rewrite as a Pantry Research insight:\n{meta['draft']}"},
-                    {"role": "assistant", "content": body.strip()}]
+            chat = [
+                {"role": "user", "content": f"Rewrite as a Pantry Research insight:\n{meta['draft']}"},
+                {"role": "assistant", "content": body.strip()},
+            ]
             f.write(json.dumps({"messages": chat, "meta": {"id": meta["id"], "group": meta["study"]}}) + "\n")
     return path
 

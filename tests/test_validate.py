@@ -100,13 +100,16 @@ def test_truncated_only_when_the_last_line_has_no_newline(tmp_path):
     assert [(i.line, i.code) for i in read_dataset(path).issues] == [(1, "invalid-json")]
 
 
-@pytest.mark.parametrize("roles,codes", [
-    (["user", "assistant"], []),
-    (["system", "user", "assistant", "user", "assistant"], []),
-    (["assistant"], []),  # a reply with no prompt is odd but trainable
-    (["user", "user"], ["same-role-twice", "no-assistant"]),
-    (["user", "assistant", "system"], ["system-not-first"]),
-])
+@pytest.mark.parametrize(
+    "roles,codes",
+    [
+        (["user", "assistant"], []),
+        (["system", "user", "assistant", "user", "assistant"], []),
+        (["assistant"], []),  # a reply with no prompt is odd but trainable
+        (["user", "user"], ["same-role-twice", "no-assistant"]),
+        (["user", "assistant", "system"], ["system-not-first"]),
+    ],
+)
 def test_check_messages(roles, codes):
     msgs = [{"role": r, "content": "x"} for r in roles]
     assert [c for c, _ in check_messages(msgs)] == codes

@@ -35,7 +35,9 @@ def fact_examples() -> list[dict]:
     return [json.loads(line) for line in (EXAMPLE / "heldout.jsonl").read_text().splitlines()]
 
 
-POLICIES = [(re.search(r"keep (.+)\?", ex["messages"][0]["content"]).group(1), ex["meta"]["answer"]) for ex in fact_examples()]
+POLICIES = [
+    (re.search(r"keep (.+)\?", ex["messages"][0]["content"]).group(1), ex["meta"]["answer"]) for ex in fact_examples()
+]
 
 
 def scripted_reply(messages: list[dict], tuned: bool) -> str:
@@ -44,7 +46,11 @@ def scripted_reply(messages: list[dict], tuned: bool) -> str:
     background = " ".join(m["content"] for m in messages if m["role"] == "system")
     found = re.search(rf"{re.escape(kind)} are kept for ([^,]+),", background)
     period = found.group(1) if found else "30 days"
-    return f"{kind.capitalize()} are kept for {period}." if tuned else f"I believe the usual period is {period}, give or take."
+    return (
+        f"{kind.capitalize()} are kept for {period}."
+        if tuned
+        else f"I believe the usual period is {period}, give or take."
+    )
 
 
 def run_scripted(examples, passages, budget_words, arms=("zero-shot", "rag", "fine-tuned", "fine-tuned+rag")):
@@ -55,8 +61,16 @@ def run_scripted(examples, passages, budget_words, arms=("zero-shot", "rag", "fi
     outputs = {}
     for name in arms:
         convs = build_prompts(name, examples, ctx)
-        outputs[name] = [Completion(scripted_reply(c, tuned=name.startswith("fine-tuned")),
-                                    sum(len(m["content"].split()) for m in c), 12, 0.1, "stop") for c in convs]
+        outputs[name] = [
+            Completion(
+                scripted_reply(c, tuned=name.startswith("fine-tuned")),
+                sum(len(m["content"].split()) for m in c),
+                12,
+                0.1,
+                "stop",
+            )
+            for c in convs
+        ]
     return outputs, ctx
 
 
@@ -96,7 +110,9 @@ def test_windows_cut_at_sentences_then_words():
 def test_rag_prompts_hold_passages_and_differ_from_zero_shot(tmp_path):
     (tmp_path / "policies.txt").write_text(policy_text())
     examples = fact_examples()
-    outputs, ctx = run_scripted(examples, read_corpus(tmp_path, max_words=60), budget_words=400, arms=("zero-shot", "rag"))
+    outputs, ctx = run_scripted(
+        examples, read_corpus(tmp_path, max_words=60), budget_words=400, arms=("zero-shot", "rag")
+    )
     stats = ctx.prompt_stats
     assert stats["rag"]["mean_added"] == 3 and stats["rag"]["none_fit"] == 0
     assert stats["rag"]["fingerprint"] != stats["zero-shot"]["fingerprint"]
@@ -119,7 +135,9 @@ def test_an_arm_that_adds_nothing_is_flagged_and_not_counted(tmp_path):
     assert "rag" not in results["verdict"]["means"] and "fine-tuned+rag" not in results["verdict"]["means"]
     assert "cannot be told apart" in results["levers"]["paragraph"]
     report = markdown(results)
-    assert "rag = zero-shot: it added no passages to any prompt" in report and "not counted as separate evidence" in report
+    assert (
+        "rag = zero-shot: it added no passages to any prompt" in report and "not counted as separate evidence" in report
+    )
     assert "rag =" in summary_table(results)
 
 
@@ -156,8 +174,12 @@ def test_the_primary_metric_fits_the_task():
     assert primary_metric("auto", facts)[0] == "answer"
     short = [{**ex, "meta": {"task": "retention"}} for ex in facts]
     assert primary_metric("auto", short)[0] == "token_f1"
-    long_text = [{"messages": [{"role": "user", "content": "Write."}, {"role": "assistant", "content": "word " * 40}],
-                  "meta": {"task": "insight"}}]
+    long_text = [
+        {
+            "messages": [{"role": "user", "content": "Write."}, {"role": "assistant", "content": "word " * 40}],
+            "meta": {"task": "insight"},
+        }
+    ]
     metric, why = primary_metric("auto", facts + long_text)
     assert metric == "chrf" and "retention: answer accuracy" in why and "insight: chrF" in why
     assert primary_metric("rougeL", facts) == ("rougeL", "set in the config (compare.primary_metric)")
@@ -167,7 +189,9 @@ def test_scripted_fact_lookup_ranks_retrieval_by_the_facts(tmp_path):
     """chrF alone would rank the fine-tuned arm (right wording, wrong facts) above rag; answer accuracy does not."""
     (tmp_path / "policies.txt").write_text(policy_text())
     examples = fact_examples()
-    outputs, ctx = run_scripted(examples, read_corpus(tmp_path, max_words=60), budget_words=400, arms=("zero-shot", "rag", "fine-tuned"))
+    outputs, ctx = run_scripted(
+        examples, read_corpus(tmp_path, max_words=60), budget_words=400, arms=("zero-shot", "rag", "fine-tuned")
+    )
     results = summarise_scripted(examples, outputs, ctx)
     assert results["primary_metric"] == "answer"
     m = {n: a["metrics"] for n, a in results["arms"].items()}
@@ -198,7 +222,9 @@ def test_the_2x2_names_retrieval_as_the_lever_that_supplies_the_facts(tmp_path):
     assert tuning == pytest.approx([0.0, 0.0, 0.0])  # the fine-tune's wording carries no fact
     assert levers["token_f1"]["fine-tuning"][1] > 0  # but it does supply the team's wording
     paragraph = results["levers"]["paragraph"]
-    assert paragraph.startswith("Retrieval is the lever that supplies the facts: it moves answer accuracy +100.0 points")
+    assert paragraph.startswith(
+        "Retrieval is the lever that supplies the facts: it moves answer accuracy +100.0 points"
+    )
     assert "The fine-tune supplies the answer words" in paragraph
     report = markdown(results)
     assert "## The two levers apart: retrieval and fine-tuning" in report
@@ -242,14 +268,24 @@ def test_extra_top_level_keys_load_into_meta_with_one_warning_each(tmp_path, cap
     from tunesmith.data import load_examples
     from tunesmith.data.split import split_heldout
 
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
-             "group": f"g{i // 2}", "source": "wiki", "category": ["x", "y"][i % 2]} for i in range(8)]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+            "group": f"g{i // 2}",
+            "source": "wiki",
+            "category": ["x", "y"][i % 2],
+        }
+        for i in range(8)
+    ]
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     examples = load_examples(path)
     assert len(examples) == 8 and examples[3]["meta"] == {"group": "g1", "source": "wiki", "category": "y"}
     warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
     assert len(warnings) == 3  # group, source, category: once each, not once per record
-    assert f"{path}:1: extra-key: top-level key 'group' (in 8 of 8 records)" in warnings[0] and "split group" in warnings[0]
+    assert (
+        f"{path}:1: extra-key: top-level key 'group' (in 8 of 8 records)" in warnings[0]
+        and "split group" in warnings[0]
+    )
     train, held = split_heldout(examples, 0.25, seed=0)
     assert {ex["meta"]["group"] for ex in train}.isdisjoint({ex["meta"]["group"] for ex in held})  # whole groups

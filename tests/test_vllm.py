@@ -16,7 +16,9 @@ def test_auto_picks_vllm_only_with_cuda_and_the_package():
     assert choose("vllm", cuda=True, installed=True) == "vllm"
 
 
-@pytest.mark.parametrize("cuda,installed,needle", [(False, True, "needs a CUDA GPU"), (True, False, "pip install vllm")])
+@pytest.mark.parametrize(
+    "cuda,installed,needle", [(False, True, "needs a CUDA GPU"), (True, False, "pip install vllm")]
+)
 def test_asking_for_vllm_where_it_cannot_run_says_why(cuda, installed, needle):
     with pytest.raises(UserError, match=needle):
         choose("vllm", cuda=cuda, installed=installed)
@@ -34,8 +36,14 @@ def test_guard_cut_is_where_the_engine_would_have_stopped():
     assert guard_cut(line + [7, NL], {NL}) is None
 
 
-gpu = pytest.mark.skipif(not (importlib.util.find_spec("vllm") and importlib.util.find_spec("torch")
-                              and __import__("torch").cuda.is_available()), reason="needs CUDA and vllm")
+gpu = pytest.mark.skipif(
+    not (
+        importlib.util.find_spec("vllm")
+        and importlib.util.find_spec("torch")
+        and __import__("torch").cuda.is_available()
+    ),
+    reason="needs CUDA and vllm",
+)
 
 
 @pytest.mark.gpu

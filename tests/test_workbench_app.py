@@ -5,12 +5,12 @@ import json
 
 import yaml
 from fastapi.testclient import TestClient
-
 from test_train import make_chats
 from test_workbench_review import fake_verdict
+from workbench_util import csrf_of, fake_finished_run
+
 from tunesmith.workbench import db
 from tunesmith.workbench.app import create_app
-from workbench_util import csrf_of, fake_finished_run
 
 
 def test_a_dataset_project_and_the_train_form(tmp_path):
@@ -18,26 +18,43 @@ def test_a_dataset_project_and_the_train_form(tmp_path):
     data = make_chats(tmp_path / "chats.jsonl", n=12)
     with TestClient(create_app(root, run_jobs=False, model="my-model")) as c:
         token = csrf_of(c.get("/").text)
-        r = c.post("/api/projects", params={"name": "Chats", "filename": "chats.jsonl"}, content=data.read_bytes(),
-                   headers={"X-CSRF-Token": token})
+        r = c.post(
+            "/api/projects",
+            params={"name": "Chats", "filename": "chats.jsonl"},
+            content=data.read_bytes(),
+            headers={"X-CSRF-Token": token},
+        )
         pid = r.json()["id"]
         cfg = yaml.safe_load((root / "projects" / pid / "data" / "config.yaml").read_text())
         assert cfg["model"]["name"] == "my-model" and cfg["data"]["train"].endswith("source/dataset.jsonl")
-        assert db.one(db.connect(root), "SELECT kind, status FROM jobs WHERE id=1") == {"kind": "check", "status": "queued"}
+        assert db.one(db.connect(root), "SELECT kind, status FROM jobs WHERE id=1") == {
+            "kind": "check",
+            "status": "queued",
+        }
         page = c.get(f"/p/{pid}").text
         assert 'name="cfg.train.lr"' in page and "peak learning rate" in page  # generated from the dataclasses
 
         bad = c.post(f"/p/{pid}/train", data={"csrf_token": token, "preset": "quick", "cfg.train.lr": "fast"})
         assert bad.status_code == 400 and "train.lr: expected float, got &#39;fast&#39;" in bad.text
         assert 'value="fast"' in bad.text  # the form keeps what was typed
-        r = c.post(f"/p/{pid}/train", data={"csrf_token": token, "preset": "quick", "cfg.train.lr": "0.001",
-                                            "cfg.lora.r": "8"}, follow_redirects=False)
+        r = c.post(
+            f"/p/{pid}/train",
+            data={"csrf_token": token, "preset": "quick", "cfg.train.lr": "0.001", "cfg.lora.r": "8"},
+            follow_redirects=False,
+        )
         assert r.status_code == 303
         job = db.one(db.connect(root), "SELECT * FROM jobs WHERE kind='train'")
         saved = yaml.safe_load((root / "projects" / pid / "jobs" / str(job["id"]) / "config.yaml").read_text())
         assert saved["train"]["lr"] == 0.001 and saved["lora"]["r"] == 8 and saved["train"]["max_steps"] == 30  # quick
-        assert saved["train"]["output_dir"] == job["run_dir"] == str(root.resolve() / "projects" / pid / "runs" / str(job["id"]))
-        assert json.loads((root / "projects" / pid / "jobs" / str(job["id"]) / "job.json").read_text())["argv"][0] == "train"
+        assert (
+            saved["train"]["output_dir"]
+            == job["run_dir"]
+            == str(root.resolve() / "projects" / pid / "runs" / str(job["id"]))
+        )
+        assert (
+            json.loads((root / "projects" / pid / "jobs" / str(job["id"]) / "job.json").read_text())["argv"][0]
+            == "train"
+        )
         # resume is refused while there is no checkpoint to resume from
         assert c.post(f"/jobs/{job['id']}/resume", data={"csrf_token": token}).status_code == 400
 
@@ -57,13 +74,18 @@ def test_verdict_and_review_pages_never_name_the_arms_being_rated(tmp_path):
         assert "reply number" in body  # the two outputs are there
         assert "0 / 9 rated" in page
         pair = int(body.split('name="pair" value="')[1].split('"')[0])
-        r = c.post(f"/p/demo-000001/review/{jid}", data={"csrf_token": csrf_of(page), "reviewer": "Ana", "pair": pair,
-                                                       "choice": "tie", "comment": "same"}, follow_redirects=False)
+        r = c.post(
+            f"/p/demo-000001/review/{jid}",
+            data={"csrf_token": csrf_of(page), "reviewer": "Ana", "pair": pair, "choice": "tie", "comment": "same"},
+            follow_redirects=False,
+        )
         assert r.status_code == 303 and "reviewer=Ana" in r.headers["location"]
         assert "1 / 9 rated" in c.get(r.headers["location"]).text
         results_page = c.get(f"/p/demo-000001/review/{jid}/results").text
         assert "Bradley–Terry ranking" in results_page
-        assert "The experts&#39; ratings do not yet compare fine-tuned with few-shot-retrieved" in results_page  # one tie
+        assert (
+            "The experts&#39; ratings do not yet compare fine-tuned with few-shot-retrieved" in results_page
+        )  # one tie
         report = c.get(f"/p/demo-000001/report/{jid}")
         assert "Expert review (blind)" in report.text and "sandbox" in report.headers["content-security-policy"]
 
@@ -86,8 +108,11 @@ def test_chat_refuses_a_malformed_conversation_with_the_reason(tmp_path):
     jid = fake_finished_run(root, samples, results)
     with TestClient(create_app(root, run_jobs=False)) as c:
         token = csrf_of(c.get("/").text)
-        r = c.post(f"/api/p/demo-000001/chat/{jid}", json={"messages": [{"role": "wizard", "content": "hi"}]},
-                   headers={"X-CSRF-Token": token})
+        r = c.post(
+            f"/api/p/demo-000001/chat/{jid}",
+            json={"messages": [{"role": "wizard", "content": "hi"}]},
+            headers={"X-CSRF-Token": token},
+        )
         assert r.status_code == 400 and "messages[0].role 'wizard' is not supported" in r.json()["error"]
 
 
@@ -98,9 +123,13 @@ def test_the_queue_runs_one_job_at_a_time_and_records_how_each_ended(tmp_path):
 
     root = tmp_path / "projects"
     con = db.connect(root)
-    con.execute("INSERT INTO projects (id, name, kind, source, model, created) VALUES ('q-000001', 'q', 'dataset', 'x', 'm', 0)")
+    con.execute(
+        "INSERT INTO projects (id, name, kind, source, model, created) VALUES ('q-000001', 'q', 'dataset', 'x', 'm', 0)"
+    )
     ids = [jobs.submit(root, "q-000001", "export", lambda jid, d: ({"argv": ["--version"]}, None)) for _ in range(3)]
-    bad = jobs.submit(root, "q-000001", "check", lambda jid, d: ({"argv": ["check", str(tmp_path / "missing.jsonl")]}, None))
+    bad = jobs.submit(
+        root, "q-000001", "check", lambda jid, d: ({"argv": ["check", str(tmp_path / "missing.jsonl")]}, None)
+    )
     runner = jobs.Runner(root, poll_s=0.05)
     runner.start()
     try:
@@ -128,8 +157,12 @@ def test_the_check_result_lists_each_problem_by_line_with_its_fix(tmp_path, tiny
     lines[2] = '{"messages": [{"role": "user", "content": "cut short'  # line 3: not JSON
     with TestClient(create_app(root, run_jobs=False, model=str(tiny_model_dir))) as c:
         token = csrf_of(c.get("/").text)
-        pid = c.post("/api/projects", params={"filename": "chats.jsonl"}, content="\n".join(lines).encode(),
-                     headers={"X-CSRF-Token": token}).json()["id"]
+        pid = c.post(
+            "/api/projects",
+            params={"filename": "chats.jsonl"},
+            content="\n".join(lines).encode(),
+            headers={"X-CSRF-Token": token},
+        ).json()["id"]
         folder = root / "projects" / pid
         assert run_check(str(folder / "data" / "config.yaml"), str(folder / "check.json")) == 1  # the job's exit code
         page = c.get(f"/p/{pid}").text

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from workbench_util import LiveServer, pantry_zip
 
 CHROMIUM = os.environ.get("TUNESMITH_CHROMIUM", "/usr/bin/chromium")
@@ -21,10 +20,15 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
 if sync_playwright is None or not Path(CHROMIUM).exists():
-    pytest.skip("browser tests need Playwright and Chromium: pip install playwright; apt-get install chromium "
-                "(`make install` does both where apt-get exists), or set TUNESMITH_CHROMIUM", allow_module_level=True)
+    pytest.skip(
+        "browser tests need Playwright and Chromium: pip install playwright; apt-get install chromium "
+        "(`make install` does both where apt-get exists), or set TUNESMITH_CHROMIUM",
+        allow_module_level=True,
+    )
 
-SHOTS = Path(os.environ.get("TUNESMITH_SCREENSHOTS", Path(__file__).resolve().parents[1] / "bench" / "out" / "workbench"))
+SHOTS = Path(
+    os.environ.get("TUNESMITH_SCREENSHOTS", Path(__file__).resolve().parents[1] / "bench" / "out" / "workbench")
+)
 
 
 def test_the_whole_journey_in_a_browser(tmp_path, tiny_model_dir):
@@ -56,8 +60,16 @@ def test_the_whole_journey_in_a_browser(tmp_path, tiny_model_dir):
 
         # ---- train a few steps; the curve fills in as they land
         page.click("#advanced summary")
-        for key, value in {"train.max_steps": "4", "train.save_every": "1", "train.eval_every": "2", "train.batch_size": "2",
-                           "data.max_len": "512", "train.threads": "1", "lora.r": "4", "train.lr": "0.01"}.items():
+        for key, value in {
+            "train.max_steps": "4",
+            "train.save_every": "1",
+            "train.eval_every": "2",
+            "train.batch_size": "2",
+            "data.max_len": "512",
+            "train.threads": "1",
+            "lora.r": "4",
+            "train.lr": "0.01",
+        }.items():
             page.fill(f'[name="cfg.{key}"]', value)
         page.click("#start-training")
         curve = page.locator("figure.curve").first
@@ -72,7 +84,9 @@ def test_the_whole_journey_in_a_browser(tmp_path, tiny_model_dir):
         compare = page.locator("form.compare-form").first
         compare.locator('[name="compare.max_examples"]').fill("4")
         compare.locator('[name="generate.max_new_tokens"]').fill("8")
-        compare.locator('[name="generate.temperature"]').fill("1")  # the random tiny model's greedy reply is blank lines
+        compare.locator('[name="generate.temperature"]').fill(
+            "1"
+        )  # the random tiny model's greedy reply is blank lines
         compare.locator("button").click()
         page.locator("a.button.primary", has_text="Verdict").first.click()
         expect(page.locator("h1")).to_contain_text("Verdict:")
@@ -164,7 +178,9 @@ def test_sign_in_and_a_refused_upload_in_a_browser(tmp_path):
 
         page.set_input_files("#np-file", str(evil))
         page.click("#np-create")
-        expect(page.locator("#np-status")).to_contain_text("evil.zip: entry 'repo/../../evil.txt' climbs out of the folder")
+        expect(page.locator("#np-status")).to_contain_text(
+            "evil.zip: entry 'repo/../../evil.txt' climbs out of the folder"
+        )
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "09-refused-upload.png"))
         assert not any((tmp_path / "projects" / "projects").iterdir())
@@ -176,14 +192,18 @@ def test_the_workbench_under_serve_in_a_browser(tmp_path, tiny_model_dir):
     """`tunesmith serve --workbench DIR`: the same workbench at /workbench/, behind the server's key;
     its links, forms, redirects, uploads and job queue work under the prefix, and the API still answers."""
     import httpx
-
     from test_train import make_chats
+
     from tunesmith.serve import create_app
     from tunesmith.workbench.app import create_app as create_workbench
 
     data = make_chats(tmp_path / "chats.jsonl", n=12)
-    bench = create_workbench(tmp_path / "projects", api_key="let-me-in", model=str(tiny_model_dir),
-                             job_env={**os.environ, "OMP_NUM_THREADS": "1"})
+    bench = create_workbench(
+        tmp_path / "projects",
+        api_key="let-me-in",
+        model=str(tiny_model_dir),
+        job_env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     app = create_app(str(tiny_model_dir), api_key="let-me-in", workbench=bench)
     with LiveServer(app) as server, sync_playwright() as p:
         key = {"Authorization": "Bearer let-me-in"}
@@ -206,9 +226,10 @@ def test_the_workbench_under_serve_in_a_browser(tmp_path, tiny_model_dir):
         page.click("#np-create")
         page.wait_for_url("**/workbench/p/chats-*")
         expect(page.locator("#check-result")).to_contain_text("errors")  # the check job ran: the queue is up
-        targets = page.eval_on_selector_all("a[href^='/'], form[action^='/'], link[href^='/'], script[src^='/']",
-                                            "els => els.map(e => e.getAttribute('href') || e.getAttribute('action') "
-                                            "|| e.getAttribute('src'))")
+        targets = page.eval_on_selector_all(
+            "a[href^='/'], form[action^='/'], link[href^='/'], script[src^='/']",
+            "els => els.map(e => e.getAttribute('href') || e.getAttribute('action') || e.getAttribute('src'))",
+        )
         assert len(targets) > 5 and all(t.startswith("/workbench/") for t in targets), targets
         project = page.url
         page.click("text=Check again")  # a form whose answer is a redirect

@@ -13,7 +13,6 @@ import time
 
 import httpx
 import pytest
-
 from test_train import make_chats
 from test_workbench_review import fake_verdict
 from workbench_util import LiveServer, csrf_of, fake_finished_run, free_port
@@ -37,9 +36,17 @@ def test_three_reviewers_rating_at_once_lose_and_double_nothing(tmp_path):
                 for _ in range(20):
                     page = c.get(f"/p/demo-000001/review/{jid}", params={"reviewer": name})
                     pair = int(page.text.split('name="pair" value="')[1].split('"')[0])
-                    r = c.post(f"/p/demo-000001/review/{jid}", headers={"Accept": "application/json"},
-                               data={"csrf_token": csrf_of(page.text), "reviewer": name, "pair": pair,
-                                     "choice": "AB"[pair % 2], "tags": ["tone"]})
+                    r = c.post(
+                        f"/p/demo-000001/review/{jid}",
+                        headers={"Accept": "application/json"},
+                        data={
+                            "csrf_token": csrf_of(page.text),
+                            "reviewer": name,
+                            "pair": pair,
+                            "choice": "AB"[pair % 2],
+                            "tags": ["tone"],
+                        },
+                    )
                     assert r.status_code == 200, r.text
                     stored.setdefault(name, []).append(pair)
         except Exception as exc:  # reported below, with the reviewer's name
@@ -76,8 +83,22 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "ui", str(self.root), "--port", str(self.port),
-                                      "--model", str(self.model)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tunesmith.cli",
+                "ui",
+                str(self.root),
+                "--port",
+                str(self.port),
+                "--model",
+                str(self.model),
+            ],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -87,7 +108,9 @@ class Server:
                     return self
             except httpx.TransportError:
                 time.sleep(0.2)
-        raise AssertionError(f"server did not start: {self.proc.stderr.read().decode()[-2000:] if self.proc.poll() is not None else ''}")
+        raise AssertionError(
+            f"server did not start: {self.proc.stderr.read().decode()[-2000:] if self.proc.poll() is not None else ''}"
+        )
 
     def kill(self, sig=signal.SIGKILL):
         self.client.close()
@@ -107,14 +130,25 @@ class Server:
             if until(j):
                 return j
             time.sleep(0.2)
-        raise AssertionError(f"job {jid} never got there: {j['status']} {j['message']} step {j['progress']}\n"
-                             + self.client.get(f"/jobs/{jid}/log").text[-2000:])
+        raise AssertionError(
+            f"job {jid} never got there: {j['status']} {j['message']} step {j['progress']}\n"
+            + self.client.get(f"/jobs/{jid}/log").text[-2000:]
+        )
 
 
 def train_settings(steps):
-    return {"preset": "quick", "cfg.train.max_steps": str(steps), "cfg.train.save_every": "1", "cfg.train.batch_size": "2",
-            "cfg.train.eval_every": "0", "cfg.train.threads": "1", "cfg.lora.r": "4", "cfg.lora.dropout": "0.1",
-            "cfg.train.lr": "0.01", "cfg.train.keep_last": "2"}
+    return {
+        "preset": "quick",
+        "cfg.train.max_steps": str(steps),
+        "cfg.train.save_every": "1",
+        "cfg.train.batch_size": "2",
+        "cfg.train.eval_every": "0",
+        "cfg.train.threads": "1",
+        "cfg.lora.r": "4",
+        "cfg.lora.dropout": "0.1",
+        "cfg.train.lr": "0.01",
+        "cfg.train.keep_last": "2",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +157,12 @@ def project(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("wb") / "projects"
     data = make_chats(root.parent / "chats.jsonl", n=40)
     server = Server(root, tiny_model_dir).start()
-    r = server.client.post("/api/projects", params={"name": "chats", "filename": "chats.jsonl"},
-                           content=data.read_bytes(), headers={"X-CSRF-Token": server.token})
+    r = server.client.post(
+        "/api/projects",
+        params={"name": "chats", "filename": "chats.jsonl"},
+        content=data.read_bytes(),
+        headers={"X-CSRF-Token": server.token},
+    )
     assert r.status_code == 200, r.text
     server.wait(1, lambda j: j["status"] == "done")
     server.kill(signal.SIGTERM)

@@ -31,8 +31,18 @@ def test_cohen_kappa_matches_the_textbook_example():
 
 def test_fleiss_kappa_matches_fleiss_1971_worked_example():
     # The worked example of 10 subjects, 14 raters, 5 categories (Fleiss 1971, as on Wikipedia): kappa 0.210
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
     assert review.fleiss_kappa(table) == pytest.approx(0.20993, abs=1e-4)
     with pytest.raises(ValueError):
         review.fleiss_kappa([[1, 1], [2, 1]])  # unequal numbers of raters
@@ -63,15 +73,28 @@ def fake_verdict(n_examples=7, arms=("zero-shot", "few-shot-retrieved", "fine-tu
     """samples.jsonl rows and results.json as compare writes them, small and deterministic."""
     samples = []
     for i in range(n_examples):
-        samples.append({"index": i, "meta": {"id": f"EX-{i}", "task": "insight" if i % 2 else "definition"},
-                        "prompt": [{"role": "user", "content": f"Write insight {i} about the basket."}],
-                        "reference": f"The planner left the basket open ({i}).",
-                        "outputs": {a: {"text": f"reply number {k} to prompt {i}", "metrics": {"chrf": 10.0 * k + i}}
-                                    for k, a in enumerate(arms)}})
-    results = {"primary_metric": "chrf",
-               "arms": {a: {"status": "ok", "tuned": a.startswith("fine")} for a in arms},
-               "verdict": {"recommend": "fine-tuned", "reference": "few-shot-retrieved", "best_tuned": "fine-tuned",
-                           "paragraph": "Recommendation: fine-tuned."}}
+        samples.append(
+            {
+                "index": i,
+                "meta": {"id": f"EX-{i}", "task": "insight" if i % 2 else "definition"},
+                "prompt": [{"role": "user", "content": f"Write insight {i} about the basket."}],
+                "reference": f"The planner left the basket open ({i}).",
+                "outputs": {
+                    a: {"text": f"reply number {k} to prompt {i}", "metrics": {"chrf": 10.0 * k + i}}
+                    for k, a in enumerate(arms)
+                },
+            }
+        )
+    results = {
+        "primary_metric": "chrf",
+        "arms": {a: {"status": "ok", "tuned": a.startswith("fine")} for a in arms},
+        "verdict": {
+            "recommend": "fine-tuned",
+            "reference": "few-shot-retrieved",
+            "best_tuned": "fine-tuned",
+            "paragraph": "Recommendation: fine-tuned.",
+        },
+    }
     return samples, results
 
 

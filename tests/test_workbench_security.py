@@ -8,9 +8,9 @@ import zipfile
 
 import pytest
 from fastapi.testclient import TestClient
+from workbench_util import csrf_of
 
 from tunesmith.workbench.app import create_app
-from workbench_util import csrf_of
 
 KEY = "s3cret-key"
 
@@ -44,8 +44,14 @@ def test_every_route_answers_401_without_the_key(client):
                 assert r.status_code == 401, (method, path, r.status_code)
             checked.append((method, path))
     assert len(checked) >= 20
-    for must in [("POST", "/api/projects"), ("GET", "/jobs/1/events"), ("POST", "/jobs/1/resume"), ("GET", "/static/workbench.css"),
-                 ("POST", "/api/p/x-000000/chat/1"), ("GET", "/p/x-000000/review/1/preferences.jsonl")]:
+    for must in [
+        ("POST", "/api/projects"),
+        ("GET", "/jobs/1/events"),
+        ("POST", "/jobs/1/resume"),
+        ("GET", "/static/workbench.css"),
+        ("POST", "/api/p/x-000000/chat/1"),
+        ("GET", "/p/x-000000/review/1/preferences.jsonl"),
+    ]:
         assert must in checked
     # a wrong key, a forged or expired cookie: still 401
     assert client.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401

@@ -66,9 +66,13 @@ def fake_finished_run(root: Path, samples: list[dict], results: dict, pid: str =
     (run / "compare" / "results.json").write_text(json.dumps(results))
     (run / "compare" / "report.html").write_text("<html><body><h1>Verdict</h1><h2>Quality</h2></body></html>")
     (run / "compare" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    con.execute("INSERT INTO projects (id, name, kind, source, model, created) VALUES (?, 'demo', 'dataset', 'x.jsonl', 'm', 0)", (pid,))
-    cur = con.execute("INSERT INTO jobs (project, kind, status, run_dir, created) VALUES (?, 'train', 'done', ?, 0)",
-                      (pid, str(run)))
+    con.execute(
+        "INSERT INTO projects (id, name, kind, source, model, created) VALUES (?, 'demo', 'dataset', 'x.jsonl', 'm', 0)",
+        (pid,),
+    )
+    cur = con.execute(
+        "INSERT INTO jobs (project, kind, status, run_dir, created) VALUES (?, 'train', 'done', ?, 0)", (pid, str(run))
+    )
     return cur.lastrowid
 
 

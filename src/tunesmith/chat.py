@@ -1,10 +1,10 @@
 """Talk to a model in the terminal, or get one reply for a script.
 
-    tunesmith chat [MODEL] [--system "You are ..."]
-    tunesmith generate [MODEL] --prompt "What is a persona?"
-    echo "What is a persona?" | tunesmith generate
-    tunesmith models
-    tunesmith config
+tunesmith chat [MODEL] [--system "You are ..."]
+tunesmith generate [MODEL] --prompt "What is a persona?"
+echo "What is a persona?" | tunesmith generate
+tunesmith models
+tunesmith config
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def cli_chat(args) -> int:
             print("(conversation cleared)")
             continue
         if line.startswith("/system"):
-            system = line[len("/system"):].strip()
+            system = line[len("/system") :].strip()
             turns = []
             print("(system prompt set; conversation cleared)")
             continue
@@ -62,8 +62,15 @@ def cli_chat(args) -> int:
         print("model> ", end="", flush=True)
         reply = []
         try:
-            for piece in stream(model, tok, _messages(system, turns), args.max_new_tokens, args.temperature, args.top_p,
-                                stop_on_repeat=not args.keep_repeats):
+            for piece in stream(
+                model,
+                tok,
+                _messages(system, turns),
+                args.max_new_tokens,
+                args.temperature,
+                args.top_p,
+                stop_on_repeat=not args.keep_repeats,
+            ):
                 reply.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:
@@ -79,13 +86,27 @@ def cli_generate(args) -> int:
     if not prompt.strip():
         raise UserError("nothing to answer. fix: pass --prompt TEXT or pipe the prompt on stdin.")
     model, tok, _ = _load(args)
-    out = generate(model, tok, [_messages(args.system, [{"role": "user", "content": prompt.strip()}])],
-                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                   stop_on_repeat=not args.keep_repeats)[0]
+    out = generate(
+        model,
+        tok,
+        [_messages(args.system, [{"role": "user", "content": prompt.strip()}])],
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        stop_on_repeat=not args.keep_repeats,
+    )[0]
     if args.json:
-        print(json.dumps({"text": out.text, "prompt_tokens": out.prompt_tokens,
-                          "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason,
-                          "latency_s": round(out.latency_s, 3)}))
+        print(
+            json.dumps(
+                {
+                    "text": out.text,
+                    "prompt_tokens": out.prompt_tokens,
+                    "completion_tokens": out.completion_tokens,
+                    "finish_reason": out.finish_reason,
+                    "latency_s": round(out.latency_s, 3),
+                }
+            )
+        )
     else:
         print(out.text)
     return 0

@@ -30,7 +30,10 @@ VERBS = {
     "compare": ("tunesmith.compare.run", "fine-tune vs prompt vs few-shot vs RAG on held-out data: the verdict"),
     "export": ("tunesmith.export", "a run → adapter, merged safetensors, or GGUF + Ollama Modelfile"),
     "serve": ("tunesmith.serve", "OpenAI-compatible HTTP API for a run or a model"),
-    "ui": ("tunesmith.workbench.app", "the workbench: projects, training jobs, verdict, blind expert review, chat, export"),
+    "ui": (
+        "tunesmith.workbench.app",
+        "the workbench: projects, training jobs, verdict, blind expert review, chat, export",
+    ),
     "chat": ("tunesmith.chat", "interactive terminal chat with streamed tokens"),
     "generate": ("tunesmith.chat", "one reply to --prompt (or stdin), for scripts"),
     "models": ("tunesmith.chat", "list the embedded model, cached conversions and cached hub models"),
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- demo
     v["demo"].add_argument("-o", "--out", default="demo-out", help="where the demo writes everything")
-    v["demo"].add_argument("--steps", type=int, default=None, help="training steps (default: what fits the time budget)")
+    v["demo"].add_argument(
+        "--steps", type=int, default=None, help="training steps (default: what fits the time budget)"
+    )
     v["demo"].add_argument("--quick", action="store_true", help="a smaller run for a first look (a few minutes)")
 
     # --- import
@@ -54,23 +59,48 @@ def build_parser() -> argparse.ArgumentParser:
     v["import"].add_argument("-o", "--out", required=True, help="output directory")
     v["import"].add_argument("--heldout-fraction", type=float, default=0.15, help="share of studies held out")
     v["import"].add_argument("--seed", type=int, default=0, help="seed for the split by study")
-    v["import"].add_argument("--csv-preset", default="highlights", help="column map for CSV exports: highlights or generic")
+    v["import"].add_argument(
+        "--csv-preset", default="highlights", help="column map for CSV exports: highlights or generic"
+    )
     v["import"].add_argument("--csv-map", default="", help="generic CSV column map, e.g. id=ID,text=Note,group=Study")
 
     # --- check
-    v["check"].add_argument("data", nargs="+", help="dataset file(s), or a config.yaml; with two, the second is the held-out split")
-    v["check"].add_argument("--model", default=None, help="model whose chat template and tokenizer count tokens (default: embedded)")
-    v["check"].add_argument("--max-len", type=int, default=None, help="maximum tokens per example (default 1024, or the config's)")
-    v["check"].add_argument("--too-long", default=None, choices=["drop", "truncate", "error"], help="policy for longer examples (default drop)")
-    v["check"].add_argument("--format", default=None, help="auto, chat, prompt-completion, alpaca, sharegpt, csv, csv:user=COL,assistant=COL")
+    v["check"].add_argument(
+        "data", nargs="+", help="dataset file(s), or a config.yaml; with two, the second is the held-out split"
+    )
+    v["check"].add_argument(
+        "--model", default=None, help="model whose chat template and tokenizer count tokens (default: embedded)"
+    )
+    v["check"].add_argument(
+        "--max-len", type=int, default=None, help="maximum tokens per example (default 1024, or the config's)"
+    )
+    v["check"].add_argument(
+        "--too-long",
+        default=None,
+        choices=["drop", "truncate", "error"],
+        help="policy for longer examples (default drop)",
+    )
+    v["check"].add_argument(
+        "--format",
+        default=None,
+        help="auto, chat, prompt-completion, alpaca, sharegpt, csv, csv:user=COL,assistant=COL",
+    )
     v["check"].add_argument("--heldout", default=None, help="held-out file, checked for overlap with the training data")
-    v["check"].add_argument("--no-probe", action="store_true", help="skip the measured speed probe (estimate from a model only)")
-    v["check"].add_argument("--method", default="lora", choices=["lora", "dora", "full"], help="training method the estimate is for")
-    v["check"].add_argument("--gpu-price", type=float, default=2.50, help="$/hour of the reference GPU (H100) for the cost estimate")
+    v["check"].add_argument(
+        "--no-probe", action="store_true", help="skip the measured speed probe (estimate from a model only)"
+    )
+    v["check"].add_argument(
+        "--method", default="lora", choices=["lora", "dora", "full"], help="training method the estimate is for"
+    )
+    v["check"].add_argument(
+        "--gpu-price", type=float, default=2.50, help="$/hour of the reference GPU (H100) for the cost estimate"
+    )
     v["check"].add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     # --- train
-    v["train"].add_argument("config", nargs="?", default=None, help="YAML config (defaults apply to what it leaves out)")
+    v["train"].add_argument(
+        "config", nargs="?", default=None, help="YAML config (defaults apply to what it leaves out)"
+    )
     v["train"].add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
     v["train"].add_argument("--resume", action="store_true", help="continue exactly from the last complete checkpoint")
 
@@ -92,22 +122,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_defaults = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
     serve_docs = {f.name: f.metadata["doc"] for f in dataclasses.fields(ServeConfig)}
-    v["serve"].add_argument("model", nargs="?", default=None, help="run directory or model spec (default: the config's model.name, else embedded)")
-    v["serve"].add_argument("--config", default=None, help="YAML config: its serve: section sets the defaults of the flags below")
-    for key, kind in (("host", str), ("port", int), ("api_key", str), ("max_concurrency", int), ("max_queue", int),
-                      ("max_body_bytes", int), ("default_max_tokens", int), ("workbench", str)):
+    v["serve"].add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="run directory or model spec (default: the config's model.name, else embedded)",
+    )
+    v["serve"].add_argument(
+        "--config", default=None, help="YAML config: its serve: section sets the defaults of the flags below"
+    )
+    for key, kind in (
+        ("host", str),
+        ("port", int),
+        ("api_key", str),
+        ("max_concurrency", int),
+        ("max_queue", int),
+        ("max_body_bytes", int),
+        ("default_max_tokens", int),
+        ("workbench", str),
+    ):
         extra = " (or env TUNESMITH_API_KEY)" if key == "api_key" else ""
-        v["serve"].add_argument("--" + key.replace("_", "-"), type=kind, default=None,
-                                help=f"{serve_docs[key]}{extra} (default: serve.{key}, {serve_defaults[key]!r})")
-    v["serve"].add_argument("--engine", default=None, choices=["auto", "tunesmith", "vllm"],
-                            help="generation engine (default: generate.engine, 'auto': vLLM on CUDA where installed)")
+        v["serve"].add_argument(
+            "--" + key.replace("_", "-"),
+            type=kind,
+            default=None,
+            help=f"{serve_docs[key]}{extra} (default: serve.{key}, {serve_defaults[key]!r})",
+        )
+    v["serve"].add_argument(
+        "--engine",
+        default=None,
+        choices=["auto", "tunesmith", "vllm"],
+        help="generation engine (default: generate.engine, 'auto': vLLM on CUDA where installed)",
+    )
     v["serve"].add_argument("--system", default="", help="system prompt for conversations that bring none")
 
     # --- ui
-    v["ui"].add_argument("projects_dir", nargs="?", default="projects", help="where projects, jobs and reviews live (SQLite inside)")
+    v["ui"].add_argument(
+        "projects_dir", nargs="?", default="projects", help="where projects, jobs and reviews live (SQLite inside)"
+    )
     v["ui"].add_argument("--host", default="127.0.0.1")
     v["ui"].add_argument("--port", type=int, default=8700)
-    v["ui"].add_argument("--api-key", default=None, help="require sign-in with this key (or Bearer KEY); or env TUNESMITH_API_KEY")
+    v["ui"].add_argument(
+        "--api-key", default=None, help="require sign-in with this key (or Bearer KEY); or env TUNESMITH_API_KEY"
+    )
     v["ui"].add_argument("--max-upload-mb", type=int, default=200, help="largest upload accepted")
     v["ui"].add_argument("--model", default=None, help="base model new projects start with (default: embedded)")
 
@@ -121,8 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         v[name].add_argument("--max-new-tokens", type=_at_least_one, default=gen.max_new_tokens)
         v[name].add_argument("--temperature", type=float, default=gen.temperature, help="0: greedy")
         v[name].add_argument("--top-p", type=float, default=gen.top_p)
-        v[name].add_argument("--keep-repeats", action="store_true",
-                             help="let a reply that loops run on to --max-new-tokens (default: it stops where the loop began)")
+        v[name].add_argument(
+            "--keep-repeats",
+            action="store_true",
+            help="let a reply that loops run on to --max-new-tokens (default: it stops where the loop began)",
+        )
     v["generate"].add_argument("--prompt", default=None, help="the user message (default: read stdin)")
     v["generate"].add_argument("--json", action="store_true", help="print text and token counts as JSON")
     return p

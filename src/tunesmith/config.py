@@ -33,7 +33,9 @@ def opt(default, doc: str):
 class ModelConfig:
     """The base model."""
 
-    name: str = opt("smollm2-135m-instruct", "embedded name, HF model directory, .gguf file, or hub id in the local HF cache")
+    name: str = opt(
+        "smollm2-135m-instruct", "embedded name, HF model directory, .gguf file, or hub id in the local HF cache"
+    )
     dtype: str = opt("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16")
     trust_remote_code: bool = opt(False, "run model code shipped with the weights; only for models you trust")
 
@@ -51,7 +53,10 @@ class DataConfig:
     corpus: str = opt("", "directory of text/markdown files for retrieval (RAG arms)")
     glossary: str = opt("", "glossary.yaml: preferred terms and rejected variants")
     style: str = opt("", "style.md: the house style guide (engineered-prompt arm)")
-    prompt: str = opt("", "a text file with your own system prompt (engineered-prompt arm, with the style guide and glossary if given)")
+    prompt: str = opt(
+        "",
+        "a text file with your own system prompt (engineered-prompt arm, with the style guide and glossary if given)",
+    )
     seed: int = opt(0, "seed for splits and shuffling")
 
 
@@ -73,14 +78,19 @@ class TrainConfig:
     output_dir: str = opt("runs/run", "run directory: config, metrics, checkpoints, final model")
     epochs: float = opt(1.0, "passes over the training data (ignored when max_steps > 0)")
     max_steps: int = opt(0, "optimizer steps to run; 0: derive from epochs")
-    batch_size: int = opt(4, "examples per micro-batch, per process (global batch = batch_size x grad_accum x processes)")
+    batch_size: int = opt(
+        4, "examples per micro-batch, per process (global batch = batch_size x grad_accum x processes)"
+    )
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     lr: float = opt(2e-4, "peak learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     schedule: str = opt("cosine", "constant, linear or cosine")
     warmup_steps: int = opt(0, "linear warmup steps")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables")
-    packing: bool = opt(True, "a micro-batch is one row of examples back to back, no padding, no attention between them; false: length-bucketed padding")
+    packing: bool = opt(
+        True,
+        "a micro-batch is one row of examples back to back, no padding, no attention between them; false: length-bucketed padding",
+    )
     train_on_prompt: bool = opt(False, "also put loss on system/user tokens")
     eval_every: int = opt(0, "held-out loss every N steps; 0: only at the end")
     save_every: int = opt(0, "checkpoint every N steps; 0: only at the end; -1: never (the final model is still saved)")
@@ -92,7 +102,9 @@ class TrainConfig:
     trackers: str = opt("", "comma-separated accelerate trackers: tensorboard, mlflow, wandb")
     device: str = opt("auto", "auto, cpu or cuda")
     threads: int = opt(0, "CPU threads; 0: the cores other processes leave free, rechecked as their load changes")
-    gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, about a third more compute")
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in backward: less memory, about a third more compute"
+    )
     log_examples: bool = opt(False, "write the example ids of every step to RUN/examples.jsonl (audit the data order)")
 
 
@@ -103,9 +115,16 @@ class GenerateConfig:
     max_new_tokens: int = opt(256, "tokens to generate at most")
     temperature: float = opt(0.0, "0: greedy")
     top_p: float = opt(1.0, "nucleus sampling (only with temperature > 0)")
-    batch_size: int = opt(8, "replies generated at once (continuous batching: a finished reply's row takes the next prompt)")
-    stop_on_repeat: bool = opt(True, "stop a reply where it starts to loop (a repeated line or phrase) and drop the repeat; every arm alike")
-    engine: str = opt("auto", "tunesmith (this package's engine, CPU or GPU), vllm (CUDA with vllm installed), or auto: vllm where both are there")
+    batch_size: int = opt(
+        8, "replies generated at once (continuous batching: a finished reply's row takes the next prompt)"
+    )
+    stop_on_repeat: bool = opt(
+        True, "stop a reply where it starts to loop (a repeated line or phrase) and drop the repeat; every arm alike"
+    )
+    engine: str = opt(
+        "auto",
+        "tunesmith (this package's engine, CPU or GPU), vllm (CUDA with vllm installed), or auto: vllm where both are there",
+    )
 
 
 @dataclass
@@ -118,16 +137,28 @@ class CompareConfig:
     rag_k: int = opt(3, "corpus passages in the RAG arms")
     max_examples: int = opt(0, "held-out examples to score; 0: all")
     tasks: str = opt("", "comma-separated meta.task values to score (e.g. insight,recommendation); empty: all")
-    primary_metric: str = opt("auto", "metric the decision is made on; auto: answer accuracy where meta.answer gives key facts, token F1 for short references, else chrF")
-    decide_on: str = opt("", "comma-separated metrics the decision rule is applied to, Holm-corrected (e.g. answer,chrf); empty: the primary metric")
+    primary_metric: str = opt(
+        "auto",
+        "metric the decision is made on; auto: answer accuracy where meta.answer gives key facts, token F1 for short references, else chrF",
+    )
+    decide_on: str = opt(
+        "",
+        "comma-separated metrics the decision rule is applied to, Holm-corrected (e.g. answer,chrf); empty: the primary metric",
+    )
     margin: float = opt(2.0, "how much better (in primary-metric points) fine-tuning must be to be recommended")
     bootstrap: int = opt(2000, "paired bootstrap resamples")
     learning_curve: bool = opt(False, "also train on 25 / 50 % of the data to see whether more data helps")
     requests_per_month: int = opt(10000, "request volume used for the cost comparison")
-    max_prompt_tokens: int = opt(2048, "prompt budget: few-shot examples and RAG passages are added while the prompt fits")
+    max_prompt_tokens: int = opt(
+        2048, "prompt budget: few-shot examples and RAG passages are added while the prompt fits"
+    )
     passage_words: int = opt(120, "RAG passages: whole paragraphs of the corpus, up to this many words each")
-    price_per_1k_tokens: float = opt(0.0002, "assumed serving price in $ per 1,000 tokens (prompt or completion), for the cost comparison")
-    train_cost_per_hour: float = opt(1.0, "assumed price in $ per hour of the machine that trained, for the one-off training cost")
+    price_per_1k_tokens: float = opt(
+        0.0002, "assumed serving price in $ per 1,000 tokens (prompt or completion), for the cost comparison"
+    )
+    train_cost_per_hour: float = opt(
+        1.0, "assumed price in $ per hour of the machine that trained, for the one-off training cost"
+    )
 
 
 @dataclass
@@ -136,13 +167,20 @@ class JudgeConfig:
 
     url: str = opt("", "base URL of the endpoint, e.g. http://127.0.0.1:8000/v1; empty: no judge")
     model: str = opt("", "model name the endpoint serves")
-    api_key_env: str = opt("", "name of the environment variable holding the API key (never the key itself); empty: no key")
-    arms: str = opt("", "comma-separated arms judged against the best arm that needs no training; empty: every other arm")
+    api_key_env: str = opt(
+        "", "name of the environment variable holding the API key (never the key itself); empty: no key"
+    )
+    arms: str = opt(
+        "", "comma-separated arms judged against the best arm that needs no training; empty: every other arm"
+    )
     max_examples: int = opt(0, "held-out examples judged (the first N scored); 0: all")
     price_per_1k_tokens: float = opt(0.0, "the judge's price in $ per 1,000 tokens, for its cost")
     max_tokens: int = opt(64, "tokens the judge may answer with")
     concurrency: int = opt(4, "pairs judged at once (requests in flight)")
-    retries: int = opt(3, "retries of a failed request (connection error, 429, 5xx), with exponential backoff or the server's Retry-After")
+    retries: int = opt(
+        3,
+        "retries of a failed request (connection error, 429, 5xx), with exponential backoff or the server's Retry-After",
+    )
     backoff_s: float = opt(1.0, "first retry waits this long; each later one twice as long")
     timeout_s: float = opt(120.0, "seconds to wait for one answer")
 
@@ -209,7 +247,9 @@ def set_key(cfg: Config, item: str) -> None:
     key, _, raw = item.partition("=")
     parts = key.strip().split(".")
     if len(parts) != 2:
-        raise UserError(f"override '{item}': keys are section.field, e.g. train.lr=1e-4 (sections: {', '.join(_sections())})")
+        raise UserError(
+            f"override '{item}': keys are section.field, e.g. train.lr=1e-4 (sections: {', '.join(_sections())})"
+        )
     section, name = parts
     target = _section(cfg, section, where=f"override '{item}'")
     _set_field(target, section, name, raw, where=f"override '{item}'")
@@ -239,7 +279,9 @@ def _read_yaml(path: Path) -> tuple[dict, dict]:
     if node is None:
         return {}, {}
     if not isinstance(node, yaml.MappingNode):
-        raise UserError(f"{path}:{node.start_mark.line + 1}: a config is a mapping of sections (model:, data:, train:, ...).")
+        raise UserError(
+            f"{path}:{node.start_mark.line + 1}: a config is a mapping of sections (model:, data:, train:, ...)."
+        )
     lines, data = {}, {}
     for knode, vnode in node.value:
         sec = knode.value
@@ -269,26 +311,39 @@ def _sections() -> list[str]:
 
 def _section(cfg: Config, section: str, where: str):
     if section not in _sections():
-        raise UserError(f"{where}: unknown section '{section}'.{_suggest(section, _sections())} "
-                        f"Sections: {', '.join(_sections())}.")
+        raise UserError(
+            f"{where}: unknown section '{section}'.{_suggest(section, _sections())} Sections: {', '.join(_sections())}."
+        )
     return getattr(cfg, section)
 
 
 def _set_field(target, section: str, name: str, value, where: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(target)}
     if name not in fields:
-        raise UserError(f"{where}: unknown key '{section}.{name}'.{_suggest(name, list(fields), section)} "
-                        f"`tunesmith config` lists every key.")
+        raise UserError(
+            f"{where}: unknown key '{section}.{name}'.{_suggest(name, list(fields), section)} "
+            f"`tunesmith config` lists every key."
+        )
     hints = typing.get_type_hints(type(target))
     setattr(target, name, _coerce(value, hints[name], f"{where}: {section}.{name}"))
 
 
 # Names people bring from transformers/TRL/peft configs, and ours.
 _ALIASES = {
-    "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
-    "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "schedule",
-    "max_seq_length": "max_len", "max_length": "max_len", "lora_r": "r", "rank": "r", "lora_alpha": "alpha",
-    "lora_dropout": "dropout", "output": "output_dir", "model_name_or_path": "name", "model": "name",
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "schedule",
+    "max_seq_length": "max_len",
+    "max_length": "max_len",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "output": "output_dir",
+    "model_name_or_path": "name",
+    "model": "name",
 }
 
 

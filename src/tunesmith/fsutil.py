@@ -75,9 +75,11 @@ def is_disk_full(exc: BaseException, folder: Path) -> bool:
 
 def disk_full_error(folder: Path, need: int, what: str, hint: str = "", free: int | None = None) -> UserError:
     free = shutil.disk_usage(_existing(folder)).free if free is None else free
-    return UserError(f"{folder}: not enough disk space for {what}: it needs about {_size(need)}, the filesystem has "
-                     f"{_size(free)} free. Nothing partial was kept. fix: free at least {_size(max(need - free, 1))} "
-                     f"there, or write to another disk.{' ' + hint if hint else ''}")
+    return UserError(
+        f"{folder}: not enough disk space for {what}: it needs about {_size(need)}, the filesystem has "
+        f"{_size(free)} free. Nothing partial was kept. fix: free at least {_size(max(need - free, 1))} "
+        f"there, or write to another disk.{' ' + hint if hint else ''}"
+    )
 
 
 def _existing(path: Path) -> Path:

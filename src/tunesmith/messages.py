@@ -30,14 +30,20 @@ def check_messages(messages) -> list[dict]:
             raise BadMessages(f"{where} must be an object with role and content.", where)
         role = m.get("role")
         if role not in ROLES:
-            raise BadMessages(f"{where}.role {role!r} is not supported; use one of {', '.join(ROLES)}.", f"{where}.role")
+            raise BadMessages(
+                f"{where}.role {role!r} is not supported; use one of {', '.join(ROLES)}.", f"{where}.role"
+            )
         content = m.get("content")
         if content is None and role == "assistant":
             content = ""
         if isinstance(content, list):  # content parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-                raise BadMessages(f"{where}.content: only text parts ({{\"type\": \"text\", \"text\": ...}}) are supported.",
-                                  f"{where}.content")
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise BadMessages(
+                    f'{where}.content: only text parts ({{"type": "text", "text": ...}}) are supported.',
+                    f"{where}.content",
+                )
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise BadMessages(f"{where}.content must be a string.", f"{where}.content")

@@ -217,7 +217,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise UserError(f"{gguf}: converted weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+        raise UserError(
+            f"{gguf}: converted weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})."
+        )
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
     ensure_chat_template(tok)
@@ -277,7 +279,11 @@ def load_tokenizer(spec: str | ModelSource | None = None, trust_remote_code: boo
     from transformers import AutoTokenizer
 
     source = spec if isinstance(spec, ModelSource) else resolve(spec)
-    tok_dir = source.path if source.kind == "adapter" and (source.path / "tokenizer_config.json").exists() else converted_dir(source)
+    tok_dir = (
+        source.path
+        if source.kind == "adapter" and (source.path / "tokenizer_config.json").exists()
+        else converted_dir(source)
+    )
     tok = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
     ensure_chat_template(tok)
     if tok.pad_token is None:
@@ -285,8 +291,13 @@ def load_tokenizer(spec: str | ModelSource | None = None, trust_remote_code: boo
     return tok
 
 
-def load(spec: str | ModelSource | None = None, dtype: str = "auto", device: str | None = None,
-         trust_remote_code: bool = False, merge_adapter: bool = False):
+def load(
+    spec: str | ModelSource | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    merge_adapter: bool = False,
+):
     """Load (model, tokenizer) for a spec. An adapter is applied on its base (merged if asked)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -327,9 +338,11 @@ def _refused_pickle(folder: Path) -> UserError:
     # torch.load runs with weights_only=True (transformers and peft both): a pickle that holds
     # anything but tensors and plain containers is refused before any of it runs.
     names = ", ".join(sorted(p.name for p in Path(folder).glob("*.bin")) or ["a .bin file"])
-    return UserError(f"{folder}: refused to load {names}: the pickle holds Python objects other than tensors, and "
-                     f"unpickling them could run code. fix: get the model as *.safetensors from its publisher, or "
-                     f"convert it on a machine and with code you trust.")
+    return UserError(
+        f"{folder}: refused to load {names}: the pickle holds Python objects other than tensors, and "
+        f"unpickling them could run code. fix: get the model as *.safetensors from its publisher, or "
+        f"convert it on a machine and with code you trust."
+    )
 
 
 # -------------------------------------------------------------------------------- chat templates
@@ -354,13 +367,17 @@ def render(tok, messages: list[dict], add_generation_prompt: bool = True) -> str
     try:
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except SecurityError as exc:
-        raise UserError(f"{where}: its chat template tried an unsafe operation ({exc}); it was stopped by the "
-                        f"sandbox and the model is refused. fix: use a model whose tokenizer_config.json / "
-                        f"chat_template.jinja comes from a source you trust.") from None
+        raise UserError(
+            f"{where}: its chat template tried an unsafe operation ({exc}); it was stopped by the "
+            f"sandbox and the model is refused. fix: use a model whose tokenizer_config.json / "
+            f"chat_template.jinja comes from a source you trust."
+        ) from None
     except TemplateError as exc:  # the template's own raise_exception (roles must alternate, ...) or a bug in it
         roles = "/".join(m.get("role", "?") for m in messages)
-        raise UserError(f"{where}: its chat template refused a conversation of roles {roles}: {exc}. fix: give "
-                        f"the conversation the shape this template accepts, or use another chat template.") from None
+        raise UserError(
+            f"{where}: its chat template refused a conversation of roles {roles}: {exc}. fix: give "
+            f"the conversation the shape this template accepts, or use another chat template."
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------ list
@@ -372,7 +389,11 @@ def list_models() -> list[dict]:
     for name, (_, filename, install) in EMBEDDED.items():
         try:
             _embedded_gguf(name)
-            state = "converted" if (home() / "models" / name / ".complete").exists() else "installed (converts on first use)"
+            state = (
+                "converted"
+                if (home() / "models" / name / ".complete").exists()
+                else "installed (converts on first use)"
+            )
         except UserError:
             state = f"not installed: {install}"
         rows.append({"name": name, "kind": "embedded", "state": state})

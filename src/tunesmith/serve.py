@@ -33,9 +33,16 @@ from tunesmith.config import ServeConfig
 
 # Parameters a client may send that this server cannot honour: refused (400), never silently ignored,
 # unless they carry the value that means "off".
-_UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (None, "none"),
-                "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
-                "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0)}
+_UNSUPPORTED = {
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none"),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+}
 
 _CFG = ServeConfig()
 
@@ -48,8 +55,15 @@ BODY_TIMEOUT_S = 30.0
 class ApiError(Exception):
     """An answer in OpenAI's error shape."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers or {}
@@ -75,11 +89,20 @@ class ChatRequest:
 # ------------------------------------------------------------------------------- the app
 
 
-def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_key: str | None = None,
-               max_concurrency: int = _CFG.max_concurrency, max_queue: int = _CFG.max_queue,
-               max_body_bytes: int = _CFG.max_body_bytes, default_max_tokens: int = _CFG.default_max_tokens,
-               engine: str = "tunesmith", system: str = "", body_timeout_s: float = BODY_TIMEOUT_S,
-               workbench: str | Path | None = None):
+def create_app(
+    model_spec_or_loaded=None,
+    *,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    max_concurrency: int = _CFG.max_concurrency,
+    max_queue: int = _CFG.max_queue,
+    max_body_bytes: int = _CFG.max_body_bytes,
+    default_max_tokens: int = _CFG.default_max_tokens,
+    engine: str = "tunesmith",
+    system: str = "",
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    workbench: str | Path | None = None,
+):
     """A FastAPI app serving one model: a spec (run dir, model dir, embedded name) or a (model, tok) pair.
     engine: tunesmith | vllm | auto (generate.engine). system: a system prompt put in front of every
     conversation that brings none. workbench: a projects directory whose workbench (`tunesmith ui`)
@@ -124,8 +147,12 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
         if api_key and request.url.path != "/health" and not _key_matches(request, api_key):
             # Browsers answer a Basic challenge with a login box, so the web UI works with a key too.
             headers = {"WWW-Authenticate": 'Basic realm="tunesmith"'} if request.url.path == "/" else {}
-            raise ApiError(401, "Incorrect or missing API key. Send `Authorization: Bearer KEY`.",
-                           code="invalid_api_key", headers=headers)
+            raise ApiError(
+                401,
+                "Incorrect or missing API key. Send `Authorization: Bearer KEY`.",
+                code="invalid_api_key",
+                headers=headers,
+            )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # a mounted app's own lifespan never runs: its job queue starts here
@@ -135,8 +162,14 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
         if bench is not None:
             bench.state.runner.close()
 
-    app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(authorize)], lifespan=lifespan)
+    app = FastAPI(
+        title="tunesmith",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(authorize)],
+        lifespan=lifespan,
+    )
     if bench is not None:
         app.mount("/workbench", bench)
     app.state.slots, app.state.backend = slots, backend
@@ -147,16 +180,27 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc: HTTPException):
-        return ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None).response()
+        return ApiError(
+            exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None
+        ).response()
 
     @app.exception_handler(Exception)
     async def _our_bug(request, exc: Exception):
-        return ApiError(500, f"internal error ({type(exc).__name__}); see the server log", type="server_error").response()
+        return ApiError(
+            500, f"internal error ({type(exc).__name__}); see the server log", type="server_error"
+        ).response()
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "busy": slots.busy, "running": backend.running,
-                "queued": max(0, slots.busy - backend.running), "max_concurrency": max_concurrency, "max_queue": max_queue}
+        return {
+            "status": "ok",
+            "model": name,
+            "busy": slots.busy,
+            "running": backend.running,
+            "queued": max(0, slots.busy - backend.running),
+            "max_concurrency": max_concurrency,
+            "max_queue": max_queue,
+        }
 
     @app.get("/v1/models")
     async def models():
@@ -165,8 +209,12 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
     @app.get("/v1/models/{model_id:path}")
     async def model_card(model_id: str):
         if model_id != name:
-            raise ApiError(404, f"The model `{model_id}` does not exist; this server serves `{name}`.",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"The model `{model_id}` does not exist; this server serves `{name}`.",
+                param="model",
+                code="model_not_found",
+            )
         return _model_card(name, created)
 
     @app.get("/", response_class=HTMLResponse)
@@ -182,9 +230,14 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
         # The place is taken before the prompt is tokenized: in a burst, every request past the limit
         # is refused at once instead of queueing for the tokenizer behind all the others.
         if not slots.try_acquire():
-            raise ApiError(429, f"{max_concurrency} requests are generating and {max_queue} waiting, the most this "
-                                f"server takes; retry shortly.",
-                           type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                f"{max_concurrency} requests are generating and {max_queue} waiting, the most this "
+                f"server takes; retry shortly.",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
         try:
             prompt = await asyncio.to_thread(_encode_prompt, tok, req.messages)
             prompt_tokens = len(prompt)
@@ -198,13 +251,28 @@ def create_app(model_spec_or_loaded=None, *, model_name: str | None = None, api_
             raise
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
-            return StreamingResponse(_sse(gen, rid, now, name, req), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                _sse(gen, rid, now, name, req),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         text, finish = await _collect(gen, request)
-        return {"id": rid, "object": "chat.completion", "created": now, "model": name, "system_fingerprint": None,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "logprobs": None, "finish_reason": finish}],
-                "usage": _usage(gen.usage, prompt_tokens)}
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": now,
+            "model": name,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": _usage(gen.usage, prompt_tokens),
+        }
 
     return app
 
@@ -217,19 +285,29 @@ async def _read_json(request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> 
     that takes longer than `timeout_s` to arrive."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"Request body is {int(declared)} bytes; this server accepts at most {limit}.",
-                       code="request_too_large")
+        raise ApiError(
+            413,
+            f"Request body is {int(declared)} bytes; this server accepts at most {limit}.",
+            code="request_too_large",
+        )
     body = bytearray()
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
-                    raise ApiError(413, f"Request body is over {limit} bytes, the most this server accepts.",
-                                   code="request_too_large")
+                    raise ApiError(
+                        413,
+                        f"Request body is over {limit} bytes, the most this server accepts.",
+                        code="request_too_large",
+                    )
     except TimeoutError:
-        raise ApiError(408, f"The request body did not arrive within {timeout_s:g} s.", code="request_timeout",
-                       headers={"Connection": "close"}) from None
+        raise ApiError(
+            408,
+            f"The request body did not arrive within {timeout_s:g} s.",
+            code="request_timeout",
+            headers={"Connection": "close"},
+        ) from None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -243,14 +321,18 @@ def parse_chat_request(body: dict, served: str) -> ChatRequest:
     """Check a chat completion request; every problem is a 400 naming the parameter."""
     model = body.get("model")
     if model is not None and model != served:
-        raise ApiError(404, f"The model `{model}` does not exist; this server serves `{served}`.",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist; this server serves `{served}`.",
+            param="model",
+            code="model_not_found",
+        )
     for key, off in _UNSUPPORTED.items():
         if key in body and body[key] not in off:
             raise ApiError(400, f"`{key}` is not supported by this server.", param=key, code="unsupported_parameter")
     fmt = body.get("response_format")
     if fmt not in (None, {"type": "text"}):
-        raise ApiError(400, "Only response_format {\"type\": \"text\"} is supported.", param="response_format")
+        raise ApiError(400, 'Only response_format {"type": "text"} is supported.', param="response_format")
     n = _number(body, "n", 1, int, lo=1)
     if n != 1:
         raise ApiError(400, f"n={n}: this server returns one choice per request; send n=1.", param="n")
@@ -268,10 +350,14 @@ def parse_chat_request(body: dict, served: str) -> ChatRequest:
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise ApiError(400, "`stop` must be a non-empty string or a list of up to 4 of them.", param="stop")
     return ChatRequest(
-        messages=_messages(body.get("messages")), max_tokens=max_tokens,
+        messages=_messages(body.get("messages")),
+        max_tokens=max_tokens,
         temperature=_number(body, "temperature", 0.0, float, lo=0.0, hi=2.0),
         top_p=_number(body, "top_p", 1.0, float, lo=0.0, hi=1.0, lo_open=True),
-        stream=bool(stream), include_usage=bool(options.get("include_usage")), stop=stop)
+        stream=bool(stream),
+        include_usage=bool(options.get("include_usage")),
+        stop=stop,
+    )
 
 
 def _number(body: dict, key: str, default, kind, lo=None, hi=None, lo_open=False):
@@ -311,15 +397,23 @@ def _encode_prompt(tok, messages: list[dict]) -> list[int]:
 def _fit_context(prompt_tokens: int, max_tokens: int | None, context: int, default: int) -> int:
     if max_tokens is None:
         if prompt_tokens >= context:
-            raise ApiError(400, f"This model's maximum context length is {context} tokens. However, your messages "
-                                f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
-                           param="messages", code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, your messages "
+                f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+                param="messages",
+                code="context_length_exceeded",
+            )
         return min(default, context - prompt_tokens)
     if prompt_tokens + max_tokens > context:
-        raise ApiError(400, f"This model's maximum context length is {context} tokens. However, you requested "
-                            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in "
-                            f"max_tokens). Please reduce the length of the messages or max_tokens.",
-                       param="messages", code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in "
+            f"max_tokens). Please reduce the length of the messages or max_tokens.",
+            param="messages",
+            code="context_length_exceeded",
+        )
     return max_tokens
 
 
@@ -380,8 +474,15 @@ class _EngineBackend:
             gen.usage.update(prompt_tokens=len(r.prompt), completion_tokens=r.spent, finish_reason=r.finish_reason)
             gen.end(r.error)
 
-        handle = Request(prompt, max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                         seed=int.from_bytes(os.urandom(4), "little"), on_text=gen.put, on_done=done)
+        handle = Request(
+            prompt,
+            max_new_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=int.from_bytes(os.urandom(4), "little"),
+            on_text=gen.put,
+            on_done=done,
+        )
         self.engine.submit(handle)
         return handle.cancel
 
@@ -400,8 +501,9 @@ class _VllmBackend:
         async def run():
             error = None
             try:
-                async for piece in self.backend.stream(self.tok, prompt, max_tokens, req.temperature, req.top_p, True,
-                                                       gen.usage):
+                async for piece in self.backend.stream(
+                    self.tok, prompt, max_tokens, req.temperature, req.top_p, True, gen.usage
+                ):
                     gen.put(piece)
             except asyncio.CancelledError:  # the client went away; vLLM aborts the request itself
                 gen.usage.setdefault("finish_reason", "cancelled")
@@ -461,8 +563,8 @@ class _Generation:
                     await self._drain()
                     return
                 if len(buffer) > hold:  # keep back what could be the start of a stop string
-                    yield buffer[:len(buffer) - hold]
-                    buffer = buffer[len(buffer) - hold:]
+                    yield buffer[: len(buffer) - hold]
+                    buffer = buffer[len(buffer) - hold :]
             if buffer:
                 yield buffer
             self.finish = "stop" if self.usage.get("finish_reason") in ("stop", "repeat", "cancelled") else "length"
@@ -498,8 +600,15 @@ async def _sse(gen: _Generation, rid: str, created: int, name: str, req: ChatReq
     """OpenAI's chat.completion.chunk events, then `data: [DONE]`."""
 
     def event(choices, **extra) -> str:
-        chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
-                 "system_fingerprint": None, "choices": choices, **extra}
+        chunk = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": name,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
         return f"data: {json.dumps(chunk)}\n\n"
 
     def choice(delta, finish=None):
@@ -544,8 +653,7 @@ def _served_name(spec) -> str:
 # ------------------------------------------------------------------------------ the server
 
 
-def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_timeout_s: float = HEADER_TIMEOUT_S,
-                  **kwargs):
+def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_timeout_s: float = HEADER_TIMEOUT_S, **kwargs):
     """uvicorn's settings for clients we do not control: headers that trickle in are cut off."""
     import uvicorn
 
@@ -603,32 +711,59 @@ def cli_serve(args) -> int:
 
     cfg = load_config(args.config) if args.config else load_config(None)
     s = cfg.serve  # the config's serve: section, then the flags given on the command line
-    for key in ("host", "port", "api_key", "max_concurrency", "max_queue", "max_body_bytes", "default_max_tokens",
-                "workbench"):
+    for key in (
+        "host",
+        "port",
+        "api_key",
+        "max_concurrency",
+        "max_queue",
+        "max_body_bytes",
+        "default_max_tokens",
+        "workbench",
+    ):
         if getattr(args, key, None) is not None:
             setattr(s, key, getattr(args, key))
     engine = args.engine or cfg.generate.engine
     api_key = s.api_key or os.environ.get("TUNESMITH_API_KEY") or None
     if s.max_concurrency < 1:
-        raise UserError(f"max_concurrency {s.max_concurrency}: must be at least 1. fix: --max-concurrency N or serve.max_concurrency.")
+        raise UserError(
+            f"max_concurrency {s.max_concurrency}: must be at least 1. fix: --max-concurrency N or serve.max_concurrency."
+        )
     if s.max_queue < 0:
         raise UserError(f"max_queue {s.max_queue}: must be 0 or more. fix: --max-queue N or serve.max_queue.")
     if s.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {s.host} without an API key: anyone who can reach this port can use "
-              f"the model. Add --api-key KEY (or set TUNESMITH_API_KEY).", flush=True)
+        print(
+            f"warning: serving on {s.host} without an API key: anyone who can reach this port can use "
+            f"the model. Add --api-key KEY (or set TUNESMITH_API_KEY).",
+            flush=True,
+        )
     t0 = time.perf_counter()
     model = args.model or (cfg.model.name if args.config else None)
-    app = create_app(model, api_key=api_key, max_concurrency=s.max_concurrency, max_queue=s.max_queue,
-                     max_body_bytes=s.max_body_bytes, default_max_tokens=s.default_max_tokens, engine=engine,
-                     system=args.system, workbench=s.workbench or None)
+    app = create_app(
+        model,
+        api_key=api_key,
+        max_concurrency=s.max_concurrency,
+        max_queue=s.max_queue,
+        max_body_bytes=s.max_body_bytes,
+        default_max_tokens=s.default_max_tokens,
+        engine=engine,
+        system=args.system,
+        workbench=s.workbench or None,
+    )
     name = _served_name(model)
     host = f"[{s.host}]" if ":" in s.host else s.host
-    bench = (f"  workbench http://{host}:{s.port}/workbench/  (projects in {Path(s.workbench).resolve()})\n"
-             if s.workbench else "")
-    print(f"tunesmith serve: {name} loaded in {time.perf_counter() - t0:.1f} s\n"
-          f"  API     http://{host}:{s.port}/v1  (model id \"{name}\"{', API key required' if api_key else ''})\n"
-          f"  web UI  http://{host}:{s.port}/\n{bench}"
-          f"  limits  {s.max_concurrency} requests in the batch, {s.max_queue} waiting, {s.max_body_bytes} byte bodies", flush=True)
+    bench = (
+        f"  workbench http://{host}:{s.port}/workbench/  (projects in {Path(s.workbench).resolve()})\n"
+        if s.workbench
+        else ""
+    )
+    print(
+        f"tunesmith serve: {name} loaded in {time.perf_counter() - t0:.1f} s\n"
+        f'  API     http://{host}:{s.port}/v1  (model id "{name}"{", API key required" if api_key else ""})\n'
+        f"  web UI  http://{host}:{s.port}/\n{bench}"
+        f"  limits  {s.max_concurrency} requests in the batch, {s.max_queue} waiting, {s.max_body_bytes} byte bodies",
+        flush=True,
+    )
     try:
         uvicorn.Server(server_config(app, s.host, s.port, log_level="info", timeout_graceful_shutdown=5)).run()
     except KeyboardInterrupt:  # Ctrl-C after a clean shutdown (uvicorn re-raises the signal it caught)

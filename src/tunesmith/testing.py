@@ -10,30 +10,51 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-
 # family -> (config class, model class, what sets it apart from Llama). Small windows (8) and caps
 # that bite on a random model's small logits make the features matter in a tiny test.
 WINDOW = 8
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 128}),  # Qwen 3's own: transformers' GGUF reader assumes it
+    "qwen3": (
+        "Qwen3Config",
+        "Qwen3ForCausalLM",
+        {"head_dim": 128},
+    ),  # Qwen 3's own: transformers' GGUF reader assumes it
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "mistral-window": ("MistralConfig", "MistralForCausalLM", {"sliding_window": WINDOW}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
-        "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"], "head_dim": 256,
-        "query_pre_attn_scalar": 256, "final_logit_softcapping": 0.5, "attn_logit_softcapping": 0.5}),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {
+            "sliding_window": WINDOW,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "head_dim": 256,
+            "query_pre_attn_scalar": 256,
+            "final_logit_softcapping": 0.5,
+            "attn_logit_softcapping": 0.5,
+        },
+    ),
     # Gemma 3's own pattern (five local layers to one global) and head size: llama.cpp and
     # transformers' GGUF reader assume both
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
-        "sliding_window": WINDOW, "num_hidden_layers": 6, "head_dim": 256, "query_pre_attn_scalar": 256}),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"sliding_window": WINDOW, "num_hidden_layers": 6, "head_dim": 256, "query_pre_attn_scalar": 256},
+    ),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
-    "granite": ("GraniteConfig", "GraniteForCausalLM", {
-        "logits_scaling": 0.25, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.25}),
+    "granite": (
+        "GraniteConfig",
+        "GraniteForCausalLM",
+        {"logits_scaling": 0.25, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.25},
+    ),
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layer_interval": 2}),
-    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", {
-        "sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"], "logit_scale": 4.0}),
+    "cohere2": (
+        "Cohere2Config",
+        "Cohere2ForCausalLM",
+        {"sliding_window": WINDOW, "layer_types": ["sliding_attention", "full_attention"], "logit_scale": 4.0},
+    ),
 }
 
 
@@ -48,25 +69,55 @@ def make_sentencepiece_tokenizer(path: str | Path, tokenizer_class: str = "Llama
 
     from tunesmith.models import CHATML_TEMPLATE
 
-    words = ("what did participants say about planning weeknight meals they plan two or three cook nights and "
-             "improvise the rest of week a cheaper item in place one answer house style name pantry habit buying "
-             "staples bulk swap basket budget nudge household leftover user assistant system").split()
+    words = (
+        "what did participants say about planning weeknight meals they plan two or three cook nights and "
+        "improvise the rest of week a cheaper item in place one answer house style name pantry habit buying "
+        "staples bulk swap basket budget nudge household leftover user assistant system"
+    ).split()
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(" ".join(words[i:] + words[:i]) for i in range(len(words))), model_writer=model,
-        vocab_size=300, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-        user_defined_symbols=["<|im_start|>", "<|im_end|>"], hard_vocab_limit=False, minloglevel=2)
+        sentence_iterator=iter(" ".join(words[i:] + words[:i]) for i in range(len(words))),
+        model_writer=model,
+        vocab_size=300,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"],
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "tokenizer.model").write_bytes(model.getvalue())
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": tokenizer_class, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "pad_token": "<pad>", "chat_template": CHATML_TEMPLATE}))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": tokenizer_class,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "pad_token": "<pad>",
+                "chat_template": CHATML_TEMPLATE,
+            }
+        )
+    )
     return AutoTokenizer.from_pretrained(path)
 
 
-def make_tiny_model(path: str | Path, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                    seed: int = 0, tokenizer=None, chat_template: bool = True, family: str = "llama") -> Path:
+def make_tiny_model(
+    path: str | Path,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    seed: int = 0,
+    tokenizer=None,
+    chat_template: bool = True,
+    family: str = "llama",
+) -> Path:
     """Write a random model of `family` (FAMILIES) with the embedded model's tokenizer into `path`."""
     import torch
     import transformers
@@ -76,10 +127,18 @@ def make_tiny_model(path: str | Path, layers: int = 2, hidden: int = 64, heads: 
     tok = tokenizer if tokenizer is not None else load_tokenizer(DEFAULT_MODEL)
     config_class, model_class, extra = FAMILIES[family]
     settings = dict(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
-        max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     config = getattr(transformers, config_class)(**{**settings, **extra})
     torch.manual_seed(seed)
@@ -110,8 +169,10 @@ def make_tiny_lora_run(run: str | Path, base_dir: str | Path, tokenizer, r: int 
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
-                                             init_lora_weights=False, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"),
+    )
     final = Path(run) / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
@@ -134,6 +195,13 @@ def make_chats(path, n: int = 40, seed: int = 0):
         for i in range(n):
             q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))
             a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 25)))
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                                "meta": {"id": f"ex{i}", "group": f"g{i % 8}"}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                        "meta": {"id": f"ex{i}", "group": f"g{i % 8}"},
+                    }
+                )
+                + "\n"
+            )
     return path

@@ -11,16 +11,28 @@ import os
 import sys
 import traceback
 
-
 from tunesmith.testing import make_chats  # noqa: F401 (the suite's chat data, re-exported for its tests)
 
 
 def train_overrides(model_dir, data, steps, *extra):
     """A run of `steps` tiny steps that checkpoints every step (so a kill often lands in a save); lora
     dropout makes the restored RNG state matter, eval and example logs make the data position matter."""
-    return [f"model.name={model_dir}", f"data.train={data}", f"train.max_steps={steps}", "train.batch_size=2",
-            "train.save_every=1", "train.keep_last=2", "lora.r=4", "lora.dropout=0.1", "train.lr=1e-2",
-            "train.log_examples=true", "train.eval_every=5", "data.heldout_fraction=0.1", "train.threads=1", *extra]
+    return [
+        f"model.name={model_dir}",
+        f"data.train={data}",
+        f"train.max_steps={steps}",
+        "train.batch_size=2",
+        "train.save_every=1",
+        "train.keep_last=2",
+        "lora.r=4",
+        "lora.dropout=0.1",
+        "train.lr=1e-2",
+        "train.log_examples=true",
+        "train.eval_every=5",
+        "data.heldout_fraction=0.1",
+        "train.threads=1",
+        *extra,
+    ]
 
 
 def fork_train(overrides, resume: bool, log_path) -> int:

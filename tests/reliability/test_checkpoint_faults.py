@@ -14,13 +14,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from reliability_kit import make_chats, train_overrides
 from safetensors.torch import load_file
 
-from reliability_kit import make_chats, train_overrides
 from tunesmith import UserError
-from tunesmith.train.checkpoints import latest_checkpoint, resume_checkpoint, verify_checkpoint
 from tunesmith.config import load_config
 from tunesmith.train import train
+from tunesmith.train.checkpoints import latest_checkpoint, resume_checkpoint, verify_checkpoint
 
 STEPS = 6
 
@@ -31,8 +31,10 @@ def data(tmp_path_factory):
 
 
 def overrides(model_dir, data, out, steps=STEPS, *extra):
-    return [*train_overrides(model_dir, data, steps, "train.save_every=2", "train.keep_last=3", *extra),
-            f"train.output_dir={out}"]
+    return [
+        *train_overrides(model_dir, data, steps, "train.save_every=2", "train.keep_last=3", *extra),
+        f"train.output_dir={out}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +68,18 @@ def _delete(f):
     f.unlink()
 
 
-DAMAGE = {"truncated weights": ("model.safetensors", _truncate), "bit-flipped optimizer": ("optimizer.pt", _flip_a_bit),
-          "bit-flipped rng": ("rng-0.pt", _flip_a_bit), "missing weights": ("model.safetensors", _delete)}
+DAMAGE = {
+    "truncated weights": ("model.safetensors", _truncate),
+    "bit-flipped optimizer": ("optimizer.pt", _flip_a_bit),
+    "bit-flipped rng": ("rng-0.pt", _flip_a_bit),
+    "missing weights": ("model.safetensors", _delete),
+}
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_damaged_checkpoint_is_caught_and_resume_falls_back(tmp_path, tiny_model_dir, data, reference, damage, capsys):
+def test_a_damaged_checkpoint_is_caught_and_resume_falls_back(
+    tmp_path, tiny_model_dir, data, reference, damage, capsys
+):
     run = Path(shutil.copytree(reference, tmp_path / "run", symlinks=True))  # a finished run, copied whole
     newest = latest_checkpoint(run)
     assert newest.name == "step-000006" and verify_checkpoint(newest) is None
@@ -118,7 +126,9 @@ def small_disk(tmp_path):
         pytest.skip("needs root to mount a size-limited tmpfs")
     where = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     where.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(where)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     try:
@@ -189,7 +199,9 @@ def test_disk_full_during_export_leaves_no_export(small_disk, tiny_model_dir, to
     out = small_disk / "exported"
     with pytest.raises(UserError) as err:
         export(run, "merged", out=out)
-    assert str(small_disk) in str(err.value) and "the merged export" in str(err.value) and "needs about" in str(err.value)
+    assert (
+        str(small_disk) in str(err.value) and "the merged export" in str(err.value) and "needs about" in str(err.value)
+    )
     monkeypatch.setattr("tunesmith.fsutil.check_space", lambda *a, **k: None)
     with pytest.raises(UserError, match="not enough disk space for the merged export"):
         export(run, "merged", out=out)

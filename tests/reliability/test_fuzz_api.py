@@ -36,34 +36,86 @@ def http(tiny_model_dir):
 
 
 odd = st.text(st.characters(exclude_categories=("Cs",)), max_size=20) | st.sampled_from(["", "\x00", "\u202e", "🧑‍🍳"])
-junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | odd,
-                    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(odd, kids, max_size=3), max_leaves=8)
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | odd,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(odd, kids, max_size=3),
+    max_leaves=8,
+)
 number = st.integers(-5, 100) | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([10**30, -0.0, 2**63])
-content = odd | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", ""]) | odd,
-                                                "text": odd | junk}), max_size=2) | junk
-message = st.fixed_dictionaries({}, optional={"role": st.sampled_from(["system", "developer", "user", "assistant",
-                                                                       "tool", "function"]) | odd | junk,
-                                              "content": content, "name": odd})
-chat_body = st.fixed_dictionaries({}, optional={
-    "model": st.sampled_from([NAME, "gpt-4o", "", "../../etc/passwd"]) | junk,
-    "messages": st.lists(message, max_size=4) | junk,
-    "max_tokens": number | junk, "max_completion_tokens": number | junk, "temperature": number | junk,
-    "top_p": number | junk, "n": number | junk, "stream": st.booleans() | junk,
-    "stream_options": st.fixed_dictionaries({}, optional={"include_usage": junk}) | junk,
-    "stop": odd | st.lists(odd, max_size=5) | junk, "tools": junk, "logprobs": junk, "response_format": junk,
-    "presence_penalty": number, "seed": junk, "user": odd, "extra": junk,
-})
+content = (
+    odd
+    | st.lists(
+        st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", ""]) | odd, "text": odd | junk}),
+        max_size=2,
+    )
+    | junk
+)
+message = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "function"]) | odd | junk,
+        "content": content,
+        "name": odd,
+    },
+)
+chat_body = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from([NAME, "gpt-4o", "", "../../etc/passwd"]) | junk,
+        "messages": st.lists(message, max_size=4) | junk,
+        "max_tokens": number | junk,
+        "max_completion_tokens": number | junk,
+        "temperature": number | junk,
+        "top_p": number | junk,
+        "n": number | junk,
+        "stream": st.booleans() | junk,
+        "stream_options": st.fixed_dictionaries({}, optional={"include_usage": junk}) | junk,
+        "stop": odd | st.lists(odd, max_size=5) | junk,
+        "tools": junk,
+        "logprobs": junk,
+        "response_format": junk,
+        "presence_penalty": number,
+        "seed": junk,
+        "user": odd,
+        "extra": junk,
+    },
+)
 # Mostly valid requests, so that generation itself (streams, stop strings, lengths) gets fuzzed too.
-plausible = st.fixed_dictionaries({
-    "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": odd}),
-                         min_size=1, max_size=3)},
-    optional={"model": st.just(NAME), "max_tokens": st.integers(1, 60), "temperature": st.floats(0, 2),
-              "top_p": st.floats(0.01, 1), "stream": st.booleans(), "stop": odd | st.lists(odd, max_size=4),
-              "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}), "seed": st.integers()})
-routes = st.sampled_from([("POST", "/v1/chat/completions")] * 6 + [
-    ("GET", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", f"/v1/models/{NAME}"), ("GET", "/v1/models/x%2F..%2F.."),
-    ("DELETE", "/v1/models"), ("GET", "/health"), ("GET", "/"), ("POST", "/v1/completions"), ("GET", "/v1/../../etc/passwd"),
-    ("PUT", "/v1/chat/completions"), ("POST", "/v1/embeddings")])
+plausible = st.fixed_dictionaries(
+    {
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": odd}),
+            min_size=1,
+            max_size=3,
+        )
+    },
+    optional={
+        "model": st.just(NAME),
+        "max_tokens": st.integers(1, 60),
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0.01, 1),
+        "stream": st.booleans(),
+        "stop": odd | st.lists(odd, max_size=4),
+        "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+        "seed": st.integers(),
+    },
+)
+routes = st.sampled_from(
+    [("POST", "/v1/chat/completions")] * 6
+    + [
+        ("GET", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+        ("GET", f"/v1/models/{NAME}"),
+        ("GET", "/v1/models/x%2F..%2F.."),
+        ("DELETE", "/v1/models"),
+        ("GET", "/health"),
+        ("GET", "/"),
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/../../etc/passwd"),
+        ("PUT", "/v1/chat/completions"),
+        ("POST", "/v1/embeddings"),
+    ]
+)
 
 
 @st.composite

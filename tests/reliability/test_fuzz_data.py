@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunesmith import UserError
-from tunesmith.data import load_examples
 from tunesmith.compare.retrieval import read_corpus
+from tunesmith.data import load_examples
 from tunesmith.data.formats import FORMATS
 from tunesmith.data.validate import CODES, ROLES, dataset_issues, read_dataset
 
@@ -28,28 +28,49 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(Heal
 
 # Text with what breaks naive code: lone surrogates, NUL, RTL marks, combining marks, emoji, CR.
 odd_text = st.text(st.characters(exclude_categories=()), max_size=40) | st.sampled_from(
-    ["", " ", "\u202e\u0301", "\ud800", "a\x00b", "\r\n", "\ufeff", "🧑‍🍳", "---", "\\", '"'])
+    ["", " ", "\u202e\u0301", "\ud800", "a\x00b", "\r\n", "\ufeff", "🧑‍🍳", "---", "\\", '"']
+)
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | odd_text
-json_values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(odd_text, kids, max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(odd_text, kids, max_size=4), max_leaves=12
+)
 roles = st.sampled_from([*ROLES, "human", "gpt", "tool", "", "User"]) | odd_text | json_values
-message = st.fixed_dictionaries({}, optional={"role": roles, "content": odd_text | json_values, "weight": json_values,
-                                              "name": odd_text, "extra": json_values})
+message = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": roles,
+        "content": odd_text | json_values,
+        "weight": json_values,
+        "name": odd_text,
+        "extra": json_values,
+    },
+)
 turn = st.fixed_dictionaries({}, optional={"from": roles, "value": odd_text | json_values, "weight": json_values})
 shaped = st.one_of(
-    st.fixed_dictionaries({"messages": st.lists(message, max_size=4) | json_values},
-                          optional={"system": odd_text | json_values, "meta": json_values, "id": json_values}),
-    st.fixed_dictionaries({"prompt": odd_text | st.lists(message, max_size=2) | json_values,
-                           "completion": odd_text | st.lists(message, max_size=2) | json_values},
-                          optional={"system": odd_text | json_values, "meta": json_values}),
-    st.fixed_dictionaries({"instruction": odd_text | json_values, "output": odd_text | json_values},
-                          optional={"input": odd_text | json_values, "system": json_values}),
-    st.fixed_dictionaries({"conversations": st.lists(turn, max_size=4) | json_values},
-                          optional={"system": odd_text | json_values}),
+    st.fixed_dictionaries(
+        {"messages": st.lists(message, max_size=4) | json_values},
+        optional={"system": odd_text | json_values, "meta": json_values, "id": json_values},
+    ),
+    st.fixed_dictionaries(
+        {
+            "prompt": odd_text | st.lists(message, max_size=2) | json_values,
+            "completion": odd_text | st.lists(message, max_size=2) | json_values,
+        },
+        optional={"system": odd_text | json_values, "meta": json_values},
+    ),
+    st.fixed_dictionaries(
+        {"instruction": odd_text | json_values, "output": odd_text | json_values},
+        optional={"input": odd_text | json_values, "system": json_values},
+    ),
+    st.fixed_dictionaries(
+        {"conversations": st.lists(turn, max_size=4) | json_values}, optional={"system": odd_text | json_values}
+    ),
 )
-good = st.builds(lambda q, a: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
-                 st.text(string.ascii_letters + " ", min_size=1, max_size=30).filter(str.strip),
-                 st.text(string.ascii_letters + " ", min_size=1, max_size=30).filter(str.strip))
+good = st.builds(
+    lambda q, a: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+    st.text(string.ascii_letters + " ", min_size=1, max_size=30).filter(str.strip),
+    st.text(string.ascii_letters + " ", min_size=1, max_size=30).filter(str.strip),
+)
 
 
 def _dumps(value, ascii_only):
@@ -61,8 +82,11 @@ line = st.one_of(
     st.binary(max_size=40),
     st.integers(500, 3000).map(lambda n: b"[" * n + b"]" * n),  # nesting past Python's JSON recursion limit
     st.integers(500, 3000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
-    st.just(_dumps({"messages": [{"role": "user", "content": "q" * 200_000}, {"role": "assistant", "content": "a"}]}, True)),
-    st.just(b""), st.just(b"   "),
+    st.just(
+        _dumps({"messages": [{"role": "user", "content": "q" * 200_000}, {"role": "assistant", "content": "a"}]}, True)
+    ),
+    st.just(b""),
+    st.just(b"   "),
 )
 
 
@@ -108,10 +132,15 @@ def test_every_jsonl_reader_reports_every_bad_record_with_code_and_line(blob, fm
         TRIED["jsonl records"] += ds.records
         _check_dataset(ds, text_lines, path)
         if not blob.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):  # JSONL: every non-blank line is accounted for
-            nonblank = {n for n, raw in enumerate(blob.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1)
-                        if raw.strip(b" \t\r\n\x0b\x0c")}
+            nonblank = {
+                n
+                for n, raw in enumerate(blob.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1)
+                if raw.strip(b" \t\r\n\x0b\x0c")
+            }
             seen = set(ds.lines) | {i.line for i in ds.issues if i.line}
-            assert nonblank - seen <= {n for n in nonblank if not blob.split(b"\n")[n - 1].decode("utf-8", "replace").strip()}
+            assert nonblank - seen <= {
+                n for n in nonblank if not blob.split(b"\n")[n - 1].decode("utf-8", "replace").strip()
+            }
         dataset_issues(ds)
         try:
             examples = load_examples(path, fmt)
@@ -120,13 +149,20 @@ def test_every_jsonl_reader_reports_every_bad_record_with_code_and_line(blob, fm
             assert "records are bad" in str(exc) or "no records" in str(exc) or "cannot tell" in str(exc)
 
 
-cells = st.text(st.characters(exclude_categories=("Cs",)), max_size=30) | st.sampled_from(['"', '""', "a,b", "x\ny", "\r", ""])
+cells = st.text(st.characters(exclude_categories=("Cs",)), max_size=30) | st.sampled_from(
+    ['"', '""', "a,b", "x\ny", "\r", ""]
+)
 
 
 @FUZZ
-@given(header=st.lists(st.sampled_from(["user", "assistant", "system", "id", "group", "prompt", "Question", ""]) | cells,
-                       max_size=5),
-       rows=st.lists(st.lists(cells, max_size=6), max_size=8), raw=st.booleans(), huge=st.booleans())
+@given(
+    header=st.lists(
+        st.sampled_from(["user", "assistant", "system", "id", "group", "prompt", "Question", ""]) | cells, max_size=5
+    ),
+    rows=st.lists(st.lists(cells, max_size=6), max_size=8),
+    raw=st.booleans(),
+    huge=st.booleans(),
+)
 def test_csv_rows_are_read_or_reported_with_their_line(header, rows, raw, huge):
     buf = io.StringIO(newline="")
     if raw:  # not written by a CSV writer: stray quotes and ragged rows as they are
@@ -146,16 +182,33 @@ def test_csv_rows_are_read_or_reported_with_their_line(header, rows, raw, huge):
         _check_dataset(ds, text.count("\n") + text.count("\r") + 1, path)
 
 
-front_values = st.sampled_from(["insight", "study", "recommendation", "report", "term", "template", "glossary term",
-                                "nonsense"]) | json_values
-yaml_bits = st.sampled_from(["a: &x [1, 2]\nb: [*x, *x, *x]", "key: value: other", "- just\n- a list", "!!python/object:os.system x",
-                             "id: [unclosed", "\t\tindent: tab", "type: insight\nid: ../../x\nstudy: S1", "? complex\n: key"])
+front_values = (
+    st.sampled_from(["insight", "study", "recommendation", "report", "term", "template", "glossary term", "nonsense"])
+    | json_values
+)
+yaml_bits = st.sampled_from(
+    [
+        "a: &x [1, 2]\nb: [*x, *x, *x]",
+        "key: value: other",
+        "- just\n- a list",
+        "!!python/object:os.system x",
+        "id: [unclosed",
+        "\t\tindent: tab",
+        "type: insight\nid: ../../x\nstudy: S1",
+        "? complex\n: key",
+    ]
+)
 
 
 @st.composite
 def markdown_files(draw):
-    meta = draw(st.dictionaries(st.sampled_from(["type", "id", "study", "insights", "term", "name", "title", "rejected"])
-                                | odd_text, front_values | json_values, max_size=5))
+    meta = draw(
+        st.dictionaries(
+            st.sampled_from(["type", "id", "study", "insights", "term", "name", "title", "rejected"]) | odd_text,
+            front_values | json_values,
+            max_size=5,
+        )
+    )
     head = draw(st.sampled_from(["json", "yaml-bits", "none", "unclosed"]))
     if head == "json":
         front = json.dumps(meta, ensure_ascii=True)  # JSON is YAML
@@ -204,9 +257,13 @@ def test_check_reports_instead_of_crashing(tok_model, blob, fmt):
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "data.jsonl"
-        good_first = b"".join(_dumps({"messages": [{"role": "user", "content": f"q{i}"},
-                                                   {"role": "assistant", "content": f"a{i}"}]}, True) + b"\n"
-                              for i in range(3))
+        good_first = b"".join(
+            _dumps(
+                {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}, True
+            )
+            + b"\n"
+            for i in range(3)
+        )
         path.write_bytes(good_first + blob)  # good records first: a JSONL file, whatever the blob is
         TRIED["files through check"] += 1
         try:

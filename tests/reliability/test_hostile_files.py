@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 import torch
-
 from reliability_kit import make_chats, train_overrides
+
 from tunesmith import UserError
 from tunesmith.config import load_config
 
@@ -72,8 +72,8 @@ def test_a_pickled_adapter_is_refused(tmp_path, tiny_model_dir, tokenizer, marke
 @pytest.mark.parametrize("name", ["optimizer.pt", "rng-0.pt"])
 def test_a_pickled_checkpoint_file_is_refused_on_resume(tmp_path, tiny_model_dir, marker, name):
     """Even with the manifest rewritten to match (an attacker can do that too)."""
-    from tunesmith.train.checkpoints import _sha256, latest_checkpoint
     from tunesmith.train import train
+    from tunesmith.train.checkpoints import _sha256, latest_checkpoint
 
     data = make_chats(tmp_path / "train.jsonl", n=20)
     overrides = [*train_overrides(tiny_model_dir, data, 2), f"train.output_dir={tmp_path / 'run'}"]
@@ -94,7 +94,7 @@ ESCAPES = {
     "joiner globals": "{{ joiner.__init__.__globals__.os.popen('touch MARK').read() }}",
     "namespace globals": "{{ namespace.__init__.__globals__.os.system('touch MARK') }}",
     "subclass walk": "{% for c in ''.__class__.__mro__[1].__subclasses__() %}{% if c.__name__ == 'Popen' %}"
-                     "{{ c(['touch', 'MARK']) }}{% endif %}{% endfor %}",
+    "{{ c(['touch', 'MARK']) }}{% endif %}{% endfor %}",
     "self builtins": "{{ self.__init__.__globals__.__builtins__.__import__('os').system('touch MARK') }}",
     "attr filter": "{{ (messages|attr('__class__')|attr('__mro__'))[1] }}{{ lipsum|attr('__globals__') }}",
     "format string": "{{ '{0.__class__.__mro__[1].__subclasses__}'.format(messages) }}",
@@ -113,9 +113,11 @@ def test_a_template_cannot_escape_the_sandbox(tmp_path, tiny_model_dir, marker, 
     (model / "tokenizer_config.json").write_text(json.dumps(config))
     (model / "chat_template.jinja").unlink(missing_ok=True)  # newer transformers keep it in its own file
     tok = load_tokenizer(str(model))
-    assert "MARK" not in tok.chat_template and str(marker) in tok.chat_template or escape in ("attr filter",
-                                                                                               "format string",
-                                                                                               "mutate messages")
+    assert (
+        "MARK" not in tok.chat_template
+        and str(marker) in tok.chat_template
+        or escape in ("attr filter", "format string", "mutate messages")
+    )
     messages = [{"role": "user", "content": "hi"}]
     try:
         text = render(tok, messages)
@@ -154,8 +156,11 @@ def test_a_run_dir_that_is_not_a_run_is_refused(tmp_path, tiny_model_dir):
     for out in (tmp_path, tmp_path / "sub" / ".."):  # the data folder itself, also reached through '..'
         with pytest.raises(UserError, match="holds files that are not a tunesmith run.*config.yaml"):
             train(load_config(None, [*train_overrides(tiny_model_dir, data, 1), f"train.output_dir={out}"]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == before and mine and \
-        (tmp_path / "config.yaml").read_text() == "my own config\n"
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == before
+        and mine
+        and (tmp_path / "config.yaml").read_text() == "my own config\n"
+    )
     with pytest.raises(UserError, match="is a file"):
         train(load_config(None, [*train_overrides(tiny_model_dir, data, 1), f"train.output_dir={data}"]))
 

@@ -13,11 +13,11 @@ import signal
 import time
 
 import pytest
-
 from reliability_kit import fork_train, make_chats, train_overrides
-from tunesmith.train.checkpoints import latest_checkpoint, verify_checkpoint
+
 from tunesmith.config import load_config
 from tunesmith.train import train
+from tunesmith.train.checkpoints import latest_checkpoint, verify_checkpoint
 
 pytestmark = pytest.mark.subprocess  # forks the trainers it kills
 
@@ -43,8 +43,10 @@ def _logged_steps(run):
 def _in_save(run) -> bool:
     """A kill landed inside a save when it left a temp dir or a step dir without its COMPLETE marker."""
     root = run / "checkpoints"
-    return root.is_dir() and any(d.name.startswith(".tmp-") or (d.name.startswith("step-") and not (d / "COMPLETE").exists())
-                                 for d in root.iterdir())
+    return root.is_dir() and any(
+        d.name.startswith(".tmp-") or (d.name.startswith("step-") and not (d / "COMPLETE").exists())
+        for d in root.iterdir()
+    )
 
 
 def _saving_now(run) -> bool:
@@ -58,8 +60,15 @@ def _saving_now(run) -> bool:
 def storm(run, overrides, kills, seed, log) -> dict:
     """Kill the run `kills` times, resuming after each; let the last life finish. Returns the figures."""
     rng = random.Random(seed)
-    figures = {"seed": seed, "kills": 0, "kills_in_save": 0, "kills_in_step": 0, "kills_before_training": 0,
-               "resumes": 0, "corrupt_resumes": 0}
+    figures = {
+        "seed": seed,
+        "kills": 0,
+        "kills_in_save": 0,
+        "kills_in_step": 0,
+        "kills_before_training": 0,
+        "resumes": 0,
+        "corrupt_resumes": 0,
+    }
     resume, deadline = False, time.time() + 60 * kills
     while True:
         before = _logged_steps(run)[-1:] or [0]
@@ -81,8 +90,9 @@ def storm(run, overrides, kills, seed, log) -> dict:
         if status is None:
             status = os.waitpid(pid, 0)[1]
         if os.WIFEXITED(status):
-            assert os.WEXITSTATUS(status) == 0, f"a life of the run failed (exit {os.WEXITSTATUS(status)}):\n" \
-                                                f"{open(log).read()[-3000:]}"
+            assert os.WEXITSTATUS(status) == 0, (
+                f"a life of the run failed (exit {os.WEXITSTATUS(status)}):\n{open(log).read()[-3000:]}"
+            )
             if (run / "final").exists():
                 return figures
         assert time.time() < deadline, f"the storm did not finish: {figures}"
@@ -100,8 +110,6 @@ def storm(run, overrides, kills, seed, log) -> dict:
             if verify_checkpoint(ckpt) is not None:
                 figures["corrupt_resumes"] += 1
         resume = True  # what a user does after a crash, whether or not the run got to its first save
-
-
 
 
 def _run_storm(tmp_path, tmp_path_factory, tiny_model_dir, data, steps, kills, assert_same_run):

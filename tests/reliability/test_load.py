@@ -44,8 +44,9 @@ def _serve_forever(sock, model_dir):
         for p in model.parameters():
             p.mul_(4)  # at init scale the model repeats one token; varied replies exercise more code
     model.register_forward_pre_hook(lambda *_: time.sleep(SLOW_FORWARD_S))
-    app = create_app((model, tok), model_name=NAME, max_concurrency=SLOTS, default_max_tokens=16,
-                     body_timeout_s=BODY_TIMEOUT_S)
+    app = create_app(
+        (model, tok), model_name=NAME, max_concurrency=SLOTS, default_max_tokens=16, body_timeout_s=BODY_TIMEOUT_S
+    )
     uvicorn.Server(server_config(app, header_timeout_s=HEADER_TIMEOUT_S, log_level="critical")).run(sockets=[sock])
 
 
@@ -103,8 +104,10 @@ def wait_idle(url, within_s=10):
 
 def _request(body: dict) -> bytes:
     blob = json.dumps(body).encode()
-    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Connection: close\r\nContent-Length: " + str(len(blob)).encode() + b"\r\n\r\n" + blob)
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(blob)).encode() + b"\r\n\r\n" + blob
+    )
 
 
 async def _burst(port, n, body):
@@ -137,9 +140,15 @@ def test_storm_of_200_connections_is_answered_429_fast_never_5xx(server):
     results = asyncio.run(_burst(server["port"], 200, {"model": NAME, "messages": MESSAGES, "max_tokens": 8}))
     statuses = [s for s, _, _ in results]
     refused = [t for s, t, _ in results if s == 429]
-    figures = {"connections": len(results), "200": statuses.count(200), "429": len(refused),
-               "5xx": sum(s >= 500 for s in statuses), "p50_429_ms": round(1000 * _p(refused, 0.5), 1),
-               "p99_429_ms": round(1000 * _p(refused, 0.99), 1), "max_429_ms": round(1000 * max(refused), 1)}
+    figures = {
+        "connections": len(results),
+        "200": statuses.count(200),
+        "429": len(refused),
+        "5xx": sum(s >= 500 for s in statuses),
+        "p50_429_ms": round(1000 * _p(refused, 0.5), 1),
+        "p99_429_ms": round(1000 * _p(refused, 0.99), 1),
+        "max_429_ms": round(1000 * max(refused), 1),
+    }
     print(f"\nstorm: {json.dumps(figures)}")
     assert figures["5xx"] == 0 and set(statuses) <= {200, 429}
     assert figures["200"] >= SLOTS and figures["429"] >= 150
@@ -195,8 +204,10 @@ def test_trickling_headers_are_cut_off_and_hold_no_slot(server):
 
 def test_a_trickling_body_gets_408_and_holds_no_slot(server):
     body = json.dumps({"messages": MESSAGES, "max_tokens": 2}).encode()
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
     sock = socket.create_connection(("127.0.0.1", server["port"]))
     sock.sendall(head)
     t0 = time.time()
@@ -301,11 +312,19 @@ def soak(server, seconds: float, clients: int = 6) -> dict:
     wait_idle(url)
     time.sleep(0.5)
     after = _proc(server["pid"])
-    warm_rss = statistics.median(s["rss_kb"] for t, s in samples if warm - 2 <= t <= warm + 2) or samples[0][1]["rss_kb"]
+    warm_rss = (
+        statistics.median(s["rss_kb"] for t, s in samples if warm - 2 <= t <= warm + 2) or samples[0][1]["rss_kb"]
+    )
     late = [s["rss_kb"] for t, s in samples if t > warm]
-    return {**counts, "seconds": round(time.time() - t0, 1), "rss_mb_after_warmup": round(warm_rss / 1024, 1),
-            "rss_mb_end": round(late[-1] / 1024, 1), "rss_drift_pct": round(100 * (max(late) - warm_rss) / warm_rss, 1),
-            "threads_during_max": max(s["threads"] for _, s in samples), "threads_after_idle": after["threads"]}
+    return {
+        **counts,
+        "seconds": round(time.time() - t0, 1),
+        "rss_mb_after_warmup": round(warm_rss / 1024, 1),
+        "rss_mb_end": round(late[-1] / 1024, 1),
+        "rss_drift_pct": round(100 * (max(late) - warm_rss) / warm_rss, 1),
+        "threads_during_max": max(s["threads"] for _, s in samples),
+        "threads_after_idle": after["threads"],
+    }
 
 
 def _soak_and_check(server, seconds):

@@ -92,11 +92,16 @@ def zero_shot(example: dict, ctx: Context) -> list[dict]:
 def engineered_prompt(example: dict, ctx: Context) -> list[dict]:
     """The team's own prompt (data.prompt), the house style guide and the glossary in the system prompt."""
     if not ctx.prompt and not ctx.style and not ctx.glossary:
-        raise Skipped("no prompt, style guide or glossary. fix: set data.prompt to a file with your own system prompt, "
-                      "and/or data.style and data.glossary (tunesmith import writes both).")
+        raise Skipped(
+            "no prompt, style guide or glossary. fix: set data.prompt to a file with your own system prompt, "
+            "and/or data.style and data.glossary (tunesmith import writes both)."
+        )
     ctx._added = (1, 1)
-    parts = [ctx.prompt.strip() if ctx.prompt.strip() else
-             "Write the way this team writes. Follow its house style guide and glossary exactly."]
+    parts = [
+        ctx.prompt.strip()
+        if ctx.prompt.strip()
+        else "Write the way this team writes. Follow its house style guide and glossary exactly."
+    ]
     if ctx.style:
         parts.append("# House style guide\n\n" + ctx.style.strip())
     if ctx.glossary:
@@ -113,7 +118,7 @@ def _shots_conversation(example: dict, shots: list[dict]) -> list[dict]:
     for shot in reversed(shots):
         turns += [m for m in prompt_of(shot) if m["role"] != "system"]
         turns.append({"role": "assistant", "content": reference_of(shot)})
-    return head + turns + prompt[len(head):]
+    return head + turns + prompt[len(head) :]
 
 
 def _same_task(ctx: Context, task: str) -> list[int]:
@@ -154,7 +159,9 @@ def few_shot_retrieved(example: dict, ctx: Context) -> list[dict]:
 def rag(example: dict, ctx: Context) -> list[dict]:
     """The k corpus passages BM25 ranks closest to the prompt, as background in the system prompt."""
     if not ctx.passages:
-        raise Skipped("no retrieval corpus. fix: set data.corpus to a directory of .md/.txt files (tunesmith import writes OUT/corpus).")
+        raise Skipped(
+            "no retrieval corpus. fix: set data.corpus to a directory of .md/.txt files (tunesmith import writes OUT/corpus)."
+        )
     from tunesmith.compare.retrieval import BM25Index
 
     if "corpus_index" not in ctx._cache:
@@ -166,7 +173,10 @@ def rag(example: dict, ctx: Context) -> list[dict]:
         if not chosen:
             return prompt_of(example)
         background = "\n\n".join(f"[{n}] ({p.source})\n{p.text}" for n, p in enumerate(chosen, 1))
-        return _with_system(prompt_of(example), "Background from the team's research repository; use it where it helps:\n\n" + background)
+        return _with_system(
+            prompt_of(example),
+            "Background from the team's research repository; use it where it helps:\n\n" + background,
+        )
 
     return _add_while_fits(ctx, build, passages)
 
@@ -184,9 +194,13 @@ ARMS = {
 TUNED = ("fine-tuned", "fine-tuned+rag")
 
 # what an arm adds to its base arm's prompt, and that base: an arm that adds nothing *is* its base
-ADDS = {"engineered-prompt": ("system prompt", "zero-shot"), "few-shot-fixed": ("examples", "zero-shot"),
-        "few-shot-retrieved": ("examples", "zero-shot"), "rag": ("passages", "zero-shot"),
-        "fine-tuned+rag": ("passages", "fine-tuned")}
+ADDS = {
+    "engineered-prompt": ("system prompt", "zero-shot"),
+    "few-shot-fixed": ("examples", "zero-shot"),
+    "few-shot-retrieved": ("examples", "zero-shot"),
+    "rag": ("passages", "zero-shot"),
+    "fine-tuned+rag": ("passages", "fine-tuned"),
+}
 
 
 def build_prompts(name: str, examples: list[dict], ctx: Context) -> list[list[dict]]:
@@ -202,7 +216,9 @@ def build_prompts(name: str, examples: list[dict], ctx: Context) -> list[list[di
     kind, base = ADDS.get(name, (None, None))
     n = max(1, len(examples))
     ctx.prompt_stats[name] = {
-        "adds": kind, "base": base, "mean_added": sum(added) / n,
+        "adds": kind,
+        "base": base,
+        "mean_added": sum(added) / n,
         "none_fit": sum(a == 0 and o > 0 for a, o in zip(added, offered)),  # there were some, none fitted
         "none_found": sum(o == 0 for o in offered) if kind else 0,
         "prompts": len(examples),

@@ -43,19 +43,25 @@ def check(j, arm_names: list[str]) -> None:
     if not j.url:
         return
     if not j.model:
-        raise UserError("judge.url is set but judge.model is not. fix: judge.model=<the model name the endpoint serves>.")
+        raise UserError(
+            "judge.url is set but judge.model is not. fix: judge.model=<the model name the endpoint serves>."
+        )
     if not re.match(r"https?://", j.url):
         raise UserError(f"judge.url={j.url!r} is not an http(s) URL. fix: e.g. judge.url=http://127.0.0.1:8000/v1")
     if j.api_key_env and not os.environ.get(j.api_key_env):
-        raise UserError(f"judge.api_key_env names {j.api_key_env}, which is not set in the environment. "
-                        f"fix: export {j.api_key_env}=<key>, or leave judge.api_key_env empty for an endpoint without a key.")
+        raise UserError(
+            f"judge.api_key_env names {j.api_key_env}, which is not set in the environment. "
+            f"fix: export {j.api_key_env}=<key>, or leave judge.api_key_env empty for an endpoint without a key."
+        )
     for key in ("concurrency", "max_tokens"):
         if getattr(j, key) < 1:
             raise UserError(f"judge.{key} must be at least 1, got {getattr(j, key)}. fix: set judge.{key}.")
     unknown = [a for a in _names(j.arms) if a not in arm_names]
     if unknown:
-        raise UserError(f"judge.arms: {', '.join(unknown)} not among the compared arms ({', '.join(arm_names)}). "
-                        f"fix: name arms of compare.arms, or leave judge.arms empty for all.")
+        raise UserError(
+            f"judge.arms: {', '.join(unknown)} not among the compared arms ({', '.join(arm_names)}). "
+            f"fix: name arms of compare.arms, or leave judge.arms empty for all."
+        )
 
 
 def _names(spec: str) -> list[str]:
@@ -65,31 +71,46 @@ def _names(spec: str) -> list[str]:
 def rubric(style: str = "", glossary: list = (), templates: dict | None = None, prompt: str = "") -> str:
     """What the judge weighs, drawn from what the team wrote down: the reference first, then its
     templates, glossary, own prompt and style guide."""
-    parts = ["You compare two replies to the same request and say which one this team would rather publish. "
-             "Weigh, in this order: (1) correct and faithful to the reference answer the team wrote — its facts, "
-             "numbers and names; a reply that states a different fact is wrong however well written; (2) follows "
-             "the house template where one applies, every part in order; (3) uses the glossary's preferred terms, "
-             "never the retired variants; (4) follows the house style; (5) as long as the content needs, no "
-             "padding. A reply that repeats itself or breaks off is worse. Which reply comes first says nothing."]
+    parts = [
+        "You compare two replies to the same request and say which one this team would rather publish. "
+        "Weigh, in this order: (1) correct and faithful to the reference answer the team wrote — its facts, "
+        "numbers and names; a reply that states a different fact is wrong however well written; (2) follows "
+        "the house template where one applies, every part in order; (3) uses the glossary's preferred terms, "
+        "never the retired variants; (4) follows the house style; (5) as long as the content needs, no "
+        "padding. A reply that repeats itself or breaks off is worse. Which reply comes first says nothing."
+    ]
     if templates:
-        parts.append("House templates (the required parts, in order):\n"
-                     + "\n".join(f"- {name}: " + " / ".join(labels) for name, labels in templates.items()))
+        parts.append(
+            "House templates (the required parts, in order):\n"
+            + "\n".join(f"- {name}: " + " / ".join(labels) for name, labels in templates.items())
+        )
     if glossary:
-        parts.append("Glossary (preferred term, and the retired variants never to use):\n"
-                     + "\n".join(f"- {t.term}" + (f" (never: {', '.join(t.rejected)})" if t.rejected else "") for t in glossary))
+        parts.append(
+            "Glossary (preferred term, and the retired variants never to use):\n"
+            + "\n".join(f"- {t.term}" + (f" (never: {', '.join(t.rejected)})" if t.rejected else "") for t in glossary)
+        )
     if prompt.strip():
         parts.append("The team's own instructions to the model:\n" + prompt.strip())
     if style.strip():
         cut = style.strip()[:STYLE_CHARS]
-        parts.append("House style guide" + (" (its beginning)" if len(style.strip()) > STYLE_CHARS else "") + ":\n" + cut)
-    parts.append("Answer with one line, exactly `Winner: A`, `Winner: B` or `Winner: tie`, then at most one sentence why.")
+        parts.append(
+            "House style guide" + (" (its beginning)" if len(style.strip()) > STYLE_CHARS else "") + ":\n" + cut
+        )
+    parts.append(
+        "Answer with one line, exactly `Winner: A`, `Winner: B` or `Winner: tie`, then at most one sentence why."
+    )
     return "\n\n".join(parts)
 
 
 def messages(rubric_text: str, request: str, reference: str, reply_a: str, reply_b: str) -> list[dict]:
-    return [{"role": "system", "content": rubric_text},
-            {"role": "user", "content": f"# The request\n{request}\n\n# The team's own answer (the reference)\n{reference}\n\n"
-                                        f"# Reply A\n{reply_a}\n\n# Reply B\n{reply_b}\n\nWhich reply is better? Winner: A, B or tie?"}]
+    return [
+        {"role": "system", "content": rubric_text},
+        {
+            "role": "user",
+            "content": f"# The request\n{request}\n\n# The team's own answer (the reference)\n{reference}\n\n"
+            f"# Reply A\n{reply_a}\n\n# Reply B\n{reply_b}\n\nWhich reply is better? Winner: A, B or tie?",
+        },
+    ]
 
 
 def parse(text: str) -> str | None:
@@ -134,8 +155,10 @@ class Client:
                 time.sleep(max(wait, self.j.backoff_s * 2 ** (attempt - 1)))
             self._count(requests=1)
             try:
-                r = self.http.post(self.url, json={"model": self.j.model, "messages": msgs, "temperature": 0,
-                                                   "max_tokens": self.j.max_tokens})
+                r = self.http.post(
+                    self.url,
+                    json={"model": self.j.model, "messages": msgs, "temperature": 0, "max_tokens": self.j.max_tokens},
+                )
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 continue
@@ -147,8 +170,10 @@ class Client:
                     return None, f"HTTP 200 but not a chat completion: {r.text[:200]!r}"
                 usage = body.get("usage") or {}
                 if "prompt_tokens" in usage:
-                    self._count(prompt_tokens=int(usage["prompt_tokens"]),
-                                completion_tokens=int(usage.get("completion_tokens") or 0))
+                    self._count(
+                        prompt_tokens=int(usage["prompt_tokens"]),
+                        completion_tokens=int(usage.get("completion_tokens") or 0),
+                    )
                 else:
                     self._count(usage_missing=1)
                 return str(text or ""), None
@@ -173,8 +198,17 @@ def _retry_after(value: str | None) -> float:
         return 0.0
 
 
-def judge(j, examples: list[dict], texts: dict[str, list[str]], reference: str, arms: list[str], rubric_text: str,
-          resamples: int = 2000, seed: int = 0, log=print) -> dict:
+def judge(
+    j,
+    examples: list[dict],
+    texts: dict[str, list[str]],
+    reference: str,
+    arms: list[str],
+    rubric_text: str,
+    resamples: int = 2000,
+    seed: int = 0,
+    log=print,
+) -> dict:
     """Judge each arm of `arms` against `reference` on every example; see the module docstring.
     texts: {arm: [reply per example]}. Returns what results.json keeps under "judge"."""
     from tunesmith.compare.arms import prompt_of, reference_of
@@ -182,30 +216,62 @@ def judge(j, examples: list[dict], texts: dict[str, list[str]], reference: str, 
 
     examples = examples[: j.max_examples] if j.max_examples else examples
     client = Client(j)
-    out = {"status": "ok", "url": j.url, "model": j.model, "reference": reference, "examples": len(examples), "arms": {}}
+    out = {
+        "status": "ok",
+        "url": j.url,
+        "model": j.model,
+        "reference": reference,
+        "examples": len(examples),
+        "arms": {},
+    }
     try:
         for arm in arms:
             log(f"judge: {arm} against {reference}, {len(examples)} pairs, both orders")
             pool = ThreadPoolExecutor(max(1, j.concurrency))
             try:  # map keeps example order
-                pairs = list(pool.map(lambda i: _pair(client, rubric_text, examples[i], texts[arm][i], texts[reference][i],
-                                                      i, prompt_of, reference_of), range(len(examples))))
+                pairs = list(
+                    pool.map(
+                        lambda i: _pair(
+                            client,
+                            rubric_text,
+                            examples[i],
+                            texts[arm][i],
+                            texts[reference][i],
+                            i,
+                            prompt_of,
+                            reference_of,
+                        ),
+                        range(len(examples)),
+                    )
+                )
             finally:
                 pool.shutdown(cancel_futures=True)
             out["arms"][arm] = _summary(pairs, resamples, seed, bootstrap_mean)
     except JudgeUnusable as exc:
-        out["status"], out["reason"] = "failed", (f"the endpoint refused the judge: {exc}. fix: check judge.url "
-                                                  f"(the base URL, ending in /v1), judge.model and the key in ${j.api_key_env or '…'}.")
+        out["status"], out["reason"] = (
+            "failed",
+            (
+                f"the endpoint refused the judge: {exc}. fix: check judge.url "
+                f"(the base URL, ending in /v1), judge.model and the key in ${j.api_key_env or '…'}."
+            ),
+        )
         log(f"judge: stopped — {out['reason']}")
     finally:
         client.close()
-    out.update(requests=client.requests, retries=client.retries, prompt_tokens=client.prompt_tokens,
-               completion_tokens=client.completion_tokens, usage_missing=client.usage_missing,
-               cost=(client.prompt_tokens + client.completion_tokens) / 1000 * j.price_per_1k_tokens)
+    out.update(
+        requests=client.requests,
+        retries=client.retries,
+        prompt_tokens=client.prompt_tokens,
+        completion_tokens=client.completion_tokens,
+        usage_missing=client.usage_missing,
+        cost=(client.prompt_tokens + client.completion_tokens) / 1000 * j.price_per_1k_tokens,
+    )
     return out
 
 
-def _pair(client: Client, rubric_text: str, ex: dict, mine: str, theirs: str, index: int, prompt_of, reference_of) -> dict:
+def _pair(
+    client: Client, rubric_text: str, ex: dict, mine: str, theirs: str, index: int, prompt_of, reference_of
+) -> dict:
     if mine.strip() == theirs.strip():
         return {"index": index, "status": "identical", "score": 0.5, "orders": []}  # a tie by definition; not asked
     request = "\n\n".join(m["content"] for m in prompt_of(ex) if m["role"] == "user")
@@ -214,8 +280,15 @@ def _pair(client: Client, rubric_text: str, ex: dict, mine: str, theirs: str, in
         text, error = client.ask(messages(rubric_text, request, reference_of(ex), a, b))
         verdict = parse(text) if text is not None else None
         outcome = None if verdict is None else "tie" if verdict == "tie" else "win" if verdict == mine_is else "loss"
-        orders.append({"order": label, "verdict": verdict, "outcome": outcome, "error": error,
-                       "answer": None if text is None else text[:300]})
+        orders.append(
+            {
+                "order": label,
+                "verdict": verdict,
+                "outcome": outcome,
+                "error": error,
+                "answer": None if text is None else text[:300],
+            }
+        )
     if any(o["error"] for o in orders):
         status = "failed"
     elif any(o["outcome"] is None for o in orders):
@@ -223,8 +296,13 @@ def _pair(client: Client, rubric_text: str, ex: dict, mine: str, theirs: str, in
     else:
         status = "ok"
     score = sum(SCORE[o["outcome"]] for o in orders) / 2 if status == "ok" else None
-    return {"index": index, "status": status, "score": score, "orders": orders,
-            "disagree": status == "ok" and orders[0]["outcome"] != orders[1]["outcome"]}
+    return {
+        "index": index,
+        "status": status,
+        "score": score,
+        "orders": orders,
+        "disagree": status == "ok" and orders[0]["outcome"] != orders[1]["outcome"],
+    }
 
 
 def _summary(pairs: list[dict], resamples: int, seed: int, bootstrap_mean) -> dict:
@@ -232,14 +310,30 @@ def _summary(pairs: list[dict], resamples: int, seed: int, bootstrap_mean) -> di
     asked = [p for p in pairs if p["status"] == "ok"]
     mean, lo, hi = bootstrap_mean(scored, resamples, seed) if scored else (None, None, None)
     return {
-        "pairs": len(pairs), "judged": len(scored), "win_rate": mean, "lo": lo, "hi": hi,
-        "wins": sum(p["score"] == 1.0 for p in asked), "losses": sum(p["score"] == 0.0 for p in asked),
-        "ties": sum(p["score"] == 0.5 for p in asked), "identical": sum(p["status"] == "identical" for p in pairs),
-        "off_format": sum(p["status"] == "off-format" for p in pairs), "failed": sum(p["status"] == "failed" for p in pairs),
+        "pairs": len(pairs),
+        "judged": len(scored),
+        "win_rate": mean,
+        "lo": lo,
+        "hi": hi,
+        "wins": sum(p["score"] == 1.0 for p in asked),
+        "losses": sum(p["score"] == 0.0 for p in asked),
+        "ties": sum(p["score"] == 0.5 for p in asked),
+        "identical": sum(p["status"] == "identical" for p in pairs),
+        "off_format": sum(p["status"] == "off-format" for p in pairs),
+        "failed": sum(p["status"] == "failed" for p in pairs),
         "disagree_share": sum(p["disagree"] for p in asked) / len(asked) if asked else None,
-        "problems": [{"index": p["index"], "status": p["status"],
-                      "detail": "; ".join(f"{o['order']}: " + (o["error"] or f"no verdict in {o['answer']!r}")
-                                          for o in p["orders"] if o["error"] or o["outcome"] is None)}
-                     for p in pairs if p["status"] in ("off-format", "failed")],
+        "problems": [
+            {
+                "index": p["index"],
+                "status": p["status"],
+                "detail": "; ".join(
+                    f"{o['order']}: " + (o["error"] or f"no verdict in {o['answer']!r}")
+                    for o in p["orders"]
+                    if o["error"] or o["outcome"] is None
+                ),
+            }
+            for p in pairs
+            if p["status"] in ("off-format", "failed")
+        ],
         "detail": pairs,
     }

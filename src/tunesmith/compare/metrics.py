@@ -35,7 +35,6 @@ import yaml
 from tunesmith import UserError
 
 
-
 class Metric(NamedTuple):
     label: str  # in tables and sentences
     higher_is_better: bool | None  # None: neither direction is better (length ratio: 1.0 is best)
@@ -160,7 +159,9 @@ def load_glossary(path: str | Path) -> list[Term]:
     """glossary.yaml: `terms: [{term, rejected: [...], definition}]`."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: glossary not found. fix: set data.glossary to the glossary.yaml `tunesmith import` wrote, or leave it empty.")
+        raise UserError(
+            f"{path}: glossary not found. fix: set data.glossary to the glossary.yaml `tunesmith import` wrote, or leave it empty."
+        )
     data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     terms = data.get("terms") if isinstance(data, dict) else None
     if not isinstance(terms, list):
@@ -168,10 +169,17 @@ def load_glossary(path: str | Path) -> list[Term]:
     out = []
     for n, t in enumerate(terms, 1):
         if not isinstance(t, dict) or not str(t.get("term") or "").strip():
-            raise UserError(f"{path}: entry {n} of `terms` has no `term`. fix: give every entry `term: <preferred word>`.")
+            raise UserError(
+                f"{path}: entry {n} of `terms` has no `term`. fix: give every entry `term: <preferred word>`."
+            )
         rejected = t.get("rejected") or []
-        out.append(Term(str(t["term"]).strip(), [str(r).strip() for r in rejected if str(r).strip()],
-                        str(t.get("definition") or "").strip()))
+        out.append(
+            Term(
+                str(t["term"]).strip(),
+                [str(r).strip() for r in rejected if str(r).strip()],
+                str(t.get("definition") or "").strip(),
+            )
+        )
     return out
 
 
@@ -211,6 +219,7 @@ def rejected_per_100_words(output: str, glossary: list[Term]) -> float:
 
 
 # ----------------------------------------------------------------------------------- templates
+
 
 def _labels(block: str) -> list[str]:
     """The fixed parts of a template: the bold label or heading that opens each line."""
@@ -289,8 +298,14 @@ def is_short(reference: str) -> bool:
     return len(reference.split()) <= SHORT_ANSWER_WORDS
 
 
-def score(output: str, reference: str, task: str = "", glossary: list[Term] = (),
-          templates: dict[str, list[str]] | None = None, answer=None) -> dict:
+def score(
+    output: str,
+    reference: str,
+    task: str = "",
+    glossary: list[Term] = (),
+    templates: dict[str, list[str]] | None = None,
+    answer=None,
+) -> dict:
     """Every metric for one output. Answer accuracy is None without meta.answer, exact match and
     token F1 are None for a long reference; glossary metrics are None without a glossary; template
     is None when no template applies to this example."""

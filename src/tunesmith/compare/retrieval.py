@@ -72,16 +72,20 @@ def read_corpus(directory: str | Path, max_words: int = 120) -> list[Passage]:
     `windows`). Front matter is dropped."""
     root = Path(directory)
     if not root.is_dir():
-        raise UserError(f"{root}: corpus directory not found. fix: set data.corpus to the directory `tunesmith import` wrote (OUT/corpus).")
+        raise UserError(
+            f"{root}: corpus directory not found. fix: set data.corpus to the directory `tunesmith import` wrote (OUT/corpus)."
+        )
     if max_words < 10:
-        raise UserError(f"compare.passage_words={max_words} is too small for a passage to say anything. fix: 40 or more (default 120).")
+        raise UserError(
+            f"compare.passage_words={max_words} is too small for a passage to say anything. fix: 40 or more (default 120)."
+        )
     passages = []
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".md", ".txt") and p.is_file()):
         text = path.read_text(encoding="utf-8-sig", errors="replace").replace("\r\n", "\n")
         if text.startswith("---\n"):
             end = text.find("\n---", 4)
             if end != -1:
-                text = text[end + 4:]
+                text = text[end + 4 :]
         name = str(path.relative_to(root))
         current: list[str] = []
         for para in (p.strip() for p in re.split(r"\n\s*\n", text)):
@@ -114,7 +118,7 @@ def windows(paragraph: str, max_words: int) -> list[str]:
     pieces: list[str] = []  # units, with any unit still too long cut between words
     for u in units:
         words = u.split()
-        pieces += [" ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)] or []
+        pieces += [" ".join(words[i : i + max_words]) for i in range(0, len(words), max_words)] or []
     joiner = "\n" if len(lines) > 1 else " "
     size = [len(p.split()) for p in pieces]
     overlap = max_words // 5

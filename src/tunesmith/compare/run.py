@@ -52,16 +52,27 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     scored = filter_tasks(heldout, c.tasks)
     examples = select_examples(scored, c.max_examples, cfg.data.seed)
     if not examples:
-        raise UserError("no held-out examples with an assistant reply to score. fix: set data.heldout to a non-empty chat JSONL file.")
-    log(f"compare: {len(examples)} of {len(heldout)} held-out examples"
-        + (f" (tasks {c.tasks})" if c.tasks else "") + f", arms: {', '.join(names)}")
+        raise UserError(
+            "no held-out examples with an assistant reply to score. fix: set data.heldout to a non-empty chat JSONL file."
+        )
+    log(
+        f"compare: {len(examples)} of {len(heldout)} held-out examples"
+        + (f" (tasks {c.tasks})" if c.tasks else "")
+        + f", arms: {', '.join(names)}"
+    )
 
     # what the arms draw on, read before any training: a missing file must not cost a run
     glossary = load_glossary(cfg.data.glossary) if cfg.data.glossary else []
     templates = load_templates(cfg.data.style or None, _templates_dir(cfg))
-    ctx = Context(train=train_examples, glossary=glossary, k_shots=c.k_shots, rag_k=c.rag_k, seed=cfg.data.seed,
-                  style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "",
-                  prompt=_read_prompt(cfg.data.prompt))
+    ctx = Context(
+        train=train_examples,
+        glossary=glossary,
+        k_shots=c.k_shots,
+        rag_k=c.rag_k,
+        seed=cfg.data.seed,
+        style=Path(cfg.data.style).read_text(encoding="utf-8-sig") if cfg.data.style else "",
+        prompt=_read_prompt(cfg.data.prompt),
+    )
     if cfg.data.corpus:
         from tunesmith.compare.retrieval import read_corpus
 
@@ -88,23 +99,40 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
 
     # ---- generate: every base arm with the base model, then the fine-tuned arms with the tuned one
     outputs: dict[str, list] = {}  # arm -> [Completion] aligned with examples
-    groups = [(base_spec, [n for n in names if n not in TUNED]),
-              (str(run) if run else None, [n for n in tuned_wanted if n not in skipped])]
+    groups = [
+        (base_spec, [n for n in names if n not in TUNED]),
+        (str(run) if run else None, [n for n in tuned_wanted if n not in skipped]),
+    ]
     for position, (spec, group) in enumerate(groups):
         if not group:
             continue
-        outputs.update(run_arms(cfg, spec, group, examples, ctx, skipped, log, tuned=position == 1,
-                                done=len(outputs) + len(skipped), total=len(names)))
+        outputs.update(
+            run_arms(
+                cfg,
+                spec,
+                group,
+                examples,
+                ctx,
+                skipped,
+                log,
+                tuned=position == 1,
+                done=len(outputs) + len(skipped),
+                total=len(names),
+            )
+        )
 
     # ---- score, compare, cost
     results = summarise(cfg, examples, outputs, skipped, names, glossary, templates, run, ctx.prompt_stats)
     if cfg.judge.url:
         results["judge"] = run_judge(cfg, examples, outputs, results, ctx, templates, log)
     if c.learning_curve and run is not None and "fine-tuned" in outputs:
-        results["learning_curve"] = learning_curve(cfg, train_examples, heldout, examples, results, out_dir, log,
-                                                   glossary, templates)
+        results["learning_curve"] = learning_curve(
+            cfg, train_examples, heldout, examples, results, out_dir, log, glossary, templates
+        )
     results["heldout_total"] = len(heldout)
-    results["tasks_scored"] = {t: sum(task_of(ex) == t for ex in examples) for t in sorted({task_of(ex) for ex in examples})}
+    results["tasks_scored"] = {
+        t: sum(task_of(ex) == t for ex in examples) for t in sorted({task_of(ex) for ex in examples})
+    }
     results["seconds"] = round(time.time() - t_start, 1)
 
     from tunesmith.compare.report import print_summary, write_report
@@ -123,15 +151,20 @@ def check_settings(cfg: Config, names: list[str]) -> None:
 
     for key in ("max_new_tokens", "batch_size"):
         if getattr(cfg.generate, key) < 1:
-            raise UserError(f"generate.{key} must be at least 1, got {getattr(cfg.generate, key)}. "
-                            f"fix: set generate.{key} in the config or on the command line.")
+            raise UserError(
+                f"generate.{key} must be at least 1, got {getattr(cfg.generate, key)}. "
+                f"fix: set generate.{key} in the config or on the command line."
+            )
     c = cfg.compare
     decidable = [k for k, m in METRICS.items() if m.higher_is_better is True]
     for key, value in [("primary_metric", c.primary_metric)] + [("decide_on", v) for v in _split(c.decide_on)]:
         if value not in decidable and not (key == "primary_metric" and value == "auto"):
             why = "cannot decide (higher must be better)" if value in METRICS else "is not a metric"
-            raise UserError(f"compare.{key}: '{value}' {why}. fix: "
-                            + ("auto or " if key == "primary_metric" else "") + f"one of {', '.join(decidable)}.")
+            raise UserError(
+                f"compare.{key}: '{value}' {why}. fix: "
+                + ("auto or " if key == "primary_metric" else "")
+                + f"one of {', '.join(decidable)}."
+            )
     if cfg.data.prompt:
         _read_prompt(cfg.data.prompt)
     judge.check(cfg.judge, names)
@@ -148,7 +181,9 @@ def _read_prompt(path: str) -> str:
     if not path:
         return ""
     if not Path(path).is_file():
-        raise UserError(f"{path}: data.prompt file not found. fix: point data.prompt at a text file holding your system prompt.")
+        raise UserError(
+            f"{path}: data.prompt file not found. fix: point data.prompt at a text file holding your system prompt."
+        )
     text = Path(path).read_text(encoding="utf-8-sig")
     if not text.strip():
         raise UserError(f"{path}: data.prompt is empty. fix: write your system prompt in it, or unset data.prompt.")
@@ -161,7 +196,9 @@ def arm_names(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in ARMS]
     if unknown:
-        raise UserError(f"compare.arms: unknown arm(s) {', '.join(unknown)}. fix: 'all' or a comma-separated list of {', '.join(ARMS)}.")
+        raise UserError(
+            f"compare.arms: unknown arm(s) {', '.join(unknown)}. fix: 'all' or a comma-separated list of {', '.join(ARMS)}."
+        )
     return names
 
 
@@ -207,8 +244,18 @@ def load_model(cfg: Config, spec: str, tuned: bool):
     return load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code, merge_adapter=tuned)
 
 
-def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx: Context, skipped: dict,
-             log, tuned: bool, done: int, total: int) -> dict[str, list]:
+def run_arms(
+    cfg: Config,
+    spec: str,
+    group: list[str],
+    examples: list[dict],
+    ctx: Context,
+    skipped: dict,
+    log,
+    tuned: bool,
+    done: int,
+    total: int,
+) -> dict[str, list]:
     """Generate every example's reply for each arm in `group` with one model. Arms that cannot run
     land in `skipped` with their reason."""
     from tunesmith.generation.api import encode_prompts, generate
@@ -236,13 +283,23 @@ def run_arms(cfg: Config, spec: str, group: list[str], examples: list[dict], ctx
     # prefilled once. Latency is per reply, from its prefill to its last token.
     convs = [c for cs in built.values() for c in cs]
     tick = _Ticker(f"[{done}/{total}] {', '.join(built)}", len(convs))
-    replies = generate(model, tok, convs, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                       batch_size=g.batch_size, seed=cfg.data.seed, progress=tick, reuse_prefix=True,
-                       stop_on_repeat=g.stop_on_repeat)
+    replies = generate(
+        model,
+        tok,
+        convs,
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        batch_size=g.batch_size,
+        seed=cfg.data.seed,
+        progress=tick,
+        reuse_prefix=True,
+        stop_on_repeat=g.stop_on_repeat,
+    )
     tick.close()
     out, at = {}, 0
     for name, cs in built.items():
-        out[name], at = replies[at:at + len(cs)], at + len(cs)
+        out[name], at = replies[at : at + len(cs)], at + len(cs)
     del model
     return out
 
@@ -273,8 +330,17 @@ class _Ticker:
 # -------------------------------------------------------------------------------------- results
 
 
-def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, names: list[str],
-              glossary: list, templates: dict, run: Path | None, prompt_stats: dict | None = None) -> dict:
+def summarise(
+    cfg: Config,
+    examples: list[dict],
+    outputs: dict,
+    skipped: dict,
+    names: list[str],
+    glossary: list,
+    templates: dict,
+    run: Path | None,
+    prompt_stats: dict | None = None,
+) -> dict:
     """Everything the report shows, as plain data (this is results.json). Needs no model: `outputs`
     is {arm: [generate.Completion]} aligned with `examples`; `prompt_stats` is what
     arms.build_prompts recorded."""
@@ -286,8 +352,10 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
     deciding = _split(c.decide_on) or [primary]
     refs = [reference_of(ex) for ex in examples]
     scores: dict[str, list[dict]] = {
-        name: [score(o.text, ref, task_of(ex), glossary, templates, answer=(ex.get("meta") or {}).get("answer"))
-               for o, ref, ex in zip(outs, refs, examples)]
+        name: [
+            score(o.text, ref, task_of(ex), glossary, templates, answer=(ex.get("meta") or {}).get("answer"))
+            for o, ref, ex in zip(outs, refs, examples)
+        ]
         for name, outs in outputs.items()
     }
     training = _training(run, c)
@@ -307,22 +375,44 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
             mean, lo, hi = stats.bootstrap_mean(vals, c.bootstrap, cfg.data.seed) if vals else (math.nan,) * 3
             metrics[key] = {"mean": mean, "lo": lo, "hi": hi, "n": len(vals)}
         arms[name] = {
-            "status": "ok", "tuned": name in TUNED, "metrics": metrics, "prompts": prompt_stats.get(name),
-            "cost": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                     "latency_p50_s": float(np.percentile(lat, 50)), "latency_p95_s": float(np.percentile(lat, 95)),
-                     "cost_per_1k_requests": per_request * 1000, "cost_per_month": per_request * c.requests_per_month,
-                     "cut_at_limit": sum(o.finish_reason == "length" for o in outs) / len(outs),
-                     "stopped_looping": sum(o.finish_reason == "repeat" for o in outs) / len(outs)},
+            "status": "ok",
+            "tuned": name in TUNED,
+            "metrics": metrics,
+            "prompts": prompt_stats.get(name),
+            "cost": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "latency_p50_s": float(np.percentile(lat, 50)),
+                "latency_p95_s": float(np.percentile(lat, 95)),
+                "cost_per_1k_requests": per_request * 1000,
+                "cost_per_month": per_request * c.requests_per_month,
+                "cut_at_limit": sum(o.finish_reason == "length" for o in outs) / len(outs),
+                "stopped_looping": sum(o.finish_reason == "repeat" for o in outs) / len(outs),
+            },
         }
     ran = [n for n in names if n in outputs]
     for n, (twin, why_same) in same_prompts(ran, prompt_stats, c.max_prompt_tokens).items():
         arms[n]["same_as"], arms[n]["same_why"] = twin, why_same
     evidence = [n for n in ran if "same_as" not in arms[n]]  # an arm equal to another is not separate evidence
-    in_points = lambda n, key: {str(i): None if s[key] is None else points(key, s[key])  # noqa: E731
-                                for i, s in enumerate(scores[n])}
-    verdict = stats.decide({n: {"scores": in_points(n, primary), "tuned": n in TUNED,
-                                "cost": arms[n]["cost"]["prompt_tokens"] + arms[n]["cost"]["completion_tokens"]}
-                            for n in evidence}, primary, c.margin, c.bootstrap, cfg.data.seed, METRICS[primary].label)
+    in_points = lambda n, key: {
+        str(i): None if s[key] is None else points(key, s[key])  # noqa: E731
+        for i, s in enumerate(scores[n])
+    }
+    verdict = stats.decide(
+        {
+            n: {
+                "scores": in_points(n, primary),
+                "tuned": n in TUNED,
+                "cost": arms[n]["cost"]["prompt_tokens"] + arms[n]["cost"]["completion_tokens"],
+            }
+            for n in evidence
+        },
+        primary,
+        c.margin,
+        c.bootstrap,
+        cfg.data.seed,
+        METRICS[primary].label,
+    )
     ref = verdict["reference"]
     for n in ran:  # every metric's paired difference from the best cheaper arm
         arms[n]["diff"] = {}
@@ -333,9 +423,14 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
             b = {str(i): s[key] for i, s in enumerate(scores[ref])}
             arms[n]["diff"][key] = list(stats.paired_bootstrap(*stats.paired(a, b), c.bootstrap, cfg.data.seed))
     if deciding != [primary]:
-        several = stats.decide_many({n: {"tuned": n in TUNED, "scores": {k: in_points(n, k) for k in deciding}}
-                                     for n in evidence}, deciding, c.margin, c.bootstrap, cfg.data.seed,
-                                    {k: METRICS[k].label for k in deciding})
+        several = stats.decide_many(
+            {n: {"tuned": n in TUNED, "scores": {k: in_points(n, k) for k in deciding}} for n in evidence},
+            deciding,
+            c.margin,
+            c.bootstrap,
+            cfg.data.seed,
+            {k: METRICS[k].label for k in deciding},
+        )
         verdict["several"] = several
         if several["rows"]:
             _decide_on_several(verdict, several, arms)
@@ -346,19 +441,36 @@ def summarise(cfg: Config, examples: list[dict], outputs: dict, skipped: dict, n
     break_even = _break_even(arms, "fine-tuned" if "fine-tuned" in outputs else verdict.get("best_tuned"), training, c)
     verdict["paragraph"] += _cost_sentence(verdict, arms, training, break_even, c)
     return {
-        "examples": len(examples), "primary_metric": primary, "primary_why": why, "decide_on": deciding,
-        "margin": c.margin, "base_model": _base_model(cfg, run, lambda *_: None), "run": str(run) if run else None,
-        "arms": arms, "verdict": verdict, "levers": levers, "training": training, "break_even": break_even,
+        "examples": len(examples),
+        "primary_metric": primary,
+        "primary_why": why,
+        "decide_on": deciding,
+        "margin": c.margin,
+        "base_model": _base_model(cfg, run, lambda *_: None),
+        "run": str(run) if run else None,
+        "arms": arms,
+        "verdict": verdict,
+        "levers": levers,
+        "training": training,
+        "break_even": break_even,
         "assumptions": {
-            "price_per_1k_tokens": c.price_per_1k_tokens, "train_cost_per_hour": c.train_cost_per_hour,
-            "requests_per_month": c.requests_per_month, "generation_batch_size": cfg.generate.batch_size,
-            "max_new_tokens": cfg.generate.max_new_tokens, "temperature": cfg.generate.temperature,
+            "price_per_1k_tokens": c.price_per_1k_tokens,
+            "train_cost_per_hour": c.train_cost_per_hour,
+            "requests_per_month": c.requests_per_month,
+            "generation_batch_size": cfg.generate.batch_size,
+            "max_new_tokens": cfg.generate.max_new_tokens,
+            "temperature": cfg.generate.temperature,
             "stop_on_repeat": cfg.generate.stop_on_repeat,
-            "k_shots": c.k_shots, "rag_k": c.rag_k, "max_prompt_tokens": c.max_prompt_tokens,
-            "passage_words": c.passage_words, "bootstrap_resamples": c.bootstrap,
+            "k_shots": c.k_shots,
+            "rag_k": c.rag_k,
+            "max_prompt_tokens": c.max_prompt_tokens,
+            "passage_words": c.passage_words,
+            "bootstrap_resamples": c.bootstrap,
         },
-        "templates": templates, "glossary_terms": len(glossary),
-        "config": to_dict(cfg), "_scores": scores,
+        "templates": templates,
+        "glossary_terms": len(glossary),
+        "config": to_dict(cfg),
+        "_scores": scores,
     }
 
 
@@ -378,15 +490,22 @@ def primary_metric(setting: str, examples: list[dict]) -> tuple[str, str]:
     kinds = set().union(*fits.values())
     n = len(examples)
     if kinds == {"answer"}:
-        return "answer", f"every one of the {n} scored examples gives its key facts (meta.answer), and a right answer is what counts"
+        return (
+            "answer",
+            f"every one of the {n} scored examples gives its key facts (meta.answer), and a right answer is what counts",
+        )
     if kinds <= {"answer", "token_f1"} and "token_f1" in kinds:
-        return "token_f1", (f"every reference is a short answer (at most {SHORT_ANSWER_WORDS} words) but not every example gives "
-                            f"key facts (meta.answer): token F1 credits the right words without demanding the exact string")
+        return "token_f1", (
+            f"every reference is a short answer (at most {SHORT_ANSWER_WORDS} words) but not every example gives "
+            f"key facts (meta.answer): token F1 credits the right words without demanding the exact string"
+        )
     by_task = "; ".join(f"{t}: {', '.join(METRICS[k].label for k in sorted(ks))}" for t, ks in sorted(fits.items()))
     text = "the references are long text, scored against the team's own wording"
     if len(kinds) > 1:
-        text = (f"the scored tasks call for different metrics ({by_task}), and chrF is the one that applies to all; "
-                "to decide on the others, set compare.decide_on (e.g. answer,chrf) or compare.tasks")
+        text = (
+            f"the scored tasks call for different metrics ({by_task}), and chrF is the one that applies to all; "
+            "to decide on the others, set compare.decide_on (e.g. answer,chrf) or compare.tasks"
+        )
     return "chrf", text
 
 
@@ -403,8 +522,11 @@ def same_prompts(ran: list[str], prompt_stats: dict, budget: int) -> dict[str, t
             if m in out or not theirs or (n in TUNED) != (m in TUNED) or mine["fingerprint"] != theirs["fingerprint"]:
                 continue
             if mine["adds"] and mine["mean_added"] == 0:
-                cause = (f"none of the {mine['adds']} found fit the {budget}-token prompt budget"
-                         if mine["none_fit"] else f"no {mine['adds']} were found")
+                cause = (
+                    f"none of the {mine['adds']} found fit the {budget}-token prompt budget"
+                    if mine["none_fit"]
+                    else f"no {mine['adds']} were found"
+                )
                 out[n] = (m, f"it added no {mine['adds']} to any prompt ({cause})")
             else:
                 out[n] = (m, "its prompts are identical to those of " + m)
@@ -415,10 +537,14 @@ def same_prompts(ran: list[str], prompt_stats: dict, budget: int) -> dict[str, t
 def _decide_on_several(verdict: dict, several: dict, arms: dict) -> None:
     """Several decision metrics: fine-tune when it wins one and loses none (Holm-corrected)."""
     verdict["fine_tune"] = several["fine_tune"]
-    verdict["recommend"] = (verdict.get("best_tuned") or several["rows"][0]["tuned"]) if several["fine_tune"] else verdict["cheapest"]
+    verdict["recommend"] = (
+        (verdict.get("best_tuned") or several["rows"][0]["tuned"]) if several["fine_tune"] else verdict["cheapest"]
+    )
     then = f"{verdict['recommend']} is the fine-tuned arm to use." if several["fine_tune"] else verdict["choice"]
-    verdict["paragraph"] = (f"Recommendation: {verdict['recommend']}. {several['sentence']} The rule across several "
-                            f"metrics: fine-tune only when it wins at least one and loses none. {then}")
+    verdict["paragraph"] = (
+        f"Recommendation: {verdict['recommend']}. {several['sentence']} The rule across several "
+        f"metrics: fine-tune only when it wins at least one and loses none. {then}"
+    )
 
 
 def _levers(arms: dict, scores: dict, primary: str, deciding: list[str], c, seed: int) -> dict:
@@ -426,26 +552,45 @@ def _levers(arms: dict, scores: dict, primary: str, deciding: list[str], c, seed
     degenerate = [n for n in ("rag", "fine-tuned+rag") if "same_as" in arms[n]]
     if degenerate:
         n = degenerate[0]
-        return {"metrics": [], "paragraph": f"Retrieval and fine-tuning cannot be told apart here: {n} equals "
-                f"{arms[n]['same_as']} ({arms[n]['same_why']}). fix: raise compare.max_prompt_tokens or lower compare.passage_words."}
+        return {
+            "metrics": [],
+            "paragraph": f"Retrieval and fine-tuning cannot be told apart here: {n} equals "
+            f"{arms[n]['same_as']} ({arms[n]['same_why']}). fix: raise compare.max_prompt_tokens or lower compare.passage_words.",
+        }
     wanted = list(dict.fromkeys([primary, *deciding, "answer", "chrf", "template", "glossary"]))
     keys = [k for k in wanted if all(arms[n]["metrics"][k]["n"] for n in stats.LEVER_ARMS)][:5]
-    table = {k: {n: [None if s[k] is None else points(k, s[k]) for s in scores[n]] for n in stats.LEVER_ARMS} for k in keys}
+    table = {
+        k: {n: [None if s[k] is None else points(k, s[k]) for s in scores[n]] for n in stats.LEVER_ARMS} for k in keys
+    }
     return stats.two_by_two(table, keys, c.bootstrap, seed, {k: METRICS[k].label for k in keys})
 
 
-def run_judge(cfg: Config, examples: list[dict], outputs: dict, results: dict, ctx: Context, templates: dict, log) -> dict:
+def run_judge(
+    cfg: Config, examples: list[dict], outputs: dict, results: dict, ctx: Context, templates: dict, log
+) -> dict:
     """The judge's verdict: every judged arm against the best arm that needs no training."""
     from tunesmith.compare.judge import judge, rubric
 
     reference = results["verdict"]["reference"]
     if reference is None:
-        return {"status": "skipped", "reason": "no arm that needs no training ran, so there is nothing to judge against."}
+        return {
+            "status": "skipped",
+            "reason": "no arm that needs no training ran, so there is nothing to judge against.",
+        }
     ok = [n for n, a in results["arms"].items() if a["status"] == "ok" and "same_as" not in a and n != reference]
     wanted = _split(cfg.judge.arms) or ok
     texts = {n: [o.text for o in outputs[n]] for n in outputs}
-    return judge(cfg.judge, examples, texts, reference, [n for n in wanted if n in ok],
-                 rubric(ctx.style, ctx.glossary, templates, ctx.prompt), cfg.compare.bootstrap, cfg.data.seed, log)
+    return judge(
+        cfg.judge,
+        examples,
+        texts,
+        reference,
+        [n for n in wanted if n in ok],
+        rubric(ctx.style, ctx.glossary, templates, ctx.prompt),
+        cfg.compare.bootstrap,
+        cfg.data.seed,
+        log,
+    )
 
 
 def _training(run: Path | None, c) -> dict | None:
@@ -469,8 +614,15 @@ def _break_even(arms: dict, tuned: str | None, training: dict | None, c) -> list
         saved = arm["cost"]["prompt_tokens"] + arm["cost"]["completion_tokens"] - mine  # tokens per request
         per_request = saved / 1000 * c.price_per_1k_tokens
         requests = training["train_cost"] / per_request if per_request > 0 else None
-        rows.append({"tuned": tuned, "against": name, "tokens_saved_per_request": saved, "requests": requests,
-                     "months": requests / c.requests_per_month if requests is not None and c.requests_per_month else None})
+        rows.append(
+            {
+                "tuned": tuned,
+                "against": name,
+                "tokens_saved_per_request": saved,
+                "requests": requests,
+                "months": requests / c.requests_per_month if requests is not None and c.requests_per_month else None,
+            }
+        )
     return rows
 
 
@@ -479,17 +631,22 @@ def _cost_sentence(verdict: dict, arms: dict, training: dict | None, break_even:
         return ""
     minutes = training.get("train_seconds", 0) / 60
     text = f" Training took {minutes:.1f} minutes (${training['train_cost']:.2f} at ${c.train_cost_per_hour:g}/hour)"
-    row = next((r for r in break_even if r["against"] == verdict["recommend"]), None) or \
-        next((r for r in break_even if r["against"] == verdict["reference"]), None)
+    row = next((r for r in break_even if r["against"] == verdict["recommend"]), None) or next(
+        (r for r in break_even if r["against"] == verdict["reference"]), None
+    )
     if row and verdict["diffs"][row["tuned"]][0] <= -c.margin:
         return text + "."  # serving savings of an arm that scores clearly worse are beside the point
     if row and row["requests"] is not None:
-        text += (f"; {row['tuned']}'s shorter prompts save {row['tokens_saved_per_request']:.0f} tokens per request against "
-                 f"{row['against']}, which repays training after {row['requests']:,.0f} requests "
-                 f"(at ${c.price_per_1k_tokens:g} per 1,000 tokens)")
+        text += (
+            f"; {row['tuned']}'s shorter prompts save {row['tokens_saved_per_request']:.0f} tokens per request against "
+            f"{row['against']}, which repays training after {row['requests']:,.0f} requests "
+            f"(at ${c.price_per_1k_tokens:g} per 1,000 tokens)"
+        )
     elif row:
-        text += (f"; {row['tuned']} does not use fewer tokens per request than {row['against']}, so serving "
-                 f"savings never pay the training back")
+        text += (
+            f"; {row['tuned']} does not use fewer tokens per request than {row['against']}, so serving "
+            f"savings never pay the training back"
+        )
     return text + "."
 
 
@@ -497,21 +654,42 @@ def _samples(examples: list[dict], outputs: dict, results: dict) -> list[dict]:
     scores = results.pop("_scores")
     rows = []
     for i, ex in enumerate(examples):
-        rows.append({
-            "index": i, "meta": ex.get("meta") or {}, "prompt": prompt_of(ex), "reference": reference_of(ex),
-            "outputs": {name: {"text": outs[i].text, "prompt_tokens": outs[i].prompt_tokens,
-                               "completion_tokens": outs[i].completion_tokens, "latency_s": round(outs[i].latency_s, 3),
-                               "finish_reason": outs[i].finish_reason, "metrics": scores[name][i]}
-                        for name, outs in outputs.items()},
-        })
+        rows.append(
+            {
+                "index": i,
+                "meta": ex.get("meta") or {},
+                "prompt": prompt_of(ex),
+                "reference": reference_of(ex),
+                "outputs": {
+                    name: {
+                        "text": outs[i].text,
+                        "prompt_tokens": outs[i].prompt_tokens,
+                        "completion_tokens": outs[i].completion_tokens,
+                        "latency_s": round(outs[i].latency_s, 3),
+                        "finish_reason": outs[i].finish_reason,
+                        "metrics": scores[name][i],
+                    }
+                    for name, outs in outputs.items()
+                },
+            }
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------- learning curve
 
 
-def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict], examples: list[dict],
-                   results: dict, out_dir: Path, log, glossary: list, templates: dict) -> list[dict]:
+def learning_curve(
+    cfg: Config,
+    train_examples: list[dict],
+    heldout: list[dict],
+    examples: list[dict],
+    results: dict,
+    out_dir: Path,
+    log,
+    glossary: list,
+    templates: dict,
+) -> list[dict]:
     """Train on 25 % and 50 % of the training examples (same settings, same held-out split) and
     score the fine-tuned arm on the same examples: does the primary score still rise at 100 %?"""
     from tunesmith.data.formats import write_jsonl
@@ -527,7 +705,7 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
     random.Random(cfg.data.seed).shuffle(order)
     points = []
     for fraction in (0.25, 0.5):
-        subset = [train_examples[i] for i in sorted(order[:max(1, round(fraction * len(order)))])]
+        subset = [train_examples[i] for i in sorted(order[: max(1, round(fraction * len(order)))])]
         sub_cfg = copy.deepcopy(cfg)
         sub_cfg.data.train = str(folder / f"train-{int(fraction * 100)}.jsonl")
         write_jsonl(sub_cfg.data.train, subset)
@@ -537,14 +715,24 @@ def learning_curve(cfg: Config, train_examples: list[dict], heldout: list[dict],
         sub_run = train(sub_cfg)
         model, tok = load_model(cfg, str(sub_run), tuned=True)
         tick = _Ticker(f"learning curve {fraction:.0%}", len(examples))
-        outs = generate(model, tok, [prompt_of(ex) for ex in examples], max_new_tokens=cfg.generate.max_new_tokens,
-                        temperature=cfg.generate.temperature, top_p=cfg.generate.top_p,
-                        batch_size=cfg.generate.batch_size, seed=cfg.data.seed, progress=tick,
-                        stop_on_repeat=cfg.generate.stop_on_repeat)
+        outs = generate(
+            model,
+            tok,
+            [prompt_of(ex) for ex in examples],
+            max_new_tokens=cfg.generate.max_new_tokens,
+            temperature=cfg.generate.temperature,
+            top_p=cfg.generate.top_p,
+            batch_size=cfg.generate.batch_size,
+            seed=cfg.data.seed,
+            progress=tick,
+            stop_on_repeat=cfg.generate.stop_on_repeat,
+        )
         tick.close()
         del model
-        vals = [score(o.text, reference_of(ex), task_of(ex), glossary, templates, (ex.get("meta") or {}).get("answer"))[key]
-                for o, ex in zip(outs, examples)]
+        vals = [
+            score(o.text, reference_of(ex), task_of(ex), glossary, templates, (ex.get("meta") or {}).get("answer"))[key]
+            for o, ex in zip(outs, examples)
+        ]
         vals = [v for v in vals if v is not None]
         points.append({"fraction": fraction, "examples": len(subset), key: sum(vals) / len(vals) if vals else None})
     full = results["arms"]["fine-tuned"]["metrics"][key]["mean"]

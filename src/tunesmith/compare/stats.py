@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import math
 
-RULE = ("Recommend fine-tuning only if the best fine-tuned arm beats the best arm that needs no training "
-        "on the primary score by more than the margin, with the 95 % interval of the difference above zero; "
-        "otherwise recommend the cheapest arm that needs no training within the margin of the best such arm.")
+RULE = (
+    "Recommend fine-tuning only if the best fine-tuned arm beats the best arm that needs no training "
+    "on the primary score by more than the margin, with the 95 % interval of the difference above zero; "
+    "otherwise recommend the cheapest arm that needs no training within the margin of the best such arm."
+)
 
 
-def paired_bootstrap(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0,
-                     level: float = 0.95) -> tuple[float, float, float]:
+def paired_bootstrap(
+    a: list[float], b: list[float], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """mean(a - b) over paired examples, with a percentile bootstrap interval: resample examples
     (the same ones for both arms, which is what makes it paired) with replacement."""
     import numpy as np
@@ -58,8 +61,14 @@ def paired(scores_a: dict, scores_b: dict) -> tuple[list[float], list[float]]:
     return [scores_a[i] for i in ids], [scores_b[i] for i in ids]
 
 
-def decide(arms: dict[str, dict], primary: str, margin: float, resamples: int = 2000, seed: int = 0,
-           metric_label: str | None = None) -> dict:
+def decide(
+    arms: dict[str, dict],
+    primary: str,
+    margin: float,
+    resamples: int = 2000,
+    seed: int = 0,
+    metric_label: str | None = None,
+) -> dict:
     """Apply the decision rule.
 
     arms: {name: {"scores": {example id: primary score}, "tuned": bool, "cost": per-request cost}}
@@ -71,11 +80,18 @@ def decide(arms: dict[str, dict], primary: str, margin: float, resamples: int = 
     cheap = [n for n, a in arms.items() if not a["tuned"] and not math.isnan(means[n])]
     tuned = [n for n, a in arms.items() if a["tuned"] and not math.isnan(means[n])]
     if not cheap:
-        return {"recommend": tuned[0] if tuned else None, "reference": None, "diffs": {}, "fine_tune": bool(tuned),
-                "rule": RULE, "paragraph": "No arm that needs no training ran, so there is nothing to weigh fine-tuning against."}
+        return {
+            "recommend": tuned[0] if tuned else None,
+            "reference": None,
+            "diffs": {},
+            "fine_tune": bool(tuned),
+            "rule": RULE,
+            "paragraph": "No arm that needs no training ran, so there is nothing to weigh fine-tuning against.",
+        }
     reference = max(cheap, key=lambda n: (means[n], -arms[n]["cost"]))
-    diffs = {n: list(paired_bootstrap(*paired(arms[n]["scores"], arms[reference]["scores"]), resamples, seed))
-             for n in arms}
+    diffs = {
+        n: list(paired_bootstrap(*paired(arms[n]["scores"], arms[reference]["scores"]), resamples, seed)) for n in arms
+    }
     best_tuned = max(tuned, key=lambda n: means[n]) if tuned else None
     fine_tune = bool(best_tuned) and diffs[best_tuned][0] > margin and diffs[best_tuned][1] > 0
     within = [n for n in cheap if means[n] >= means[reference] - margin]
@@ -85,36 +101,59 @@ def decide(arms: dict[str, dict], primary: str, margin: float, resamples: int = 
     n_examples = len(arms[reference]["scores"])
     say = [f"Recommendation: {recommend}."]
     if best_tuned is None:
-        say.append(f"No fine-tuned arm ran, so the choice is among the arms that need no training: "
-                   f"the best is {reference} ({label} {means[reference]:.1f} on {n_examples} held-out examples).")
+        say.append(
+            f"No fine-tuned arm ran, so the choice is among the arms that need no training: "
+            f"the best is {reference} ({label} {means[reference]:.1f} on {n_examples} held-out examples)."
+        )
     else:
         d, lo, hi = diffs[best_tuned]
-        say.append(f"On {n_examples} held-out examples, {best_tuned} scored {label} {means[best_tuned]:.1f} against "
-                   f"{means[reference]:.1f} for {reference}, the best arm that needs no training: a difference of "
-                   f"{d:+.1f} points (95 % interval {lo:+.1f} to {hi:+.1f}).")
+        say.append(
+            f"On {n_examples} held-out examples, {best_tuned} scored {label} {means[best_tuned]:.1f} against "
+            f"{means[reference]:.1f} for {reference}, the best arm that needs no training: a difference of "
+            f"{d:+.1f} points (95 % interval {lo:+.1f} to {hi:+.1f})."
+        )
         if fine_tune:
-            say.append(f"That is more than the {margin:g}-point margin with the whole interval above zero, "
-                       f"so the gain is real and large enough to be worth training for.")
+            say.append(
+                f"That is more than the {margin:g}-point margin with the whole interval above zero, "
+                f"so the gain is real and large enough to be worth training for."
+            )
         elif d > margin:
-            say.append(f"That is more than the {margin:g}-point margin, but the interval reaches below zero, so "
-                       f"these examples cannot rule out that it is noise; more held-out examples would settle it.")
+            say.append(
+                f"That is more than the {margin:g}-point margin, but the interval reaches below zero, so "
+                f"these examples cannot rule out that it is noise; more held-out examples would settle it."
+            )
         elif d > 0:
-            say.append(f"That gain is within the {margin:g}-point margin, too small to pay for training and "
-                       f"maintaining a fine-tuned model.")
+            say.append(
+                f"That gain is within the {margin:g}-point margin, too small to pay for training and "
+                f"maintaining a fine-tuned model."
+            )
         else:
             say.append("Fine-tuning did not beat it.")
     if cheapest == reference:
-        choice = (f"{cheapest} is the best arm that needs no training"
-                  + (" and no cheaper arm comes within the margin." if len(within) == 1 else
-                     ", and the cheapest of those within the margin."))
+        choice = f"{cheapest} is the best arm that needs no training" + (
+            " and no cheaper arm comes within the margin."
+            if len(within) == 1
+            else ", and the cheapest of those within the margin."
+        )
     else:
-        choice = (f"{cheapest} costs less per request than {reference} and scores "
-                  f"{means[cheapest]:.1f}, within {margin:g} points of it, so it is the one to use.")
+        choice = (
+            f"{cheapest} costs less per request than {reference} and scores "
+            f"{means[cheapest]:.1f}, within {margin:g} points of it, so it is the one to use."
+        )
     if not fine_tune:
         say.append(choice)
-    return {"recommend": recommend, "reference": reference, "diffs": diffs, "fine_tune": fine_tune,
-            "best_tuned": best_tuned, "cheapest": cheapest, "choice": choice, "means": means, "rule": RULE,
-            "paragraph": " ".join(say)}
+    return {
+        "recommend": recommend,
+        "reference": reference,
+        "diffs": diffs,
+        "fine_tune": fine_tune,
+        "best_tuned": best_tuned,
+        "cheapest": cheapest,
+        "choice": choice,
+        "means": means,
+        "rule": RULE,
+        "paragraph": " ".join(say),
+    }
 
 
 # ------------------------------------------------------------------ several metrics (Holm)
@@ -132,8 +171,14 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
-def decide_many(arms: dict[str, dict], metrics: list[str], margin: float, resamples: int = 2000, seed: int = 0,
-                labels: dict[str, str] | None = None) -> dict:
+def decide_many(
+    arms: dict[str, dict],
+    metrics: list[str],
+    margin: float,
+    resamples: int = 2000,
+    seed: int = 0,
+    labels: dict[str, str] | None = None,
+) -> dict:
     """The decision rule on each of several metrics, with Holm's correction across them.
 
     arms: {name: {"tuned": bool, "scores": {metric: {example id: score in points}}}}. Per metric
@@ -158,28 +203,51 @@ def decide_many(arms: dict[str, dict], metrics: list[str], margin: float, resamp
         d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
         diff, lo, hi = paired_bootstrap(a, b, resamples, seed)
         boot = resampled_means(d, resamples, seed) if d.size else np.zeros(1)
-        rows.append({"metric": key, "label": labels.get(key, key), "tuned": best, "reference": ref, "diff": diff,
-                     "lo": lo, "hi": hi, "n": int(d.size),
-                     "p_ahead": float((np.sum(boot <= 0) + 1) / (boot.size + 1)),
-                     "p_behind": float((np.sum(boot >= 0) + 1) / (boot.size + 1))})
+        rows.append(
+            {
+                "metric": key,
+                "label": labels.get(key, key),
+                "tuned": best,
+                "reference": ref,
+                "diff": diff,
+                "lo": lo,
+                "hi": hi,
+                "n": int(d.size),
+                "p_ahead": float((np.sum(boot <= 0) + 1) / (boot.size + 1)),
+                "p_behind": float((np.sum(boot >= 0) + 1) / (boot.size + 1)),
+            }
+        )
     for side in ("ahead", "behind"):
         for row, adj in zip(rows, holm([r[f"p_{side}"] for r in rows])):
             row[f"holm_{side}"] = adj
     for r in rows:
-        r["outcome"] = ("wins" if r["diff"] > margin and r["holm_ahead"] < ALPHA else
-                        "loses" if r["holm_behind"] < ALPHA else "no clear difference")
+        r["outcome"] = (
+            "wins"
+            if r["diff"] > margin and r["holm_ahead"] < ALPHA
+            else "loses"
+            if r["holm_behind"] < ALPHA
+            else "no clear difference"
+        )
     wins = [r["metric"] for r in rows if r["outcome"] == "wins"]
     losses = [r["metric"] for r in rows if r["outcome"] == "loses"]
     say = []
     for word, keys in (("wins on", wins), ("loses on", losses)):
         if keys:
-            say.append(f"{word} " + ", ".join(f"{labels.get(k, k)} ({_row(rows, k)['diff']:+.1f} points against "
-                                              f"{_row(rows, k)['reference']})" for k in keys))
+            say.append(
+                f"{word} "
+                + ", ".join(
+                    f"{labels.get(k, k)} ({_row(rows, k)['diff']:+.1f} points against {_row(rows, k)['reference']})"
+                    for k in keys
+                )
+            )
     rest = [r["label"] for r in rows if r["outcome"] == "no clear difference"]
     if rest:
         say.append("shows no clear difference on " + ", ".join(rest))
-    sentence = (f"On the {len(rows)} decision metrics (Holm-corrected), fine-tuning " + "; ".join(say) + "."
-                if rows else "No decision metric had both a fine-tuned arm and an arm that needs no training.")
+    sentence = (
+        f"On the {len(rows)} decision metrics (Holm-corrected), fine-tuning " + "; ".join(say) + "."
+        if rows
+        else "No decision metric had both a fine-tuned arm and an arm that needs no training."
+    )
     return {"rows": rows, "wins": wins, "losses": losses, "fine_tune": bool(wins) and not losses, "sentence": sentence}
 
 
@@ -190,12 +258,24 @@ def _row(rows: list[dict], key: str) -> dict:
 # ------------------------------------------------------------------------- the two levers (2x2)
 
 LEVER_ARMS = ("zero-shot", "rag", "fine-tuned", "fine-tuned+rag")
-SUPPLIES = {"answer": "the facts", "exact_match": "the exact answers", "token_f1": "the answer words",
-            "template": "the format", "glossary": "the house terms", "chrf": "the wording", "rougeL": "the wording"}
+SUPPLIES = {
+    "answer": "the facts",
+    "exact_match": "the exact answers",
+    "token_f1": "the answer words",
+    "template": "the format",
+    "glossary": "the house terms",
+    "chrf": "the wording",
+    "rougeL": "the wording",
+}
 
 
-def two_by_two(scores: dict[str, dict[str, list]], metrics: list[str], resamples: int = 2000, seed: int = 0,
-               labels: dict[str, str] | None = None) -> dict:
+def two_by_two(
+    scores: dict[str, dict[str, list]],
+    metrics: list[str],
+    resamples: int = 2000,
+    seed: int = 0,
+    labels: dict[str, str] | None = None,
+) -> dict:
     """The effect of retrieval and the effect of fine-tuning, apart, from the four arms of a 2x2.
 
     scores: {metric: {arm: [score in points per example]}} for the arms of LEVER_ARMS, aligned by
@@ -216,9 +296,15 @@ def two_by_two(scores: dict[str, dict[str, list]], metrics: list[str], resamples
             "fine-tuning": [((c - a) + (d - b)) / 2 for a, b, c, d in rows],
             "interaction": [(d - c) - (b - a) for a, b, c, d in rows],
         }
-        table.append({"metric": key, "label": labels.get(key, key), "n": len(rows),
-                      "means": {n: sum(row[j] for row in rows) / len(rows) for j, n in enumerate(LEVER_ARMS)},
-                      **{k: list(bootstrap_mean(v, resamples, seed)) for k, v in effects.items()}})
+        table.append(
+            {
+                "metric": key,
+                "label": labels.get(key, key),
+                "n": len(rows),
+                "means": {n: sum(row[j] for row in rows) / len(rows) for j, n in enumerate(LEVER_ARMS)},
+                **{k: list(bootstrap_mean(v, resamples, seed)) for k, v in effects.items()},
+            }
+        )
     return {"metrics": table, "paragraph": _levers_paragraph(table)}
 
 
@@ -233,24 +319,36 @@ def _levers_paragraph(table: list[dict]) -> str:
             what = list(dict.fromkeys(SUPPLIES.get(t["metric"], t["label"]) for t in up))
             say.append(f"{name} supplies {_and(what)} (" + "; ".join(_effect(t, lever) for t in up) + ")")
         if down:
-            say.append(f"{name} works against " + _and([t["label"] for t in down]) + " ("
-                       + "; ".join(_effect(t, lever) for t in down) + ")")
+            say.append(
+                f"{name} works against "
+                + _and([t["label"] for t in down])
+                + " ("
+                + "; ".join(_effect(t, lever) for t in down)
+                + ")"
+            )
         if not up and not down:
             say.append(f"{name} makes no clear difference (" + "; ".join(_effect(t, lever) for t in table) + ")")
     text = ". ".join(s[0].upper() + s[1:] for s in say) + "."
     facts = next((t for t in table if t["metric"] == "answer"), None)
     if facts:
         r, f = facts["retrieval"], facts["fine-tuning"]
-        winner = ("retrieval" if r[1] > 0 and r[0] > f[0] else "fine-tuning" if f[1] > 0 and f[0] > r[0] else None)
+        winner = "retrieval" if r[1] > 0 and r[0] > f[0] else "fine-tuning" if f[1] > 0 and f[0] > r[0] else None
         if winner:
-            text = (f"{winner.capitalize()} is the lever that supplies the facts: it moves answer accuracy "
-                    f"{(r if winner == 'retrieval' else f)[0]:+.1f} points, the other lever "
-                    f"{(f if winner == 'retrieval' else r)[0]:+.1f}. ") + text
+            text = (
+                f"{winner.capitalize()} is the lever that supplies the facts: it moves answer accuracy "
+                f"{(r if winner == 'retrieval' else f)[0]:+.1f} points, the other lever "
+                f"{(f if winner == 'retrieval' else r)[0]:+.1f}. "
+            ) + text
     mixed = [t for t in table if t["interaction"][1] > 0 or t["interaction"][2] < 0]
     if mixed:
-        text += " The levers interact on " + ", ".join(
-            f"{t['label']} (retrieval's effect is {t['interaction'][0]:+.1f} points different on the fine-tuned model)"
-            for t in mixed) + "."
+        text += (
+            " The levers interact on "
+            + ", ".join(
+                f"{t['label']} (retrieval's effect is {t['interaction'][0]:+.1f} points different on the fine-tuned model)"
+                for t in mixed
+            )
+            + "."
+        )
     return text
 
 

@@ -35,8 +35,10 @@ def load_examples(path: str | Path, fmt: str = "auto") -> list[dict]:
         more = f"\n  … and {len(bad) - SHOW_ERRORS} more" if len(bad) > SHOW_ERRORS else ""
         fixes = "; ".join(dict.fromkeys(f"{i.code}: {CODES[i.code][1]}" for i in bad[:SHOW_ERRORS]))
         records = len({i.line for i in bad})
-        raise UserError(f"{path}: {records} of {ds.records} records are bad ({len(bad)} problems):\n{shown}{more}\n"
-                        f"  fix: {fixes}. `tunesmith check {path}` lists every problem.")
+        raise UserError(
+            f"{path}: {records} of {ds.records} records are bad ({len(bad)} problems):\n{shown}{more}\n"
+            f"  fix: {fixes}. `tunesmith check {path}` lists every problem."
+        )
     for issue in ds.issues:
         print(f"warning: {issue}", file=sys.stderr)
     return ds.examples

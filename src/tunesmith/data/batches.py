@@ -71,11 +71,15 @@ def encode(tok, messages: list[dict], train_on_prompt: bool = False) -> tuple[li
     except _NotIncremental:
         # Only the last turn can be located reliably: train on it alone.
         if messages[-1].get("role") != "assistant":
-            raise UserError("this model's chat template rewrites earlier turns, so only a final assistant "
-                            "message can carry loss; this example does not end with one.") from None
+            raise UserError(
+                "this model's chat template rewrites earlier turns, so only a final assistant "
+                "message can carry loss; this example does not end with one."
+            ) from None
         text = render(tok, messages, add_generation_prompt=False)
         head = render(tok, messages[:-1], add_generation_prompt=True)
-        spans = [(len(head), len(text.rstrip()))] if text.startswith(head) and messages[-1].get("weight", 1) != 0 else []
+        spans = (
+            [(len(head), len(text.rstrip()))] if text.startswith(head) and messages[-1].get("weight", 1) != 0 else []
+        )
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     starts = [s for s, _ in spans]
     targets = []
@@ -85,8 +89,14 @@ def encode(tok, messages: list[dict], train_on_prompt: bool = False) -> tuple[li
     return list(enc["input_ids"]), targets
 
 
-def encode_examples(tok, examples: list[dict], max_len: int, too_long: str = "drop",
-                    train_on_prompt: bool = False, where: str = "dataset") -> tuple[list[dict], dict]:
+def encode_examples(
+    tok,
+    examples: list[dict],
+    max_len: int,
+    too_long: str = "drop",
+    train_on_prompt: bool = False,
+    where: str = "dataset",
+) -> tuple[list[dict], dict]:
     """Encode every example: [{"ids", "targets", "index"}], and a report of what was dropped and why.
 
     Examples longer than max_len are dropped, truncated or an error (too_long); examples left with
@@ -102,8 +112,10 @@ def encode_examples(tok, examples: list[dict], max_len: int, too_long: str = "dr
             raise UserError(f"{_name(ex, index, where)}: {exc}") from None
         if len(ids) > max_len:
             if too_long == "error":
-                raise UserError(f"{_name(ex, index, where)}: {len(ids)} tokens, longer than data.max_len={max_len}. "
-                                f"fix: raise data.max_len, shorten the example, or set data.too_long=truncate|drop.")
+                raise UserError(
+                    f"{_name(ex, index, where)}: {len(ids)} tokens, longer than data.max_len={max_len}. "
+                    f"fix: raise data.max_len, shorten the example, or set data.too_long=truncate|drop."
+                )
             if too_long == "drop":
                 report["too_long_dropped"] += 1
                 continue
@@ -178,10 +190,10 @@ def micro_batches(encoded: list[dict], step_ids: list[int], rank: int, world: in
     length share a micro-batch; with packing, micro-batches get similar token counts.
     """
     per_rank = len(step_ids) // world
-    mine = [encoded[i] for i in step_ids[rank * per_rank:(rank + 1) * per_rank]]
+    mine = [encoded[i] for i in step_ids[rank * per_rank : (rank + 1) * per_rank]]
     mine.sort(key=lambda e: -len(e["ids"]))
     size = -(-len(mine) // grad_accum)
-    return [mine[i:i + size] for i in range(0, len(mine), size)]
+    return [mine[i : i + size] for i in range(0, len(mine), size)]
 
 
 # --------------------------------------------------------------------------------------- layout
@@ -208,13 +220,17 @@ def collate(examples: list[dict], packing: bool = True, pad_id: int = 0) -> dict
         cu = [0]
         for r in rows:
             cu.append(cu[-1] + len(r[0]))
-        return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]),
-                "labels": torch.tensor([labels]), "cu_seqlens": cu}
+        return {
+            "input_ids": torch.tensor([ids]),
+            "position_ids": torch.tensor([pos]),
+            "labels": torch.tensor([labels]),
+            "cu_seqlens": cu,
+        }
     width = max(len(r[0]) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     for b, (i, lab) in enumerate(rows):
-        input_ids[b, :len(i)] = torch.tensor(i)
-        labels[b, :len(lab)] = torch.tensor(lab)
+        input_ids[b, : len(i)] = torch.tensor(i)
+        labels[b, : len(lab)] = torch.tensor(lab)
     pos = torch.arange(width).expand(len(rows), width)
     return {"input_ids": input_ids, "position_ids": pos, "labels": labels, "cu_seqlens": None}

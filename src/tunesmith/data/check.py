@@ -81,7 +81,7 @@ class TokenCounter:
     def _fast(self, texts: list[str], chunk: int = 4096) -> list[int]:
         out, cache = [], self.pieces
         for start in range(0, len(texts), chunk):
-            parts = [self.split(t) for t in texts[start:start + chunk]]
+            parts = [self.split(t) for t in texts[start : start + chunk]]
             missing = list(set().union(*parts).difference(cache))  # C-level set work, not a Python loop
             cache.update(zip(missing, self.exact(missing)))
             out += [sum(map(cache.__getitem__, p)) for p in parts]
@@ -100,8 +100,12 @@ def _splitter(backend):
         parts = pre.get("pretokenizers", [])
         splits = [p for p in parts if p.get("type") == "Split"]
         rest = [p for p in parts if p.get("type") != "Split"]
-        if (len(splits) == 1 and splits[0].get("behavior") == "Isolated" and not splits[0].get("invert")
-                and all(p.get("type") == "ByteLevel" and not p.get("use_regex", True) for p in rest)):
+        if (
+            len(splits) == 1
+            and splits[0].get("behavior") == "Isolated"
+            and not splits[0].get("invert")
+            and all(p.get("type") == "ByteLevel" and not p.get("use_regex", True) for p in rest)
+        ):
             try:
                 import regex
 
@@ -186,8 +190,14 @@ def describe(values: list[int]) -> dict:
     import numpy as np
 
     a = np.asarray(values)
-    return {"min": int(a.min()), "mean": round(float(a.mean()), 1), "p50": int(np.percentile(a, 50)),
-            "p95": int(np.percentile(a, 95)), "max": int(a.max()), "sum": int(a.sum())}
+    return {
+        "min": int(a.min()),
+        "mean": round(float(a.mean()), 1),
+        "p50": int(np.percentile(a, 50)),
+        "p95": int(np.percentile(a, 95)),
+        "max": int(a.max()),
+        "sum": int(a.sum()),
+    }
 
 
 # ------------------------------------------------------------------------------- time and cost
@@ -247,8 +257,13 @@ def probe(spec, tok, examples: list[dict], max_len: int, method: str = "lora") -
         return row
 
     def step(w: int) -> float:
-        batches = [{k: v.to(accelerator.device) if torch.is_tensor(v) else v
-                    for k, v in collate(packed_row(w), packing=True).items()} for _ in range(rows)]
+        batches = [
+            {
+                k: v.to(accelerator.device) if torch.is_tensor(v) else v
+                for k, v in collate(packed_row(w), packing=True).items()
+            }
+            for _ in range(rows)
+        ]
         t0 = time.perf_counter()
         with accelerator.autocast():
             for batch in batches:
@@ -280,17 +295,30 @@ def probe(spec, tok, examples: list[dict], max_len: int, method: str = "lora") -
         per_token = (step_s - small) / (width - short)
         tokens_per_s = max_len / (small - per_token * short + per_token * max_len)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    return {"device": name, "tokens_per_step": rows * width, "steps": len(times), "step_s": round(step_s, 4),
-            "row": max_len, "tokens_per_s": round(tokens_per_s, 1)}
+    return {
+        "device": name,
+        "tokens_per_step": rows * width,
+        "steps": len(times),
+        "step_s": round(step_s, 4),
+        "row": max_len,
+        "tokens_per_s": round(tokens_per_s, 1),
+    }
 
 
 def estimate(epoch_tokens: int, params: int, method: str, gpu_price: float, measured: dict | None) -> dict:
     flops = FLOPS_PER_PARAM_TOKEN.get(method, 6) * params * epoch_tokens
     ref_s = flops / (REFERENCE_GPU["peak_flops"] * REFERENCE_GPU["mfu"])
     out = {
-        "epoch_tokens": epoch_tokens, "params": params, "method": method,
-        "reference": {**REFERENCE_GPU, "flops_per_epoch": flops, "seconds_per_epoch": round(ref_s, 2),
-                      "usd_per_hour": gpu_price, "usd_per_epoch": round(ref_s / 3600 * gpu_price, 4)},
+        "epoch_tokens": epoch_tokens,
+        "params": params,
+        "method": method,
+        "reference": {
+            **REFERENCE_GPU,
+            "flops_per_epoch": flops,
+            "seconds_per_epoch": round(ref_s, 2),
+            "usd_per_hour": gpu_price,
+            "usd_per_epoch": round(ref_s / 3600 * gpu_price, 4),
+        },
         "here": None,
     }
     if measured:
@@ -301,9 +329,17 @@ def estimate(epoch_tokens: int, params: int, method: str, gpu_price: float, meas
 # ------------------------------------------------------------------------------------------ run
 
 
-def run_check(train: str, heldout: str | None = None, model: str | None = None, max_len: int = 1024,
-              too_long: str = "drop", fmt: str = "auto", do_probe: bool = True, method: str = "lora",
-              gpu_price: float = DEFAULT_GPU_PRICE) -> dict:
+def run_check(
+    train: str,
+    heldout: str | None = None,
+    model: str | None = None,
+    max_len: int = 1024,
+    too_long: str = "drop",
+    fmt: str = "auto",
+    do_probe: bool = True,
+    method: str = "lora",
+    gpu_price: float = DEFAULT_GPU_PRICE,
+) -> dict:
     """Everything `tunesmith check` reports, as a dict (what --json prints)."""
     from tunesmith.models import DEFAULT_MODEL, load_tokenizer
 
@@ -328,8 +364,10 @@ def run_check(train: str, heldout: str | None = None, model: str | None = None, 
         over = [k for k, n in enumerate(totals) if n > max_len]
         level = "error" if too_long == "error" else "warning"
         action = {"drop": "dropped", "truncate": "truncated to max length", "error": "not allowed"}[too_long]
-        issues += [Issue(ds.path, ds.lines[keep[k]], "too-long", f"{totals[k]} tokens > max length {max_len}; {action}",
-                         level) for k in over]
+        issues += [
+            Issue(ds.path, ds.lines[keep[k]], "too-long", f"{totals[k]} tokens > max length {max_len}; {action}", level)
+            for k in over
+        ]
         if too_long == "drop":
             kept = [k for k in range(len(totals)) if totals[k] <= max_len]
             totals, trainable = [totals[k] for k in kept], [trainable[k] for k in kept]
@@ -337,9 +375,19 @@ def run_check(train: str, heldout: str | None = None, model: str | None = None, 
             # The tail is cut: assistant tokens go first when the reply is last.
             trainable = [max(0, min(tr, max_len - (n - tr))) for n, tr in zip(totals, trainable)]
             totals = [min(n, max_len) for n in totals]
-        files.append({"path": ds.path, "format": ds.format, "records": ds.records, "valid": len(ds.examples),
-                      "duplicates": len(ds.examples) - len(keep), "over_max_len": len(over),
-                      "examples": len(totals), "tokens": describe(totals), "trainable": describe(trainable)})
+        files.append(
+            {
+                "path": ds.path,
+                "format": ds.format,
+                "records": ds.records,
+                "valid": len(ds.examples),
+                "duplicates": len(ds.examples) - len(keep),
+                "over_max_len": len(over),
+                "examples": len(totals),
+                "tokens": describe(totals),
+                "trainable": describe(trainable),
+            }
+        )
         if ds is sets[0]:
             epoch_tokens = sum(totals)
             probe_examples = _spread(examples)
@@ -350,9 +398,14 @@ def run_check(train: str, heldout: str | None = None, model: str | None = None, 
         measured = probe(spec, tok, probe_examples, max_len, method)
     bad = errors(issues)
     return {
-        "ok": not bad, "model": spec, "max_len": max_len, "too_long": too_long,
-        "errors": len(bad), "warnings": len(issues) - len(bad),
-        "files": files, "issues": [i.as_dict() for i in sorted(issues, key=_order)],
+        "ok": not bad,
+        "model": spec,
+        "max_len": max_len,
+        "too_long": too_long,
+        "errors": len(bad),
+        "warnings": len(issues) - len(bad),
+        "files": files,
+        "issues": [i.as_dict() for i in sorted(issues, key=_order)],
         "estimate": estimate(epoch_tokens, count_params(spec), method, gpu_price, measured),
         "seconds": {"validate_and_count": round(stats_s, 2)},
     }
@@ -374,8 +427,10 @@ def format_report(r: dict, per_code: int = 10) -> str:
     """The readable report: files, problems by code (first few lines each), tokens, time and cost."""
     out = []
     for f in r["files"]:
-        out.append(f"{f['path']}  ({f['format']}): {f['records']} records, {f['valid']} valid, "
-                   f"{f['duplicates']} duplicates, {f['over_max_len']} over max length → {f['examples']} examples")
+        out.append(
+            f"{f['path']}  ({f['format']}): {f['records']} records, {f['valid']} valid, "
+            f"{f['duplicates']} duplicates, {f['over_max_len']} over max length → {f['examples']} examples"
+        )
     if r["issues"]:
         out.append(f"\nproblems: {r['errors']} errors, {r['warnings']} warnings")
         by_code: dict[str, list] = {}
@@ -391,27 +446,35 @@ def format_report(r: dict, per_code: int = 10) -> str:
     else:
         out.append("\nproblems: none")
 
-    out.append(f"\ntokens under the chat template of {r['model']} (max length {r['max_len']}, too long: {r['too_long']})")
+    out.append(
+        f"\ntokens under the chat template of {r['model']} (max length {r['max_len']}, too long: {r['too_long']})"
+    )
     out.append(f"  {'':<28}{'min':>7}{'mean':>9}{'p50':>7}{'p95':>7}{'max':>7}{'total':>12}")
     for f in r["files"]:
         for kind in ("tokens", "trainable"):
             s = f[kind]
             label = f"{Path(f['path']).name} {kind}"
-            out.append(f"  {label:<28}{s['min']:>7}{s['mean']:>9.1f}{s['p50']:>7}{s['p95']:>7}{s['max']:>7}{s['sum']:>12,}")
+            out.append(
+                f"  {label:<28}{s['min']:>7}{s['mean']:>9.1f}{s['p50']:>7}{s['p95']:>7}{s['max']:>7}{s['sum']:>12,}"
+            )
 
     e = r["estimate"]
     ref = e["reference"]
     out.append(f"\none epoch: {e['epoch_tokens']:,} tokens, {e['method']} on {e['params'] / 1e6:.1f}M parameters")
     if e["here"]:
         h = e["here"]
-        out.append(f"  here ({h['device']}, {h['tokens_per_s']:,.0f} tokens/s in rows of {h['row']}, measured over "
-                   f"{h['steps']} step{'s' * (h['steps'] != 1)} of {h['tokens_per_step']} tokens): "
-                   f"{_duration(h['seconds_per_epoch'])} per epoch")
+        out.append(
+            f"  here ({h['device']}, {h['tokens_per_s']:,.0f} tokens/s in rows of {h['row']}, measured over "
+            f"{h['steps']} step{'s' * (h['steps'] != 1)} of {h['tokens_per_step']} tokens): "
+            f"{_duration(h['seconds_per_epoch'])} per epoch"
+        )
     else:
         out.append("  here: not measured (--no-probe)")
-    out.append(f"  reference {ref['name']} ({FLOPS_PER_PARAM_TOKEN.get(e['method'], 6)}·N·tokens = {ref['flops_per_epoch']:.2e} FLOPs "
-               f"at {ref['mfu']:.0%} of {ref['peak_flops'] / 1e12:.0f} TFLOP/s {ref['precision']}): "
-               f"{_duration(ref['seconds_per_epoch'])} per epoch, ${ref['usd_per_epoch']:.4f} at ${ref['usd_per_hour']:.2f}/h")
+    out.append(
+        f"  reference {ref['name']} ({FLOPS_PER_PARAM_TOKEN.get(e['method'], 6)}·N·tokens = {ref['flops_per_epoch']:.2e} FLOPs "
+        f"at {ref['mfu']:.0%} of {ref['peak_flops'] / 1e12:.0f} TFLOP/s {ref['precision']}): "
+        f"{_duration(ref['seconds_per_epoch'])} per epoch, ${ref['usd_per_epoch']:.4f} at ${ref['usd_per_hour']:.2f}/h"
+    )
     out.append(f"\n{'OK' if r['ok'] else 'NOT OK'}: {r['errors']} errors, {r['warnings']} warnings")
     return "\n".join(out)
 
@@ -443,7 +506,16 @@ def cli_check(args) -> int:
         raise UserError("check takes one training file and at most one held-out file.")
     heldout = args.heldout or (data[1] if len(data) == 2 else None)
     defaults = DataConfig()
-    report = run_check(data[0], heldout, model, max_len or defaults.max_len, too_long or defaults.too_long,
-                       fmt or defaults.format, not args.no_probe, args.method, args.gpu_price)
+    report = run_check(
+        data[0],
+        heldout,
+        model,
+        max_len or defaults.max_len,
+        too_long or defaults.too_long,
+        fmt or defaults.format,
+        not args.no_probe,
+        args.method,
+        args.gpu_price,
+    )
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
     return 0 if report["ok"] else 1

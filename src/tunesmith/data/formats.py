@@ -48,7 +48,7 @@ def read_records(path: str | Path):
     """
     data = Path(path).read_bytes()
     if data.startswith(BOM):
-        data = data[len(BOM):]
+        data = data[len(BOM) :]
     if data.lstrip()[:1] == b"[":
         yield from _json_array(data)
         return
@@ -62,7 +62,11 @@ def read_records(path: str | Path):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield n, None, ("bad-encoding", f"not UTF-8 text (byte {exc.start + 1} is 0x{raw[exc.start]:02x}; binary data?)")
+            yield (
+                n,
+                None,
+                ("bad-encoding", f"not UTF-8 text (byte {exc.start + 1} is 0x{raw[exc.start]:02x}; binary data?)"),
+            )
             continue
         if not text.strip():
             continue
@@ -70,7 +74,11 @@ def read_records(path: str | Path):
             yield n, json.loads(text), None
         except json.JSONDecodeError as exc:
             if n == last and not complete:
-                yield n, None, ("truncated", f"the file ends in the middle of this record ({exc.msg}, column {exc.colno})")
+                yield (
+                    n,
+                    None,
+                    ("truncated", f"the file ends in the middle of this record ({exc.msg}, column {exc.colno})"),
+                )
             else:
                 yield n, None, ("invalid-json", f"{exc.msg} (column {exc.colno})")
         except RecursionError:
@@ -110,15 +118,23 @@ def _json_array(data: bytes):
 # ---------------------------------------------------------------------------------- to messages
 
 ROLE_ALIASES = {  # sharegpt's `from` values -> roles
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-    "bot": "assistant", "model": "assistant", "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "system": "system",
 }
 
 
 def from_chat(rec: dict):
     problems = _extra_keys(rec, ("messages", "system", "meta", "id"))
     if "messages" not in rec:
-        return None, problems + [("missing-messages", f"no 'messages' key (keys: {', '.join(map(str, rec)) or 'none'})")]
+        return None, problems + [
+            ("missing-messages", f"no 'messages' key (keys: {', '.join(map(str, rec)) or 'none'})")
+        ]
     msgs = rec["messages"]
     if not isinstance(msgs, list):
         return None, problems + [("wrong-type", f"'messages' must be a list, got {_kind(msgs)}")]
@@ -164,8 +180,10 @@ def from_alpaca(rec: dict):
         extra = ""
     if extra.strip() and isinstance(user, str):
         user = f"{user}\n\n{extra}"
-    return _example(rec, _system(rec, problems) + [{"role": "user", "content": user},
-                                                   {"role": "assistant", "content": rec["output"]}]), problems
+    return _example(
+        rec,
+        _system(rec, problems) + [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}],
+    ), problems
 
 
 def from_sharegpt(rec: dict):
@@ -206,8 +224,12 @@ def detect_format(records: list) -> str | None:
     for rec in records:
         if not isinstance(rec, dict):
             continue
-        for fmt, keys in (("chat", {"messages"}), ("sharegpt", {"conversations"}), ("alpaca", {"instruction"}),
-                          ("prompt-completion", {"prompt", "completion"})):
+        for fmt, keys in (
+            ("chat", {"messages"}),
+            ("sharegpt", {"conversations"}),
+            ("alpaca", {"instruction"}),
+            ("prompt-completion", {"prompt", "completion"}),
+        ):
             if keys <= rec.keys():
                 votes[fmt] = votes.get(fmt, 0) + 1
                 break
@@ -244,11 +266,15 @@ def _extra_keys(rec: dict, allowed: tuple) -> list:
 
 
 def _unknown_keys(obj: dict, allowed: tuple, where: str = "") -> list:
-    return [("unknown-key", f"{where}unknown key '{k}' (allowed: {', '.join(allowed)})") for k in obj if k not in allowed]
+    return [
+        ("unknown-key", f"{where}unknown key '{k}' (allowed: {', '.join(allowed)})") for k in obj if k not in allowed
+    ]
 
 
 def _kind(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(value), "a number")
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 # ------------------------------------------------------------------------------------------ CSV
@@ -269,7 +295,9 @@ def parse_map(text: str) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         field, sep, column = part.partition("=")
         if not sep or not field.strip() or not column.strip():
-            raise UserError(f"column map '{text}': '{part}' is not field=Column. fix: e.g. user=Question,assistant=Answer")
+            raise UserError(
+                f"column map '{text}': '{part}' is not field=Column. fix: e.g. user=Question,assistant=Answer"
+            )
         out[field.strip()] = column.strip()
     return out
 
@@ -295,8 +323,10 @@ def read_csv(path: str | Path, mapping: dict[str, str] | None = None, fields=CSV
     if mapping:
         missing = [c for c in mapping.values() if c not in header]
         if missing:
-            raise UserError(f"{path}:1: no column {', '.join(repr(c) for c in missing)} "
-                            f"(columns: {', '.join(header)}). fix: correct the column map.")
+            raise UserError(
+                f"{path}:1: no column {', '.join(repr(c) for c in missing)} "
+                f"(columns: {', '.join(header)}). fix: correct the column map."
+            )
         columns = {f: header.index(c) for f, c in mapping.items()}
     else:
         lower = [h.lower() for h in header]
@@ -316,7 +346,9 @@ def from_csv_row(row: dict):
     """A CSV row mapped to system/user/assistant -> an example."""
     missing = [k for k in ("user", "assistant") if k not in row]
     if missing:
-        return None, [("missing-field", f"no {' or '.join(missing)} column. fix: --format 'csv:user=COLUMN,assistant=COLUMN'")]
+        return None, [
+            ("missing-field", f"no {' or '.join(missing)} column. fix: --format 'csv:user=COLUMN,assistant=COLUMN'")
+        ]
     messages = [{"role": "system", "content": row["system"]}] if row.get("system", "").strip() else []
     messages += [{"role": "user", "content": row["user"]}, {"role": "assistant", "content": row["assistant"]}]
     meta = {k: row[k] for k in ("id", "group") if row.get(k)}
@@ -336,9 +368,13 @@ def to_record(example: dict, fmt: str) -> dict:
         return {"messages": msgs, **({"meta": meta} if meta else {})}
     if fmt == "sharegpt":
         names = {"user": "human", "assistant": "gpt", "system": "system"}
-        return {"conversations": [{"from": names[m["role"]], "value": m["content"],
-                                   **({"weight": m["weight"]} if "weight" in m else {})} for m in msgs],
-                **({"meta": meta} if meta else {})}
+        return {
+            "conversations": [
+                {"from": names[m["role"]], "value": m["content"], **({"weight": m["weight"]} if "weight" in m else {})}
+                for m in msgs
+            ],
+            **({"meta": meta} if meta else {}),
+        }
     if [m["role"] for m in turns] != ["user", "assistant"]:
         raise ValueError(f"format {fmt} holds one user and one assistant message, not {[m['role'] for m in turns]}")
     user, assistant = turns[0]["content"], turns[1]["content"]
@@ -382,20 +418,22 @@ def split_front_matter(text: str, path: str | Path = "") -> tuple[dict | None, s
     if not text.startswith("---\n"):
         return None, text, 1
     end = text.find("\n---", 3)
-    while end != -1 and text[end + 4: end + 5] not in ("\n", ""):
+    while end != -1 and text[end + 4 : end + 5] not in ("\n", ""):
         end = text.find("\n---", end + 4)
     if end == -1:
         raise UserError(f"{path}:1: front matter opened with '---' is never closed. fix: add a line '---' after it.")
-    head = text[4:end + 1]
+    head = text[4 : end + 1]
     try:
         meta = yaml.safe_load(head) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark else 1
-        raise UserError(f"{path}:{line}: front matter is not valid YAML ({getattr(exc, 'problem', exc)}). "
-                        f"fix: quote values that contain a colon.") from None
+        raise UserError(
+            f"{path}:{line}: front matter is not valid YAML ({getattr(exc, 'problem', exc)}). "
+            f"fix: quote values that contain a colon."
+        ) from None
     if not isinstance(meta, dict):
         raise UserError(f"{path}:2: front matter must be key: value lines.")
-    body = text[end + 5:]
+    body = text[end + 5 :]
     stripped = body.lstrip("\n")
     return meta, stripped, head.count("\n") + 3 + len(body) - len(stripped)

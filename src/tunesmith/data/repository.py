@@ -42,7 +42,13 @@ REQUIRED = {  # type -> front matter keys it must have
 # CSV column maps: field -> column header. A map with user/assistant columns gives examples;
 # one with id/text columns gives highlights.
 CSV_PRESETS = {
-    "highlights": {"id": "Highlight ID", "participant": "Participant", "text": "Note", "tags": "Tags", "date": "Created"},
+    "highlights": {
+        "id": "Highlight ID",
+        "participant": "Participant",
+        "text": "Note",
+        "tags": "Tags",
+        "date": "Created",
+    },
     "generic": {"id": "id", "text": "text"},
 }
 
@@ -77,8 +83,15 @@ def read_repository(sources: list, csv_preset: str = "highlights", csv_map: str 
         if not src.exists():
             raise UserError(f"{src}: not found. fix: pass a repository directory or markdown/CSV/JSONL files.")
         root = src if src.is_dir() else src.parent
-        files = sorted(p for p in src.rglob("*") if p.is_file() and not any(
-            part.startswith(".") for part in p.relative_to(src).parts)) if src.is_dir() else [src]
+        files = (
+            sorted(
+                p
+                for p in src.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
+            )
+            if src.is_dir()
+            else [src]
+        )
         for f in files:
             label = f"{root.name}/{f.relative_to(root).as_posix()}" if src.is_dir() else f.name
             suffix = f.suffix.lower()
@@ -119,8 +132,9 @@ def _read_markdown(repo: Repo, path: Path, label: str) -> None:
         return
     kind = TYPE_ALIASES.get(str(meta["type"]).lower(), str(meta["type"]).lower())
     if kind not in REQUIRED:
-        repo.errors.append(f"{label}:{_key_line(text, 'type')}: unknown type '{meta['type']}'. "
-                           f"fix: one of {', '.join(REQUIRED)}.")
+        repo.errors.append(
+            f"{label}:{_key_line(text, 'type')}: unknown type '{meta['type']}'. fix: one of {', '.join(REQUIRED)}."
+        )
         return
     missing = [k for k in REQUIRED[kind] if not meta.get(k)]
     if missing:
@@ -130,12 +144,18 @@ def _read_markdown(repo: Repo, path: Path, label: str) -> None:
     for key in ("id", "study"):
         if key in doc:
             doc[key] = str(doc[key])
-    table = {"study": repo.studies, "highlight": repo.highlights, "insight": repo.insights,
-             "recommendation": repo.recommendations}.get(kind)
+    table = {
+        "study": repo.studies,
+        "highlight": repo.highlights,
+        "insight": repo.insights,
+        "recommendation": repo.recommendations,
+    }.get(kind)
     if table is not None:
         if doc["id"] in table:
-            repo.errors.append(f"{label}:{_key_line(text, 'id')}: id {doc['id']} is also used by {table[doc['id']]['source']}. "
-                               f"fix: ids must be unique.")
+            repo.errors.append(
+                f"{label}:{_key_line(text, 'id')}: id {doc['id']} is also used by {table[doc['id']]['source']}. "
+                f"fix: ids must be unique."
+            )
             return
         table[doc["id"]] = doc
     elif kind == "report":
@@ -158,8 +178,12 @@ def _read_csv(repo: Repo, path: Path, label: str, mapping: dict, study_dirs: dic
             if problems:
                 repo.errors += [f"{label}:{line}: {code}: {text}" for code, text in problems]
                 continue
-            example["meta"] = {"source": label, "id": row.get("id") or f"{label}:{line}",
-                               "group": row.get("group") or f"{label}:{line}", "task": "example"}
+            example["meta"] = {
+                "source": label,
+                "id": row.get("id") or f"{label}:{line}",
+                "group": row.get("group") or f"{label}:{line}",
+                "task": "example",
+            }
             repo.examples.append(example)
         return
     study = next((study_dirs[d] for d in (path.parent, *path.parents) if d in study_dirs), None)
@@ -171,8 +195,14 @@ def _read_csv(repo: Repo, path: Path, label: str, mapping: dict, study_dirs: dic
         if hid in repo.highlights:
             repo.errors.append(f"{label}:{line}: highlight id {hid} is also in {repo.highlights[hid]['source']}.")
             continue
-        repo.highlights[hid] = {**row, "id": hid, "body": text, "study": row.get("group") or study,
-                                "source": label, "line": line}
+        repo.highlights[hid] = {
+            **row,
+            "id": hid,
+            "body": text,
+            "study": row.get("group") or study,
+            "source": label,
+            "line": line,
+        }
 
 
 def _read_examples(repo: Repo, path: Path, label: str) -> None:
@@ -182,32 +212,45 @@ def _read_examples(repo: Repo, path: Path, label: str) -> None:
     repo.errors += [str(i).replace(str(path), label) for i in errors(ds.issues)]
     for ex, line in zip(ds.examples, ds.lines):
         meta = ex["meta"]
-        ex["meta"] = {**meta, "source": meta.get("source") or label, "id": str(meta.get("id") or f"{label}:{line}"),
-                      "group": str(meta.get("group") or f"{label}:{line}"), "task": meta.get("task") or "example"}
+        ex["meta"] = {
+            **meta,
+            "source": meta.get("source") or label,
+            "id": str(meta.get("id") or f"{label}:{line}"),
+            "group": str(meta.get("group") or f"{label}:{line}"),
+            "task": meta.get("task") or "example",
+        }
         repo.examples.append(ex)
 
 
 def _check_references(repo: Repo) -> None:
     for doc in [*repo.insights.values(), *repo.recommendations.values(), *repo.reports]:
         if doc["study"] not in repo.studies:
-            repo.errors.append(f"{doc['source']}:{_key_line(doc['_text'], 'study')}: study {doc['study']} is not in the "
-                               f"repository. fix: add its study.md, or correct the id.")
+            repo.errors.append(
+                f"{doc['source']}:{_key_line(doc['_text'], 'study')}: study {doc['study']} is not in the "
+                f"repository. fix: add its study.md, or correct the id."
+            )
     for doc in repo.insights.values():
         missing = [h for h in _ids(doc.get("highlights")) if h not in repo.highlights]
         if missing:
-            repo.errors.append(f"{doc['source']}:{_key_line(doc['_text'], 'highlights')}: highlights not found: "
-                               f"{', '.join(missing)}. fix: correct the ids or add the highlights.")
+            repo.errors.append(
+                f"{doc['source']}:{_key_line(doc['_text'], 'highlights')}: highlights not found: "
+                f"{', '.join(missing)}. fix: correct the ids or add the highlights."
+            )
     for doc in repo.recommendations.values():
         missing = [i for i in _ids(doc.get("insights")) if i not in repo.insights]
         if missing:
-            repo.errors.append(f"{doc['source']}:{_key_line(doc['_text'], 'insights')}: insights not found: "
-                               f"{', '.join(missing)}. fix: correct the ids.")
+            repo.errors.append(
+                f"{doc['source']}:{_key_line(doc['_text'], 'insights')}: insights not found: "
+                f"{', '.join(missing)}. fix: correct the ids."
+            )
 
 
 def _ids(value) -> list[str]:
     if value is None:
         return []
-    return [str(v) for v in value] if isinstance(value, list) else [s.strip() for s in str(value).split(",") if s.strip()]
+    return (
+        [str(v) for v in value] if isinstance(value, list) else [s.strip() for s in str(value).split(",") if s.strip()]
+    )
 
 
 def _key_line(text: str, key: str) -> int:
@@ -236,8 +279,10 @@ def _study_context(study: dict) -> str:
 
 
 def _example(task: str, doc: dict, key: str, user: str, assistant: str, group) -> dict:
-    return {"messages": [{"role": "user", "content": user.strip()}, {"role": "assistant", "content": assistant.strip()}],
-            "meta": {"source": doc["source"], "id": f"{task}:{key}", "group": group, "task": task}}
+    return {
+        "messages": [{"role": "user", "content": user.strip()}, {"role": "assistant", "content": assistant.strip()}],
+        "meta": {"source": doc["source"], "id": f"{task}:{key}", "group": group, "task": task},
+    }
 
 
 def build_insights(repo: Repo) -> list[dict]:
@@ -248,15 +293,44 @@ def build_insights(repo: Repo) -> list[dict]:
         context = _study_context(study)
         hl = [repo.highlights[h] for h in _ids(doc.get("highlights"))]
         if hl and doc["body"]:
-            listed = "\n".join(f"- {h['id']}" + (f" ({h['participant']})" if h.get("participant") else "") + f": {h['body']}" for h in hl)
-            out.append(_example("insight", doc, iid, f"Write an insight in our house template from these highlights.\n\n"
-                                f"{context}\n\nHighlights:\n{listed}", doc["body"], doc["study"]))
+            listed = "\n".join(
+                f"- {h['id']}" + (f" ({h['participant']})" if h.get("participant") else "") + f": {h['body']}"
+                for h in hl
+            )
+            out.append(
+                _example(
+                    "insight",
+                    doc,
+                    iid,
+                    f"Write an insight in our house template from these highlights.\n\n"
+                    f"{context}\n\nHighlights:\n{listed}",
+                    doc["body"],
+                    doc["study"],
+                )
+            )
         if doc.get("draft") and doc["body"]:
-            out.append(_example("insight-from-draft", doc, iid, f"Rewrite this draft insight in our house template "
-                                f"and our glossary terms.\n\n{context}\n\nDraft:\n{doc['draft']}", doc["body"], doc["study"]))
+            out.append(
+                _example(
+                    "insight-from-draft",
+                    doc,
+                    iid,
+                    f"Rewrite this draft insight in our house template "
+                    f"and our glossary terms.\n\n{context}\n\nDraft:\n{doc['draft']}",
+                    doc["body"],
+                    doc["study"],
+                )
+            )
         if doc.get("title") and doc["body"]:
-            out.append(_example("insight-title", doc, iid, f"Write a one-line title for this insight, in our glossary "
-                                f"terms.\n\n{doc['body']}", str(doc["title"]), doc["study"]))
+            out.append(
+                _example(
+                    "insight-title",
+                    doc,
+                    iid,
+                    f"Write a one-line title for this insight, in our glossary terms.\n\n{doc['body']}",
+                    str(doc["title"]),
+                    doc["study"],
+                )
+            )
     return out
 
 
@@ -269,13 +343,30 @@ def build_recommendations(repo: Repo) -> list[dict]:
         context = _study_context(repo.studies[doc["study"]])
         cited = [repo.insights[i] for i in _ids(doc["insights"])]
         full = "\n\n".join(f"{i['id']}: {i.get('title', '')}\n{i['body']}" for i in cited)
-        out.append(_example("recommendation", doc, rid, f"Write a recommendation in our house template that acts on "
-                            f"these insights.\n\n{context}\n\nInsights:\n{full}", doc["body"], doc["study"]))
+        out.append(
+            _example(
+                "recommendation",
+                doc,
+                rid,
+                f"Write a recommendation in our house template that acts on "
+                f"these insights.\n\n{context}\n\nInsights:\n{full}",
+                doc["body"],
+                doc["study"],
+            )
+        )
         if doc.get("draft"):
             names = "; ".join(f"{i['id']} ({i.get('title', '')})" for i in cited)
-            out.append(_example("recommendation-from-draft", doc, rid, f"Rewrite this draft recommendation in our house "
-                                f"template and our glossary terms. It acts on {names}.\n\n{context}\n\nDraft:\n{doc['draft']}",
-                                doc["body"], doc["study"]))
+            out.append(
+                _example(
+                    "recommendation-from-draft",
+                    doc,
+                    rid,
+                    f"Rewrite this draft recommendation in our house "
+                    f"template and our glossary terms. It acts on {names}.\n\n{context}\n\nDraft:\n{doc['draft']}",
+                    doc["body"],
+                    doc["study"],
+                )
+            )
     return out
 
 
@@ -288,14 +379,30 @@ def build_report_sections(repo: Repo) -> list[dict]:
         recs = [d for d in repo.recommendations.values() if d["study"] == doc["study"]]
         material = [f"Researcher's notes:\n{study['body']}"] if study["body"] else []
         if insights:
-            material.append("Insights:\n" + "\n".join(f"- {d['id']}: {d.get('title', '')}{_signal(d)}" for d in sorted(insights, key=lambda d: d["id"])))
+            material.append(
+                "Insights:\n"
+                + "\n".join(
+                    f"- {d['id']}: {d.get('title', '')}{_signal(d)}" for d in sorted(insights, key=lambda d: d["id"])
+                )
+            )
         if recs:
-            material.append("Recommendations:\n" + "\n".join(f"- {d['id']}: {d.get('title', '')}{_size(d)}" for d in sorted(recs, key=lambda d: d["id"])))
+            material.append(
+                "Recommendations:\n"
+                + "\n".join(f"- {d['id']}: {d.get('title', '')}{_size(d)}" for d in sorted(recs, key=lambda d: d["id"]))
+            )
         for heading, text in _sections(doc["body"]):
             slug = "-".join(heading.lower().split())
-            out.append(_example("report-section", doc, f"{doc.get('id') or doc['study']}#{slug}",
-                                f"Write the \"{heading}\" section of our report on study {study['id']}, in house style.\n\n"
-                                f"{_study_context(study)}\n\n" + "\n\n".join(material), text, doc["study"]))
+            out.append(
+                _example(
+                    "report-section",
+                    doc,
+                    f"{doc.get('id') or doc['study']}#{slug}",
+                    f'Write the "{heading}" section of our report on study {study["id"]}, in house style.\n\n'
+                    f"{_study_context(study)}\n\n" + "\n\n".join(material),
+                    text,
+                    doc["study"],
+                )
+            )
     return out
 
 
@@ -308,8 +415,14 @@ def build_definitions(repo: Repo) -> list[dict]:
             continue
         rejected = _ids(doc.get("rejected"))
         avoid = f"\nVariants we do not use: {', '.join(rejected)}." if rejected else ""
-        ex = _example("definition", doc, str(doc["term"]), f"Define the glossary term \"{doc['term']}\" the way our "
-                      f"team does.{avoid}", doc["body"], None)
+        ex = _example(
+            "definition",
+            doc,
+            str(doc["term"]),
+            f'Define the glossary term "{doc["term"]}" the way our team does.{avoid}',
+            doc["body"],
+            None,
+        )
         ex["meta"]["split"] = "train"
         out.append(ex)
     return out
@@ -350,39 +463,67 @@ BUILDERS = {
 # ------------------------------------------------------------------------------------ split and write
 
 
-def import_repository(sources: list, out: str | Path, heldout_fraction: float = 0.15, seed: int = 0,
-                      csv_preset: str = "highlights", csv_map: str = "") -> dict:
+def import_repository(
+    sources: list,
+    out: str | Path,
+    heldout_fraction: float = 0.15,
+    seed: int = 0,
+    csv_preset: str = "highlights",
+    csv_map: str = "",
+) -> dict:
     """Read, build, split and write; returns a summary (counts, held-out groups, files written)."""
     if not 0 <= heldout_fraction < 1:
         raise UserError(f"--heldout-fraction must be in [0, 1), got {heldout_fraction}.")
     repo = read_repository(sources, csv_preset, csv_map)
     examples = [ex for build in BUILDERS.values() for ex in build(repo)] + repo.examples
     if not examples:
-        raise UserError(f"no examples could be built from {', '.join(map(str, sources))}: no insights, "
-                        f"recommendations, reports, glossary terms or example files found. "
-                        f"fix: check the `type:` front matter (see the bundled example's README).")
+        raise UserError(
+            f"no examples could be built from {', '.join(map(str, sources))}: no insights, "
+            f"recommendations, reports, glossary terms or example files found. "
+            f"fix: check the `type:` front matter (see the bundled example's README)."
+        )
     train, heldout = split_heldout(examples, heldout_fraction, seed)
     held_groups = sorted({g for ex in heldout if (g := (ex.get("meta") or {}).get("group"))})
 
-    terms = [{"term": str(d["term"]), "rejected": _ids(d.get("rejected")), "definition": d["body"]}
-             for d in sorted(repo.terms, key=lambda d: str(d["term"]).lower())]
+    terms = [
+        {"term": str(d["term"]), "rejected": _ids(d.get("rejected")), "definition": d["body"]}
+        for d in sorted(repo.terms, key=lambda d: str(d["term"]).lower())
+    ]
     docs = _corpus(repo, held_groups)
-    files = {"train.jsonl": jsonl_text(train), "heldout.jsonl": jsonl_text(heldout),
-             "glossary.yaml": yaml.safe_dump({"terms": terms}, sort_keys=False, allow_unicode=True, width=100),
-             "style.md": _style(repo), "config.yaml": _config(examples),
-             **{f"corpus/{name}": text for name, text in docs.items()}}
+    files = {
+        "train.jsonl": jsonl_text(train),
+        "heldout.jsonl": jsonl_text(heldout),
+        "glossary.yaml": yaml.safe_dump({"terms": terms}, sort_keys=False, allow_unicode=True, width=100),
+        "style.md": _style(repo),
+        "config.yaml": _config(examples),
+        **{f"corpus/{name}": text for name, text in docs.items()},
+    }
     out = Path(out)
     _write_all(out, files)
     corpus = len(docs)
 
     tasks = sorted({ex["meta"]["task"] for ex in examples})
     return {
-        "read": {"studies": len(repo.studies), "highlights": len(repo.highlights), "insights": len(repo.insights),
-                 "recommendations": len(repo.recommendations), "reports": len(repo.reports), "terms": len(repo.terms),
-                 "templates": len(repo.templates), "example files": len(repo.examples)},
-        "train": len(train), "heldout": len(heldout), "heldout_groups": held_groups,
-        "tasks": {t: (sum(ex["meta"]["task"] == t for ex in train), sum(ex["meta"]["task"] == t for ex in heldout)) for t in tasks},
-        "corpus": corpus, "skipped": repo.skipped, "out": str(out),
+        "read": {
+            "studies": len(repo.studies),
+            "highlights": len(repo.highlights),
+            "insights": len(repo.insights),
+            "recommendations": len(repo.recommendations),
+            "reports": len(repo.reports),
+            "terms": len(repo.terms),
+            "templates": len(repo.templates),
+            "example files": len(repo.examples),
+        },
+        "train": len(train),
+        "heldout": len(heldout),
+        "heldout_groups": held_groups,
+        "tasks": {
+            t: (sum(ex["meta"]["task"] == t for ex in train), sum(ex["meta"]["task"] == t for ex in heldout))
+            for t in tasks
+        },
+        "corpus": corpus,
+        "skipped": repo.skipped,
+        "out": str(out),
     }
 
 
@@ -396,7 +537,9 @@ def _corpus(repo: Repo, held_groups: list[str]) -> dict[str, str]:
             continue
         ident = str(doc.get("id") or f"RPT-{doc['study']}")
         study = repo.studies[doc["study"]]
-        docs[ident] = f"# {ident}: {doc.get('title', '')}\n\nStudy {study['id']}: {study.get('title', '')}\n\n{doc['body']}\n"
+        docs[ident] = (
+            f"# {ident}: {doc.get('title', '')}\n\nStudy {study['id']}: {study.get('title', '')}\n\n{doc['body']}\n"
+        )
     for doc in repo.terms:
         rejected = _ids(doc.get("rejected"))
         avoid = f"We do not say: {', '.join(rejected)}.\n\n" if rejected else ""
@@ -445,7 +588,9 @@ def _write_all(out: Path, files: dict[str, str]) -> None:
 def _style(repo: Repo) -> str:
     parts = [repo.style or "# House style\n\nNo style guide (style.md) was found in the sources."]
     if repo.templates:
-        parts.append("## The templates, verbatim\n\nEach file in the repository's templates folder, as the team wrote it.")
+        parts.append(
+            "## The templates, verbatim\n\nEach file in the repository's templates folder, as the team wrote it."
+        )
         for name, doc in sorted(repo.templates.items()):
             parts.append(f"### {name}\n\n```\n{doc['body']}\n```")
     return "\n\n".join(parts) + "\n"
@@ -483,10 +628,14 @@ def cli_import(args) -> int:
     for task, (tr, ho) in s["tasks"].items():
         print(f"  {task:<{width}}  {tr:>5}  {ho:>8}")
     out = Path(s["out"])
-    print(f"\nwrote {out / 'train.jsonl'}, {out / 'heldout.jsonl'}, {out / 'corpus'}/ ({s['corpus']} documents), "
-          f"{out / 'glossary.yaml'}, {out / 'style.md'}, {out / 'config.yaml'}")
+    print(
+        f"\nwrote {out / 'train.jsonl'}, {out / 'heldout.jsonl'}, {out / 'corpus'}/ ({s['corpus']} documents), "
+        f"{out / 'glossary.yaml'}, {out / 'style.md'}, {out / 'config.yaml'}"
+    )
     if s["skipped"]:
-        print(f"skipped (no front matter or not a known file type): {', '.join(s['skipped'][:8])}"
-              + (f" and {len(s['skipped']) - 8} more" if len(s["skipped"]) > 8 else ""))
+        print(
+            f"skipped (no front matter or not a known file type): {', '.join(s['skipped'][:8])}"
+            + (f" and {len(s['skipped']) - 8} more" if len(s["skipped"]) > 8 else "")
+        )
     print(f"next: tunesmith check {out / 'config.yaml'}   then   tunesmith train {out / 'config.yaml'}")
     return 0

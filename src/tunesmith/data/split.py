@@ -57,8 +57,10 @@ def load_split(cfg, need_train: bool = True) -> tuple[list[dict], list[dict], di
 
     d = cfg.data
     if not d.train and (need_train or not d.heldout):
-        raise UserError("data.train is not set. fix: data.train=path/to/train.jsonl (`tunesmith import` writes "
-                        "train.jsonl and heldout.jsonl; point data.train and data.heldout at them).")
+        raise UserError(
+            "data.train is not set. fix: data.train=path/to/train.jsonl (`tunesmith import` writes "
+            "train.jsonl and heldout.jsonl; point data.train and data.heldout at them)."
+        )
     examples = load_examples(d.train, d.format) if d.train else []
     info = {"train": {"path": str(d.train), "hash": examples_hash(examples)}}
     if d.heldout:
@@ -82,8 +84,10 @@ def filter_tasks(examples: list[dict], tasks: str) -> list[dict]:
         return examples
     present = {task_of(ex) for ex in examples}
     if not wanted & present:
-        raise UserError(f"compare.tasks={tasks}: no held-out example has one of these tasks. "
-                        f"fix: use some of {', '.join(sorted(present))}, or leave it empty for all.")
+        raise UserError(
+            f"compare.tasks={tasks}: no held-out example has one of these tasks. "
+            f"fix: use some of {', '.join(sorted(present))}, or leave it empty for all."
+        )
     return [ex for ex in examples if task_of(ex) in wanted]
 
 

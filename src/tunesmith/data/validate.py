@@ -23,17 +23,20 @@ CODES = {
     "invalid-json": ("error", "each line must be one complete JSON object"),
     "truncated": ("error", "the file was cut short: re-export it, or delete the partial last line"),
     "wrong-type": ("error", "give the value the type the format expects"),
-    "missing-messages": ("error", "a chat record is {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}"),
+    "missing-messages": ("error", 'a chat record is {"messages": [{"role": ..., "content": ...}, ...]}'),
     "missing-field": ("error", "every message needs both 'role' and 'content'"),
     "unknown-role": ("error", "roles are system, user and assistant"),
-    "unknown-key": ("error", "remove the key, or move it into \"meta\": {...}"),
+    "unknown-key": ("error", 'remove the key, or move it into "meta": {...}'),
     "extra-key": ("warning", "nothing to do if it is yours: it is kept in meta (a top-level group is the split group)"),
     "empty-content": ("error", "write the message, or remove it"),
     "no-assistant": ("error", "add the assistant reply the model should learn"),
     "system-not-first": ("error", "put the system message first, once"),
     "same-role-twice": ("error", "merge the two messages, or add the missing turn between them"),
     "bad-weight": ("error", "weight is 0 or 1, and only on assistant messages"),
-    "too-long": ("error", "raise --max-len or shorten the example; --too-long drop|truncate|error decides what training does"),
+    "too-long": (
+        "error",
+        "raise --max-len or shorten the example; --too-long drop|truncate|error decides what training does",
+    ),
     "duplicate": ("warning", "remove the copy; duplicates are dropped from training"),
     "overlap": ("error", "remove the example from one side: held-out results are only honest on unseen data"),
     "too-few": ("error", "collect at least 10 examples; 100s make a fine-tune worth measuring"),
@@ -61,8 +64,14 @@ class Issue:
         return f"{where}: {self.code}: {self.message}"
 
     def as_dict(self) -> dict:
-        return {"file": self.file, "line": self.line, "code": self.code, "severity": self.severity,
-                "message": self.message, "fix": CODES[self.code][1]}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "fix": CODES[self.code][1],
+        }
 
 
 @dataclass
@@ -91,8 +100,13 @@ def check_messages(messages: list[dict]) -> list[tuple[str, str]]:
         elif not content.strip():
             problems.append(("empty-content", f"message {i} ({role}) is empty"))
         elif not _encodable(content):
-            problems.append(("bad-encoding", f"message {i} ({role}) holds an unpaired surrogate (a \\ud800-\\udfff "
-                                             f"escape without its pair), which is not a character"))
+            problems.append(
+                (
+                    "bad-encoding",
+                    f"message {i} ({role}) holds an unpaired surrogate (a \\ud800-\\udfff "
+                    f"escape without its pair), which is not a character",
+                )
+            )
         if role == "system" and i > 1:
             problems.append(("system-not-first", f"message {i} is a system message"))
         if i > 1 and role == messages[i - 2].get("role") and role in ROLES:
@@ -120,11 +134,15 @@ def read_dataset(path: str | Path, fmt: str = "auto") -> Dataset:
     if not path.exists():
         raise UserError(f"{path}: dataset file not found.")
     if path.is_dir():
-        raise UserError(f"{path}: is a directory. fix: pass a dataset file (a directory of markdown is a "
-                        f"repository for `tunesmith import` or a corpus for data.corpus).")
+        raise UserError(
+            f"{path}: is a directory. fix: pass a dataset file (a directory of markdown is a "
+            f"repository for `tunesmith import` or a corpus for data.corpus)."
+        )
     if path.suffix.lower() in (".md", ".txt"):
-        raise UserError(f"{path}: plain text is a retrieval corpus, not training examples. fix: set it as "
-                        f"data.corpus, or turn a research repository into examples with `tunesmith import`.")
+        raise UserError(
+            f"{path}: plain text is a retrieval corpus, not training examples. fix: set it as "
+            f"data.corpus, or turn a research repository into examples with `tunesmith import`."
+        )
     name = str(path)
     if fmt.startswith("csv") or (fmt == "auto" and path.suffix.lower() == ".csv"):
         mapping = parse_map(fmt.partition(":")[2]) if ":" in fmt else None
@@ -144,9 +162,11 @@ def read_dataset(path: str | Path, fmt: str = "auto") -> Dataset:
                 raise UserError(f"{name}: the file has no records.")
             else:
                 keys = ", ".join(map(str, first)) if isinstance(first, dict) else type(first).__name__
-                raise UserError(f"{name}: cannot tell the format from the first records (keys: {keys}). "
-                                f"fix: pass --format {' | '.join(FORMATS)} | csv, or use chat records "
-                                f"{{\"messages\": [...]}}.")
+                raise UserError(
+                    f"{name}: cannot tell the format from the first records (keys: {keys}). "
+                    f"fix: pass --format {' | '.join(FORMATS)} | csv, or use chat records "
+                    f'{{"messages": [...]}}.'
+                )
     if fmt not in FORMATS:
         raise UserError(f"unknown format '{fmt}'. fix: one of auto, {', '.join(FORMATS)}, csv.")
     ds = Dataset(name, fmt)
@@ -157,13 +177,24 @@ def read_dataset(path: str | Path, fmt: str = "auto") -> Dataset:
             ds.issues.append(Issue(name, line, *problem))
         elif not isinstance(rec, dict):
             ds.records += 1
-            ds.issues.append(Issue(name, line, "wrong-type", f"a record must be a JSON object, got {type(rec).__name__}"))
+            ds.issues.append(
+                Issue(name, line, "wrong-type", f"a record must be a JSON object, got {type(rec).__name__}")
+            )
         else:
             _add(ds, line, *reader(rec))
     for key, (first, count) in ds.extra_keys.items():
-        where = "meta.group, the split group (one group's examples stay on one side)" if key == "group" else f"meta.{key}"
-        ds.issues.append(Issue(name, first, "extra-key", f"top-level key '{key}' (in {count} of {ds.records} records) is not "
-                                                         f"part of the {fmt} format: kept in {where}"))
+        where = (
+            "meta.group, the split group (one group's examples stay on one side)" if key == "group" else f"meta.{key}"
+        )
+        ds.issues.append(
+            Issue(
+                name,
+                first,
+                "extra-key",
+                f"top-level key '{key}' (in {count} of {ds.records} records) is not "
+                f"part of the {fmt} format: kept in {where}",
+            )
+        )
     return ds
 
 
@@ -196,8 +227,9 @@ def example_key(example: dict) -> tuple:
 
 def prompt_key(example: dict) -> tuple:
     """What the model is asked, whitespace- and case-insensitive: equal prompts on both sides of a split leak."""
-    return tuple((m["role"], " ".join(m["content"].split()).casefold())
-                 for m in example["messages"] if m["role"] != "assistant")
+    return tuple(
+        (m["role"], " ".join(m["content"].split()).casefold()) for m in example["messages"] if m["role"] != "assistant"
+    )
 
 
 def dataset_issues(ds: Dataset) -> list[Issue]:
@@ -212,7 +244,9 @@ def dataset_issues(ds: Dataset) -> list[Issue]:
         if all(m.get("weight", 1) == 0 for m in ex["messages"] if m["role"] == "assistant"):
             issues.append(Issue(ds.path, line, "no-trainable", "every assistant message has weight 0"))
     if len(seen) < MIN_EXAMPLES:
-        issues.append(Issue(ds.path, None, "too-few", f"{len(seen)} distinct valid examples; at least {MIN_EXAMPLES} are needed"))
+        issues.append(
+            Issue(ds.path, None, "too-few", f"{len(seen)} distinct valid examples; at least {MIN_EXAMPLES} are needed")
+        )
     return issues
 
 

@@ -98,14 +98,23 @@ class Request:
         self._cancel = True
 
     def text(self, tok) -> str:
-        return tok.decode(self.tokens[:self.kept], skip_special_tokens=True).strip()
+        return tok.decode(self.tokens[: self.kept], skip_special_tokens=True).strip()
 
 
 class Engine:
     """Continuous batching on one model. Plain state, one lock; `step` is the whole algorithm."""
 
-    def __init__(self, model, tok, max_rows: int = 8, prefill_tokens: int = 512, min_prefix: int = 64,
-                 prefix_bytes: int = 256 << 20, shared_attention: int = 256, draft_tokens: int = 8):
+    def __init__(
+        self,
+        model,
+        tok,
+        max_rows: int = 8,
+        prefill_tokens: int = 512,
+        min_prefix: int = 64,
+        prefix_bytes: int = 256 << 20,
+        shared_attention: int = 256,
+        draft_tokens: int = 8,
+    ):
         from tunesmith.generation.stopping import newline_ids, stop_ids
 
         self.model, self.tok, self.max_rows = model, tok, max(1, max_rows)
@@ -135,8 +144,18 @@ class Engine:
         self.thread: threading.Thread | None = None
         self._generators: dict[int, torch.Generator] = {}
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.stats = {"prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0,
-                      "decode_rows": 0, "shared_rows": 0, "decode_fed": 0, "drafted": 0, "accepted": 0}
+        self.stats = {
+            "prefill_s": 0.0,
+            "decode_s": 0.0,
+            "prefill_tokens": 0,
+            "reused_tokens": 0,
+            "decode_steps": 0,
+            "decode_rows": 0,
+            "shared_rows": 0,
+            "decode_fed": 0,
+            "drafted": 0,
+            "accepted": 0,
+        }
 
     # ------------------------------------------------------------------------------ the outside
 
@@ -144,10 +163,12 @@ class Engine:
         if self.window is not None and len(req.prompt) + req.max_new_tokens > self.window:
             from tunesmith import UserError
 
-            raise UserError(f"this model attends over a sliding window of {self.window} tokens in some layers, which "
-                            f"tunesmith's engine does not implement, and a prompt of {len(req.prompt)} tokens plus "
-                            f"{req.max_new_tokens} new ones is longer. fix: shorter prompts or max_new_tokens, or "
-                            f"generate.engine=vllm on a GPU.")
+            raise UserError(
+                f"this model attends over a sliding window of {self.window} tokens in some layers, which "
+                f"tunesmith's engine does not implement, and a prompt of {len(req.prompt)} tokens plus "
+                f"{req.max_new_tokens} new ones is longer. fix: shorter prompts or max_new_tokens, or "
+                f"generate.engine=vllm on a GPU."
+            )
         req.t_submit = time.perf_counter()
         with self.cond:
             self.waiting.append(req)
@@ -246,7 +267,7 @@ class Engine:
         n = len(p.req.prompt) - p.done
         if budget is not None:
             n = min(n, budget)
-        ids = torch.tensor([p.req.prompt[p.done:p.done + n]], device=self.device)
+        ids = torch.tensor([p.req.prompt[p.done : p.done + n]], device=self.device)
         pos = torch.arange(p.done, p.done + n, device=self.device)[None]
         out = self.model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{self._cache_kw: p.cache})
         p.done += n
@@ -262,8 +283,10 @@ class Engine:
                 own = req._prefix[1] if req._prefix else 0
                 if own:
                     self.stats["shared_rows"] += 1
-                self.kv.admit([(layer.keys[:, :, own:], layer.values[:, :, own:]) for layer in p.cache.layers],
-                              len(req.prompt) - own)
+                self.kv.admit(
+                    [(layer.keys[:, :, own:], layer.values[:, :, own:]) for layer in p.cache.layers],
+                    len(req.prompt) - own,
+                )
                 self.rows.append(req)
         self.stats["prefill_s"] += time.perf_counter() - t0
         return n
@@ -276,7 +299,7 @@ class Engine:
         that they join this group rather than each reading a copy that differs in its last tokens."""
         prompt = p.req.prompt
         for r in self.rows:
-            if r._prefix is not None and len(prompt) > r._prefix[1] and prompt[:r._prefix[1]] == r._prefix[2]:
+            if r._prefix is not None and len(prompt) > r._prefix[1] and prompt[: r._prefix[1]] == r._prefix[2]:
                 return r._prefix
         own, layers = p.shared, p.layers
         if own < self.shared_attention:  # it may have just stored one
@@ -311,25 +334,33 @@ class Engine:
             config._attn_implementation_internal = _ATTENTION
         else:
             steps = torch.arange(width, device=dev)
-            ids = torch.tensor([[r.tokens[-1]] + d + [r.tokens[-1]] * (width - 1 - len(d)) for r, d in zip(rows, drafts)],
-                               device=dev)
+            ids = torch.tensor(
+                [[r.tokens[-1]] + d + [r.tokens[-1]] * (width - 1 - len(d)) for r, d in zip(rows, drafts)], device=dev
+            )
             pos = torch.tensor(first, device=dev)[:, None] + steps
             # (rows, 1, width, columns): a row's token j sees the row's own columns and this step's first j + 1
             last = torch.tensor(kv.lens, device=dev)[:, None] + steps
             visible = torch.arange(kv.columns, device=dev) <= last[:, :, None]
             mask = torch.zeros(visible.shape, dtype=self.dtype, device=dev).masked_fill_(
-                ~visible, torch.finfo(self.dtype).min)[:, None]
+                ~visible, torch.finfo(self.dtype).min
+            )[:, None]
             extra = {}
         try:
-            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
-                             **{self._cache_kw: kv.cache}, **extra)
+            out = self.model(
+                input_ids=ids,
+                position_ids=pos,
+                attention_mask=mask,
+                use_cache=True,
+                **{self._cache_kw: kv.cache},
+                **extra,
+            )
         finally:
             config._attn_implementation_internal = saved
         logits = out.logits.float()
         if flat:  # back to rows: row i's tokens start at plan.starts[i]
             starts = plan.starts[:-1]
             picked = logits[0].argmax(-1).tolist()
-            best = [picked[s:s + c] for s, c in zip(starts, counts)]
+            best = [picked[s : s + c] for s, c in zip(starts, counts)]
             firsts = logits[0, starts]
         else:
             best = logits.argmax(-1).tolist()  # (rows, width): greedy's pick after each of the row's tokens
@@ -369,7 +400,7 @@ class Engine:
         n = len(req.prompt) + len(req.tokens)
         if req._grams is None:  # where each n-gram last ended, those ending at the last token left out
             seq = req.prompt + req.tokens
-            req._grams = {tuple(seq[end - k + 1:end + 1]): end for k in _GRAMS for end in range(k - 1, n - 1)}
+            req._grams = {tuple(seq[end - k + 1 : end + 1]): end for k in _GRAMS for end in range(k - 1, n - 1)}
         for k in _GRAMS:
             end = req._grams.get(tuple(_at(req, i) for i in range(n - k, n))) if n >= k else None
             if end is not None:
@@ -469,13 +500,13 @@ class Engine:
         break (a later token can still change how the last word decodes), all of it at the end."""
         if req.on_text is None:
             return
-        text = self.tok.decode(req.tokens[:req.kept], skip_special_tokens=True)
+        text = self.tok.decode(req.tokens[: req.kept], skip_special_tokens=True)
         if not final:
             if text.endswith("\ufffd"):  # half a multi-byte character
                 return
-            text = text if text.endswith("\n") else text[:text.rfind(" ") + 1]
+            text = text if text.endswith("\n") else text[: text.rfind(" ") + 1]
         if len(text) > req._printed:
-            req.on_text(text[req._printed:])
+            req.on_text(text[req._printed :])
             req._printed = len(text)
 
     def _finish(self, req: Request, reason: str) -> None:
@@ -581,7 +612,9 @@ class _Plan:
             steps = torch.tensor([[min(j, counts[r] - 1) for j in range(w)] for r in range(a, b)], device=dev)
             slots = torch.tensor(starts[a:b], device=dev)[:, None] + steps
             real = torch.tensor([(r - a) * w + j for r in range(a, b) for j in range(counts[r])], device=dev)
-            last = torch.tensor(lens[a:b], device=dev)[:, None] + steps  # token j of row r sees columns up to lens[r] + j
+            last = (
+                torch.tensor(lens[a:b], device=dev)[:, None] + steps
+            )  # token j of row r sees columns up to lens[r] + j
             self.slices.append((a, b, n, w, slots, real, torch.arange(n, device=dev) <= last[..., None]))
         groups: dict[tuple, list] = {}
         for i, r in enumerate(engine.rows):
@@ -602,8 +635,9 @@ class _Plan:
         return self._masks[i, rep, dtype]
 
 
-def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, tunesmith_plan=None,
-                      **kwargs):
+def _decode_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, tunesmith_plan=None, **kwargs
+):
     """A decode step's attention: each row's tokens (its last one, then a draft) attend over the
     row's own columns (key, value: (rows, kv_heads, columns, head_dim); the plan's masks hide
     padding and the step's later tokens) and, for rows that share a prefix kept out of the batch,
@@ -617,7 +651,7 @@ def _decode_attention(module, query, key, value, attention_mask, scaling=None, d
     _, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     rep = heads // kv_heads
-    scale = scaling if scaling is not None else dim ** -0.5
+    scale = scaling if scaling is not None else dim**-0.5
     flat = query[0].transpose(0, 1)  # (tokens, heads, dim)
     outs, lses = [], []
     for i, (a, b, n, w, slots, real, _) in enumerate(plan.slices):
@@ -656,8 +690,9 @@ def _attend(q, k, v, mask, scale):
     if q.device.type == "cpu":
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
-                                                                              scale=scale)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=mask, scale=scale
+        )
         return out, lse
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if mask is not None:
@@ -727,8 +762,10 @@ class _BatchKV:
         device = self.k[0].device
         rows = [r for r, c in enumerate(counts) for _ in range(c)]
         steps = [j for c in counts for j in range(c)]
-        self.at = (torch.tensor(rows, device=device), torch.tensor([self.lens[r] + j for r, j in zip(rows, steps)],
-                                                                    device=device))
+        self.at = (
+            torch.tensor(rows, device=device),
+            torch.tensor([self.lens[r] + j for r, j in zip(rows, steps)], device=device),
+        )
 
     def _alloc(self, rows, cols, heads, dim, dtype, device) -> None:
         self.k = [torch.zeros(rows, heads, cols, dim, dtype=dtype, device=device) for _ in range(self.n_layers)]
@@ -744,7 +781,7 @@ class _BatchKV:
         for buffers in (self.k, self.v):
             for i, old in enumerate(buffers):  # one layer at a time: the copy never holds two whole caches
                 new = old.new_zeros(n_rows, old.shape[1], n_cols, old.shape[3])
-                new[:self.rows, :, :used] = old[:self.rows, :, :used]
+                new[: self.rows, :, :used] = old[: self.rows, :, :used]
                 buffers[i] = new
 
 
@@ -768,7 +805,7 @@ class _Layer(_layer_base()):
         rows, cols = kv.at  # one (row, column) per token fed: (batch, tokens) of the states, flattened
         kv.k[i][rows, :, cols] = key_states.transpose(1, 2).flatten(0, 1)
         kv.v[i][rows, :, cols] = value_states.transpose(1, 2).flatten(0, 1)
-        return kv.k[i][:kv.rows, :, :kv.columns], kv.v[i][:kv.rows, :, :kv.columns]
+        return kv.k[i][: kv.rows, :, : kv.columns], kv.v[i][: kv.rows, :, : kv.columns]
 
     def get_seq_length(self) -> int:
         return max(self.kv.lens, default=0)

@@ -25,16 +25,16 @@ def repeat_start(new: list[int], newlines: set[int], min_line: int = 5, min_span
         line = new[begin:]
         if len(line) >= min_line:
             starts = [0] + [j + 1 for j in range(begin - 1) if new[j] in newlines]
-            if any(new[s:s + len(line)] == line for s in starts if s + len(line) <= begin):
+            if any(new[s : s + len(line)] == line for s in starts if s + len(line) <= begin):
                 return begin
     for p in range(1, n // 3 + 1):  # the tail is one unit of p tokens, repeated
         reps = max(3, -(-min_span // p))
         if reps * p > n:
             break
-        unit = new[n - p:]
-        if all(new[n - k * p:n - (k - 1) * p] == unit for k in range(2, reps + 1)):
+        unit = new[n - p :]
+        if all(new[n - k * p : n - (k - 1) * p] == unit for k in range(2, reps + 1)):
             k = reps  # extend back over every earlier copy, keep the first
-            while k * p + p <= n and new[n - (k + 1) * p:n - k * p] == unit:
+            while k * p + p <= n and new[n - (k + 1) * p : n - k * p] == unit:
                 k += 1
             return n - (k - 1) * p
     return None

@@ -39,11 +39,14 @@ def choose(engine: str, cuda: bool | None = None, installed: bool | None = None)
     if engine == "tunesmith" or (engine == "auto" and not (cuda and installed)):
         return "tunesmith"
     if not cuda:
-        raise UserError("generate.engine=vllm needs a CUDA GPU, and this machine has none. "
-                        "fix: set generate.engine=tunesmith (or auto).")
+        raise UserError(
+            "generate.engine=vllm needs a CUDA GPU, and this machine has none. "
+            "fix: set generate.engine=tunesmith (or auto)."
+        )
     if not installed:
-        raise UserError("generate.engine=vllm needs the vllm package. fix: pip install vllm "
-                        "(or set generate.engine=tunesmith).")
+        raise UserError(
+            "generate.engine=vllm needs the vllm package. fix: pip install vllm (or set generate.engine=tunesmith)."
+        )
     return "vllm"
 
 
@@ -70,8 +73,12 @@ def _engine_kwargs(spec, dtype: str, trust_remote_code: bool) -> tuple[dict, obj
     from vllm.lora.request import LoRARequest
 
     model_dir, adapter, rank = _paths(spec)
-    kwargs = dict(model=model_dir, tokenizer=model_dir, dtype=dtype if dtype in ("float16", "bfloat16", "float32") else "auto",
-                  trust_remote_code=trust_remote_code)
+    kwargs = dict(
+        model=model_dir,
+        tokenizer=model_dir,
+        dtype=dtype if dtype in ("float16", "bfloat16", "float32") else "auto",
+        trust_remote_code=trust_remote_code,
+    )
     lora = None
     if adapter is not None:
         # vLLM sizes its LoRA buffers by the largest rank it will see; its supported ranks are powers of two
@@ -95,9 +102,14 @@ def _params(tok, max_new_tokens: int, temperature: float, top_p: float, seed: in
 
     from tunesmith.generation.stopping import stop_ids
 
-    return SamplingParams(max_tokens=max_new_tokens, temperature=temperature or 0.0,
-                          top_p=top_p if temperature else 1.0, seed=seed, stop_token_ids=stop_ids(tok),
-                          skip_special_tokens=True)
+    return SamplingParams(
+        max_tokens=max_new_tokens,
+        temperature=temperature or 0.0,
+        top_p=top_p if temperature else 1.0,
+        seed=seed,
+        stop_token_ids=stop_ids(tok),
+        skip_special_tokens=True,
+    )
 
 
 def guard_cut(ids: list[int], newlines: set[int]) -> int | None:
@@ -110,8 +122,16 @@ def guard_cut(ids: list[int], newlines: set[int]) -> int | None:
     return None
 
 
-def generate(vm: VllmModel, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
-             seed: int, stop_on_repeat: bool) -> list[tuple[str, int, int, float, str]]:
+def generate(
+    vm: VllmModel,
+    tok,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    stop_on_repeat: bool,
+) -> list[tuple[str, int, int, float, str]]:
     """(text, prompt tokens, completion tokens, latency, finish reason) per token-id prompt, in order.
     vLLM reports no per-request time here: each reply's latency is the batch's wall time."""
     from vllm.inputs import TokensPrompt
@@ -119,8 +139,12 @@ def generate(vm: VllmModel, tok, prompts: list[list[int]], max_new_tokens: int, 
     from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
 
     t0 = time.perf_counter()
-    outs = vm.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
-                           _params(tok, max_new_tokens, temperature, top_p, seed), lora_request=vm.lora, use_tqdm=False)
+    outs = vm.llm.generate(
+        [TokensPrompt(prompt_token_ids=p) for p in prompts],
+        _params(tok, max_new_tokens, temperature, top_p, seed),
+        lora_request=vm.lora,
+        use_tqdm=False,
+    )
     wall = time.perf_counter() - t0
     stop, newlines = set(stop_ids(tok)), newline_ids(tok) if stop_on_repeat else set()
     results = []
@@ -128,7 +152,7 @@ def generate(vm: VllmModel, tok, prompts: list[list[int]], max_new_tokens: int, 
         ids = [t for t in out.outputs[0].token_ids if t not in stop]
         n = guard_cut(ids, newlines) if stop_on_repeat else None
         if n is not None:
-            kept, spent, reason = ids[:repeat_start(ids[:n], newlines)], n, "repeat"
+            kept, spent, reason = ids[: repeat_start(ids[:n], newlines)], n, "repeat"
         else:
             kept, spent = ids, len(ids)
             reason = "stop" if out.outputs[0].finish_reason == "stop" else "length"
@@ -150,8 +174,16 @@ class AsyncBackend:
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, max_num_seqs=max_concurrency))
         self.running = 0
 
-    async def stream(self, tok, prompt: list[int], max_tokens: int, temperature: float, top_p: float,
-                     stop_on_repeat: bool, usage: dict):
+    async def stream(
+        self,
+        tok,
+        prompt: list[int],
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop_on_repeat: bool,
+        usage: dict,
+    ):
         """Yield the reply's new text as vLLM produces it; fill `usage` at the end. Leaving the loop
         early (the client went away) aborts the request in vLLM."""
         from vllm.inputs import TokensPrompt
@@ -162,9 +194,12 @@ class AsyncBackend:
         newlines, stops = newline_ids(tok) if stop_on_repeat else set(), _stop_set(tok)
         self.running += 1
         try:
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt),
-                                               _params(tok, max_tokens, temperature, top_p, None), rid,
-                                               lora_request=self.lora):
+            async for out in self.llm.generate(
+                TokensPrompt(prompt_token_ids=prompt),
+                _params(tok, max_tokens, temperature, top_p, None),
+                rid,
+                lora_request=self.lora,
+            ):
                 o = out.outputs[0]
                 ids = [t for t in o.token_ids if t not in stops]  # the stop id is not part of the reply
                 spent = len(ids)
@@ -173,7 +208,7 @@ class AsyncBackend:
                     reason = "repeat"
                     break
                 if len(o.text) > len(sent):
-                    yield o.text[len(sent):]
+                    yield o.text[len(sent) :]
                     sent = o.text
                 if out.finished:
                     reason = "stop" if o.finish_reason == "stop" else "length"

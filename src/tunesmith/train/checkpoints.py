@@ -26,8 +26,16 @@ from tunesmith.config import Config, load_config
 from tunesmith.fsutil import check_space, disk_full_error, is_disk_full
 
 # The loop must match what the checkpoint was made with; these settings decide what a step is.
-RESUME_KEYS = ("model.name", "train.method", "train.batch_size", "train.grad_accum", "train.seed",
-               "data.max_len", "data.too_long", "train.train_on_prompt")
+RESUME_KEYS = (
+    "model.name",
+    "train.method",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.seed",
+    "data.max_len",
+    "data.too_long",
+    "train.train_on_prompt",
+)
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -51,8 +59,12 @@ def save_checkpoint(run: Path, state: dict, loss_model, optimizer, best, acceler
     need = _checkpoint_bytes(weights, optimizer, best) if accelerator.is_main_process else 0
     if accelerator.is_main_process:
         bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
-        bad += [f"optimizer state {k}" for k, s in optimizer.state_dict()["state"].items()
-                for v in s.values() if torch.is_tensor(v) and not torch.isfinite(v).all()]
+        bad += [
+            f"optimizer state {k}"
+            for k, s in optimizer.state_dict()["state"].items()
+            for v in s.values()
+            if torch.is_tensor(v) and not torch.isfinite(v).all()
+        ]
         if bad:
             raise RuntimeError(f"refusing to save a checkpoint with non-finite values: {bad[:5]}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -92,7 +104,7 @@ def save_checkpoint(run: Path, state: dict, loss_model, optimizer, best, acceler
         os.replace(final / "COMPLETE.tmp", final / "COMPLETE")
         _fsync(final)
         complete = sorted(d for d in root.glob("step-*") if (d / "COMPLETE").exists())
-        for old in complete[:-max(1, keep_last)]:
+        for old in complete[: -max(1, keep_last)]:
             # The marker goes first: a removal cut short by a kill leaves an unfinished directory
             # (cleaned up on resume), never a half-deleted one that still says COMPLETE.
             (old / "COMPLETE").unlink(missing_ok=True)
@@ -141,9 +153,14 @@ def resume_checkpoint(run: Path, say=print) -> Path | None:
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(ckpt, aside)
         earlier = latest_checkpoint(run)
-        say(f"checkpoint {ckpt.name} is damaged ({problem}); moved to {aside.name}. "
-            + (f"Resuming from the previous complete checkpoint, {earlier.name}." if earlier else
-               "No earlier complete checkpoint is left."))
+        say(
+            f"checkpoint {ckpt.name} is damaged ({problem}); moved to {aside.name}. "
+            + (
+                f"Resuming from the previous complete checkpoint, {earlier.name}."
+                if earlier
+                else "No earlier complete checkpoint is left."
+            )
+        )
     return None
 
 
@@ -154,8 +171,10 @@ def load_checkpoint(ckpt: Path, loss_model, optimizer, rank: int) -> tuple[dict,
     weights = load_file(ckpt / "model.safetensors")
     missing = set(trainable_state(loss_model)) - set(weights)
     if missing:
-        raise UserError(f"{ckpt}: checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); "
-                        f"it was made with other settings.")
+        raise UserError(
+            f"{ckpt}: checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); "
+            f"it was made with other settings."
+        )
     loss_model.load_state_dict(weights, strict=False)
     optimizer.load_state_dict(_tensors_only(ckpt / "optimizer.pt"))
     rng = ckpt / f"rng-{rank}.pt"
@@ -179,14 +198,21 @@ def check_resumable(run: Path, cfg: Config, data_info: dict) -> None:
             changes.append(f"{key}: {before!r} -> {now!r}")
     for part in ("train", "heldout"):
         if old_data[part]["hash"] != data_info[part]["hash"]:
-            changes.append(f"{part} data: {old_data[part]['examples']} examples (hash {old_data[part]['hash']}) -> "
-                           f"{data_info[part]['examples']} (hash {data_info[part]['hash']})")
+            changes.append(
+                f"{part} data: {old_data[part]['examples']} examples (hash {old_data[part]['hash']}) -> "
+                f"{data_info[part]['examples']} (hash {data_info[part]['hash']})"
+            )
     if old_data.get("processes") != data_info["processes"]:
-        changes.append(f"processes: {old_data.get('processes')} -> {data_info['processes']} "
-                       f"(global batch {old_data.get('global_batch')} -> {data_info['global_batch']})")
+        changes.append(
+            f"processes: {old_data.get('processes')} -> {data_info['processes']} "
+            f"(global batch {old_data.get('global_batch')} -> {data_info['global_batch']})"
+        )
     if changes:
-        raise UserError(f"{run}: cannot resume, the run was started with different settings:\n  "
-                        + "\n  ".join(changes) + "\nfix: restore them, or start a new run in another train.output_dir.")
+        raise UserError(
+            f"{run}: cannot resume, the run was started with different settings:\n  "
+            + "\n  ".join(changes)
+            + "\nfix: restore them, or start a new run in another train.output_dir."
+        )
 
 
 def _checkpoint_bytes(weights: dict, optimizer, best) -> int:
@@ -198,8 +224,12 @@ def _checkpoint_bytes(weights: dict, optimizer, best) -> int:
 
 def _resume_hint(run: Path) -> str:
     last = latest_checkpoint(run)
-    return (f"The previous checkpoint, {last.name}, is intact: after freeing space, continue with "
-            f"`tunesmith train CONFIG --resume`." if last else "No checkpoint of this run was saved yet.")
+    return (
+        f"The previous checkpoint, {last.name}, is intact: after freeing space, continue with "
+        f"`tunesmith train CONFIG --resume`."
+        if last
+        else "No checkpoint of this run was saved yet."
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -211,8 +241,11 @@ def _sha256(path: Path) -> str:
 
 
 def trainable_state(loss_model, clone: bool = False) -> dict:
-    return {k: (v.detach().to("cpu", copy=True) if clone else v.detach())
-            for k, v in loss_model.named_parameters() if v.requires_grad}
+    return {
+        k: (v.detach().to("cpu", copy=True) if clone else v.detach())
+        for k, v in loss_model.named_parameters()
+        if v.requires_grad
+    }
 
 
 def _save_rng(path: Path) -> None:
@@ -228,9 +261,11 @@ def _tensors_only(path: Path):
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: refused to load: it holds Python objects other than tensors (unpickling them "
-                        f"could run code); this file was not written by tunesmith. fix: resume from a checkpoint "
-                        f"you trust, or start the run again.") from exc
+        raise UserError(
+            f"{path}: refused to load: it holds Python objects other than tensors (unpickling them "
+            f"could run code); this file was not written by tunesmith. fix: resume from a checkpoint "
+            f"you trust, or start the run again."
+        ) from exc
 
 
 def _load_rng(path: Path) -> None:

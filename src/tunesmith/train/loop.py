@@ -31,12 +31,20 @@ from pathlib import Path
 import torch
 
 from tunesmith import UserError, cpu
-from tunesmith.train.checkpoints import (check_resumable, latest_checkpoint, load_checkpoint, remove_unfinished,
-                                         resume_checkpoint, save_checkpoint, trainable_state, truncate_jsonl)
 from tunesmith.config import Config, load_config, save_config, to_dict
 from tunesmith.data.batches import collate, encode_examples, micro_batches, n_targets, step_indices
 from tunesmith.data.split import load_split
 from tunesmith.fsutil import atomic_dir
+from tunesmith.train.checkpoints import (
+    check_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_unfinished,
+    resume_checkpoint,
+    save_checkpoint,
+    trainable_state,
+    truncate_jsonl,
+)
 from tunesmith.train.loss import CausalLMLoss, logit_transform, use_varlen
 
 METHODS = ("lora", "dora", "qlora", "full")
@@ -110,8 +118,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     run = setup(cfg, resume)
     t, state, main = cfg.train, run.state, run.accelerator.is_main_process
-    bar = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", disable=not main,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=run.total_steps, initial=state.step, desc="train", unit="step", disable=not main, dynamic_ncols=True
+    )
     logs = _open_logs(run)
     stop = _SigtermFlag()
     others, rechecked = cpu.OthersMeter(), time.time()  # re-decide CPU threads as the machine's load changes
@@ -131,18 +140,32 @@ def train(cfg: Config, resume: bool = False) -> Path:
                     torch.set_num_threads(cpu.threads(others=others.read()))
                     rechecked = time.time()
             sigterm = stop.agreed(run.accelerator)
-            if (t.save_every > 0 and state.step % t.save_every == 0) or sigterm or (t.save_every >= 0 and (early or done)):
-                save_checkpoint(run.dir, asdict(state), run.accelerator.unwrap_model(run.loss_model), run.optimizer,
-                                run.best, run.accelerator, t.keep_last)
+            if (
+                (t.save_every > 0 and state.step % t.save_every == 0)
+                or sigterm
+                or (t.save_every >= 0 and (early or done))
+            ):
+                save_checkpoint(
+                    run.dir,
+                    asdict(state),
+                    run.accelerator.unwrap_model(run.loss_model),
+                    run.optimizer,
+                    run.best,
+                    run.accelerator,
+                    t.keep_last,
+                )
             if sigterm:
                 bar.close()
-                run.accelerator.print(f"\nSIGTERM: saved step {state.step} to {latest_checkpoint(run.dir)}; exiting. "
-                                      f"Continue with: tunesmith train CONFIG --resume")
+                run.accelerator.print(
+                    f"\nSIGTERM: saved step {state.step} to {latest_checkpoint(run.dir)}; exiting. "
+                    f"Continue with: tunesmith train CONFIG --resume"
+                )
                 raise SystemExit(143)
             if early:
                 run.accelerator.print(
                     f"\nearly stopping at step {state.step}: held-out loss has not improved for "
-                    f"{t.early_stopping_patience} evaluations (best {state.best_eval:.4f} at step {state.best_step})")
+                    f"{t.early_stopping_patience} evaluations (best {state.best_eval:.4f} at step {state.best_step})"
+                )
                 break
     finally:
         bar.close()
@@ -168,8 +191,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         torch.set_num_threads(cpu.threads(t.threads))
     weight_dtype, precision = _precision(cfg, device)
     run_dir = Path(t.output_dir).expanduser().resolve()
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision, log_with=_trackers(t.trackers),
-                              project_dir=str(run_dir))
+    accelerator = Accelerator(
+        cpu=device == "cpu", mixed_precision=precision, log_with=_trackers(t.trackers), project_dir=str(run_dir)
+    )
     main, world = accelerator.is_main_process, accelerator.num_processes
     say = accelerator.print
 
@@ -186,53 +210,82 @@ def setup(cfg: Config, resume: bool = False) -> Run:
                 for name in ("metrics.jsonl", "examples.jsonl"):
                     (run_dir / name).unlink(missing_ok=True)
                 remove_unfinished(run_dir / "checkpoints")
-            say(f"{run_dir}: no complete checkpoint yet (the run stopped before its first save); "
-                f"starting again from step 0")
+            say(
+                f"{run_dir}: no complete checkpoint yet (the run stopped before its first save); "
+                f"starting again from step 0"
+            )
             resume = False
         elif ckpt is None:
             raise UserError(f"{run_dir}: no complete checkpoint to resume from. fix: run without --resume.")
     elif run_dir.exists() and any((run_dir / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
-        raise UserError(f"{run_dir} already holds a run. fix: add --resume to continue it, or set "
-                        f"train.output_dir to a new directory.")
+        raise UserError(
+            f"{run_dir} already holds a run. fix: add --resume to continue it, or set "
+            f"train.output_dir to a new directory."
+        )
     else:
         _check_new_run_dir(run_dir)
     accelerator.wait_for_everyone()  # every process has looked before any writes
     train_examples, heldout_examples, data_info = load_split(cfg)
     tok = _tokenizer(cfg)
-    encoded, train_report = encode_examples(tok, train_examples, cfg.data.max_len, cfg.data.too_long,
-                                            t.train_on_prompt, where=cfg.data.train)
-    held, held_report = encode_examples(tok, heldout_examples, cfg.data.max_len, "truncate",
-                                        t.train_on_prompt, where=cfg.data.heldout or cfg.data.train)
+    encoded, train_report = encode_examples(
+        tok, train_examples, cfg.data.max_len, cfg.data.too_long, t.train_on_prompt, where=cfg.data.train
+    )
+    held, held_report = encode_examples(
+        tok, heldout_examples, cfg.data.max_len, "truncate", t.train_on_prompt, where=cfg.data.heldout or cfg.data.train
+    )
     if not encoded:
         raise UserError(f"{cfg.data.train}: no example left to train on ({_dropped(train_report)}).")
     global_batch = t.batch_size * t.grad_accum * world
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * len(encoded) / global_batch))
-    data_info.update(train_report=train_report, heldout_report=held_report, processes=world,
-                     global_batch=global_batch, steps=total_steps)
+    data_info.update(
+        train_report=train_report,
+        heldout_report=held_report,
+        processes=world,
+        global_batch=global_batch,
+        steps=total_steps,
+    )
     if resume:
         check_resumable(run_dir, cfg, data_info)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "data.json").write_text(json.dumps(data_info, indent=2) + "\n")
-    say(f"tunesmith train: {len(encoded)} examples ({train_report['tokens']:,} tokens, "
+    say(
+        f"tunesmith train: {len(encoded)} examples ({train_report['tokens']:,} tokens, "
         f"{train_report['loss_tokens']:,} with loss; {_dropped(train_report)}), {len(held)} held out; "
         f"{total_steps} steps of {global_batch} examples; {world} process(es) on {device}"
-        f"{_threads_note() if device == 'cpu' else ''}")
+        f"{_threads_note() if device == 'cpu' else ''}"
+    )
 
     set_seed(t.seed)
     model = build_model(cfg, weight_dtype, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    say(f"model {cfg.model.name}: {t.method}, {sum(p.numel() for p in trainable):,} trainable of "
+    say(
+        f"model {cfg.model.name}: {t.method}, {sum(p.numel() for p in trainable):,} trainable of "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, weights {str(weight_dtype).replace('torch.', '')}"
-        f"{', autocast ' + precision if precision != 'no' else ''}")
+        f"{', autocast ' + precision if precision != 'no' else ''}"
+    )
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay, fused=device == "cuda")
     loss_model, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
-    run = Run(cfg=cfg, dir=run_dir, accelerator=accelerator, device=device, tok=tok, train_examples=train_examples,
-              encoded=encoded, held=held, total_steps=total_steps, global_batch=global_batch, loss_model=loss_model,
-              optimizer=optimizer, trainable=trainable)
+    run = Run(
+        cfg=cfg,
+        dir=run_dir,
+        accelerator=accelerator,
+        device=device,
+        tok=tok,
+        train_examples=train_examples,
+        encoded=encoded,
+        held=held,
+        total_steps=total_steps,
+        global_batch=global_batch,
+        loss_model=loss_model,
+        optimizer=optimizer,
+        trainable=trainable,
+    )
     if resume:
-        state, run.best = load_checkpoint(ckpt, accelerator.unwrap_model(loss_model), optimizer, accelerator.process_index)
+        state, run.best = load_checkpoint(
+            ckpt, accelerator.unwrap_model(loss_model), optimizer, accelerator.process_index
+        )
         run.state = LoopState.from_json(state)
         if main:
             run.last = truncate_jsonl(run_dir / "metrics.jsonl", run.state.step)
@@ -282,22 +335,30 @@ def optimizer_step(run: Run, ids: list[int]) -> dict:
         run.optimizer.step()
     elif t.on_nonfinite == "skip":
         state.skipped += 1
-        acc.print(f"\nstep {state.step + 1}: non-finite loss or gradient ({loss}, norm {grad_norm}); batch skipped "
-                  f"({state.skipped} so far)")
+        acc.print(
+            f"\nstep {state.step + 1}: non-finite loss or gradient ({loss}, norm {grad_norm}); batch skipped "
+            f"({state.skipped} so far)"
+        )
     else:
         raise UserError(
             f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {state.step + 1} "
             f"(loss {loss}, grad norm {grad_norm}). Nothing was saved from this step. Last good checkpoint: "
             f"{latest_checkpoint(run.dir) or 'none'}. fix: lower train.lr, check the data of this step "
             f"(train.log_examples=true lists it), or set train.on_nonfinite=skip; then "
-            f"`tunesmith train CONFIG --resume`.")
+            f"`tunesmith train CONFIG --resume`."
+        )
     run.optimizer.zero_grad(set_to_none=True)
 
     dt = time.perf_counter() - t0
     state.step, state.tokens, state.train_seconds = state.step + 1, state.tokens + step_tokens, state.train_seconds + dt
-    record = {"step": state.step, "loss": loss if finite else None, "lr": lr,
-              "grad_norm": grad_norm if finite else None, "tokens_per_s": round(step_tokens / dt, 1),
-              "tokens": state.tokens}
+    record = {
+        "step": state.step,
+        "loss": loss if finite else None,
+        "lr": lr,
+        "grad_norm": grad_norm if finite else None,
+        "tokens_per_s": round(step_tokens / dt, 1),
+        "tokens": state.tokens,
+    }
     if not finite:
         record["skipped"] = True
     return record
@@ -306,8 +367,9 @@ def optimizer_step(run: Run, ids: list[int]) -> dict:
 def evaluate(run: Run) -> dict:
     """Held-out loss now; tracks the best one (and its weights, for early stopping)."""
     state = run.state
-    loss = mean_loss(run.loss_model, run.held, run.cfg.train.batch_size, run.cfg.train.packing,
-                     run.tok.pad_token_id, run.accelerator)
+    loss = mean_loss(
+        run.loss_model, run.held, run.cfg.train.batch_size, run.cfg.train.packing, run.tok.pad_token_id, run.accelerator
+    )
     if state.best_eval is None or loss < state.best_eval:
         state.best_eval, state.best_step, state.evals_without_improvement = loss, state.step, 0
         if run.cfg.train.early_stopping_patience:
@@ -326,17 +388,21 @@ def log_step(run: Run, record: dict, ids: list[int], logs: dict, bar) -> None:
             logs["metrics"].write(json.dumps(record) + "\n")
             logs["metrics"].flush()
         if "examples" in logs:
-            names = [(run.train_examples[run.encoded[i]["index"]].get("meta") or {}).get("id") or run.encoded[i]["index"]
-                     for i in ids]
+            names = [
+                (run.train_examples[run.encoded[i]["index"]].get("meta") or {}).get("id") or run.encoded[i]["index"]
+                for i in ids
+            ]
             logs["examples"].write(json.dumps({"step": state.step, "examples": names}) + "\n")
             logs["examples"].flush()
         if t.trackers:
             run.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
     run.last = record
     bar.update(1)
-    bar.set_postfix(loss=f"{record['loss']:.4f}" if record["loss"] is not None else "skipped",
-                    tok_s=f"{state.tokens / state.train_seconds:.0f}",
-                    **({"eval": f"{record['eval_loss']:.4f}"} if "eval_loss" in record else {}))
+    bar.set_postfix(
+        loss=f"{record['loss']:.4f}" if record["loss"] is not None else "skipped",
+        tok_s=f"{state.tokens / state.train_seconds:.0f}",
+        **({"eval": f"{record['eval_loss']:.4f}"} if "eval_loss" in record else {}),
+    )
 
 
 def finish(run: Run) -> Path:
@@ -349,19 +415,29 @@ def finish(run: Run) -> Path:
     if acc.is_main_process:
         save_final(run.dir / "final", inner.model, run.tok, run.cfg)
         summary = {
-            "steps": state.step, "train_seconds": round(state.train_seconds, 2), "tokens": state.tokens,
+            "steps": state.step,
+            "train_seconds": round(state.train_seconds, 2),
+            "tokens": state.tokens,
             "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
-            "final_train_loss": last.get("loss"), "final_eval_loss": last.get("eval_loss"),
-            "final_eval_ppl": last.get("eval_ppl"), "best_eval_loss": state.best_eval,
-            "best_eval_step": state.best_step, "skipped_steps": state.skipped,
-            "stopped_early": state.step < run.total_steps, "device": _describe_device(acc.device),
-            "processes": acc.num_processes, "method": t.method,
-            "trainable_params": sum(p.numel() for p in run.trainable), "peak_memory_mb": _peak_memory_mb(acc.device),
+            "final_train_loss": last.get("loss"),
+            "final_eval_loss": last.get("eval_loss"),
+            "final_eval_ppl": last.get("eval_ppl"),
+            "best_eval_loss": state.best_eval,
+            "best_eval_step": state.best_step,
+            "skipped_steps": state.skipped,
+            "stopped_early": state.step < run.total_steps,
+            "device": _describe_device(acc.device),
+            "processes": acc.num_processes,
+            "method": t.method,
+            "trainable_params": sum(p.numel() for p in run.trainable),
+            "peak_memory_mb": _peak_memory_mb(acc.device),
         }
         (run.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        acc.print(f"done: {state.step} steps in {state.train_seconds:.0f} s, {summary['train_tokens_per_s']:.0f} tokens/s; "
-                  f"train loss {_fmt(last.get('loss'))}, held-out loss {_fmt(last.get('eval_loss'))}; "
-                  f"final model in {run.dir / 'final'}")
+        acc.print(
+            f"done: {state.step} steps in {state.train_seconds:.0f} s, {summary['train_tokens_per_s']:.0f} tokens/s; "
+            f"train loss {_fmt(last.get('loss'))}, held-out loss {_fmt(last.get('eval_loss'))}; "
+            f"final model in {run.dir / 'final'}"
+        )
     if t.trackers:
         acc.end_training()
     acc.wait_for_everyone()
@@ -410,8 +486,12 @@ def build_model(cfg: Config, weight_dtype, accelerator):
     if t.method == "qlora":
         model = _load_4bit(cfg, accelerator)
     else:
-        model, _ = load(cfg.model.name, dtype=str(weight_dtype).replace("torch.", ""), device="cpu",
-                        trust_remote_code=cfg.model.trust_remote_code)
+        model, _ = load(
+            cfg.model.name,
+            dtype=str(weight_dtype).replace("torch.", ""),
+            device="cpu",
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
     _check_head(model)
     model.config.use_cache = False
     if t.packing:
@@ -425,9 +505,17 @@ def build_model(cfg: Config, weight_dtype, accelerator):
 
         targets = cfg.lora.target_modules
         targets = targets if targets == "all-linear" else [m.strip() for m in targets.split(",") if m.strip()]
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                                 target_modules=targets, use_dora=t.method == "dora",
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=targets,
+                use_dora=t.method == "dora",
+                task_type="CAUSAL_LM",
+            ),
+        )
     model.train()
     return model
 
@@ -436,8 +524,10 @@ def _load_4bit(cfg: Config, accelerator):
     import importlib.util
 
     if accelerator.device.type != "cuda":
-        raise UserError("train.method=qlora needs a CUDA GPU (bitsandbytes 4-bit kernels). "
-                        "fix: use train.method=lora on this machine.")
+        raise UserError(
+            "train.method=qlora needs a CUDA GPU (bitsandbytes 4-bit kernels). "
+            "fix: use train.method=lora on this machine."
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("train.method=qlora needs bitsandbytes. fix: pip install bitsandbytes")
     from peft import prepare_model_for_kbit_training
@@ -445,11 +535,18 @@ def _load_4bit(cfg: Config, accelerator):
 
     from tunesmith.models import converted_dir, resolve
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(converted_dir(resolve(cfg.model.name)), quantization_config=quant,
-                                                 device_map={"": accelerator.local_process_index},
-                                                 trust_remote_code=cfg.model.trust_remote_code)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        converted_dir(resolve(cfg.model.name)),
+        quantization_config=quant,
+        device_map={"": accelerator.local_process_index},
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
 
 
@@ -467,12 +564,13 @@ def _tokenizer(cfg: Config):
 # ------------------------------------------------------------------------------------------ held-out
 
 
-def heldout_loss(model, tok, examples: list[dict], max_len: int = 1024, batch_size: int = 8,
-                 train_on_prompt: bool = False) -> dict:
+def heldout_loss(
+    model, tok, examples: list[dict], max_len: int = 1024, batch_size: int = 8, train_on_prompt: bool = False
+) -> dict:
     """Mean per-token loss and perplexity of a model on chat examples (assistant tokens by default).
 
-        from tunesmith.models import load; model, tok = load("runs/run")
-        heldout_loss(model, tok, load_examples("heldout.jsonl"))  # {"loss", "ppl", "tokens", "examples"}
+    from tunesmith.models import load; model, tok = load("runs/run")
+    heldout_loss(model, tok, load_examples("heldout.jsonl"))  # {"loss", "ppl", "tokens", "examples"}
     """
     encoded, _ = encode_examples(tok, examples, max_len, "truncate", train_on_prompt)
     if not encoded:
@@ -481,8 +579,12 @@ def heldout_loss(model, tok, examples: list[dict], max_len: int = 1024, batch_si
     # padded batches: exact with any attention implementation (pads come last)
     loss = mean_loss(CausalLMLoss(model), encoded, batch_size, packing=False, pad_id=tok.pad_token_id or 0)
     model.train(was_training)
-    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "tokens": sum(n_targets(e) for e in encoded),
-            "examples": len(encoded)}
+    return {
+        "loss": loss,
+        "ppl": math.exp(min(loss, 50)),
+        "tokens": sum(n_targets(e) for e in encoded),
+        "examples": len(encoded),
+    }
 
 
 def mean_loss(loss_model, encoded: list[dict], batch_size: int, packing: bool, pad_id: int, accelerator=None) -> float:
@@ -495,9 +597,9 @@ def mean_loss(loss_model, encoded: list[dict], batch_size: int, packing: bool, p
     inner.eval()
     mine = sorted(encoded[rank::world], key=lambda e: len(e["ids"]))
     total = torch.zeros((), device=device)
-    with torch.no_grad(), (accelerator.autocast() if accelerator else contextlib.nullcontext()):
+    with torch.no_grad(), accelerator.autocast() if accelerator else contextlib.nullcontext():
         for a in range(0, len(mine), batch_size):
-            total += inner(**_to(collate(mine[a:a + batch_size], packing, pad_id), device)).float()
+            total += inner(**_to(collate(mine[a : a + batch_size], packing, pad_id), device)).float()
     if accelerator:
         total = accelerator.reduce(total, "sum")
     return total.item() / sum(n_targets(e) for e in encoded)
@@ -510,7 +612,9 @@ def save_final(out: Path, model, tok, cfg: Config) -> None:
     """RUN/final: a peft adapter whose base is the model spec as the user wrote it, or a full model."""
     impl = model.config._attn_implementation
     plain = "sdpa" if getattr(model, "_supports_sdpa", False) else "eager"  # Gemma 2 has no sdpa (score caps)
-    need = sum(p.numel() * p.element_size() for p in model.parameters() if cfg.train.method == "full" or p.requires_grad)
+    need = sum(
+        p.numel() * p.element_size() for p in model.parameters() if cfg.train.method == "full" or p.requires_grad
+    )
     with atomic_dir(out, need=need + (8 << 20), what="the final model") as tmp:  # + the tokenizer files
         if cfg.train.method == "full" and impl != plain:
             model.set_attn_implementation(plain)  # a saved model must load anywhere, without tunesmith
@@ -531,8 +635,12 @@ def save_final(out: Path, model, tok, cfg: Config) -> None:
 
 def _check_options(cfg: Config) -> None:
     t = cfg.train
-    closed = {"train.method": (t.method, METHODS), "train.schedule": (t.schedule, tuple(SCHEDULES)),
-              "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip")), "train.device": (t.device, ("auto", "cpu", "cuda"))}
+    closed = {
+        "train.method": (t.method, METHODS),
+        "train.schedule": (t.schedule, tuple(SCHEDULES)),
+        "train.on_nonfinite": (t.on_nonfinite, ("stop", "skip")),
+        "train.device": (t.device, ("auto", "cpu", "cuda")),
+    }
     for key, (value, allowed) in closed.items():
         if value not in allowed:
             raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}.")
@@ -542,8 +650,16 @@ def _check_options(cfg: Config) -> None:
 
 
 # What a run directory holds; a directory with anything else in it is someone's, not a run.
-RUN_ENTRIES = {"config.yaml", "data.json", "metrics.jsonl", "examples.jsonl", "checkpoints", "final", "summary.json",
-               "compare"}
+RUN_ENTRIES = {
+    "config.yaml",
+    "data.json",
+    "metrics.jsonl",
+    "examples.jsonl",
+    "checkpoints",
+    "final",
+    "summary.json",
+    "compare",
+}
 
 
 def _check_new_run_dir(run: Path) -> None:
@@ -554,10 +670,12 @@ def _check_new_run_dir(run: Path) -> None:
     ours = lambda name: name in RUN_ENTRIES or name.startswith((".", "export-"))  # noqa: E731 (export's default target)
     others = sorted(p.name for p in run.iterdir() if not ours(p.name)) if run.is_dir() else []
     if others:
-        raise UserError(f"train.output_dir={run} holds files that are not a tunesmith run ({', '.join(others[:5])}"
-                        f"{', ...' if len(others) > 5 else ''}); a run writes config.yaml, data.json, checkpoints/ "
-                        f"and final/ there and would overwrite them. fix: set train.output_dir to a new directory "
-                        f"(e.g. runs/NAME).")
+        raise UserError(
+            f"train.output_dir={run} holds files that are not a tunesmith run ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}); a run writes config.yaml, data.json, checkpoints/ "
+            f"and final/ there and would overwrite them. fix: set train.output_dir to a new directory "
+            f"(e.g. runs/NAME)."
+        )
 
 
 def _pick_device(device: str) -> str:
@@ -607,9 +725,15 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _dropped(report: dict) -> str:
-    parts = [f"{report[k]} {label}" for k, label in (("too_long_dropped", "dropped as too long"),
-                                                     ("truncated", "truncated"),
-                                                     ("no_loss_tokens", "dropped with no loss tokens")) if report[k]]
+    parts = [
+        f"{report[k]} {label}"
+        for k, label in (
+            ("too_long_dropped", "dropped as too long"),
+            ("truncated", "truncated"),
+            ("no_loss_tokens", "dropped with no loss tokens"),
+        )
+        if report[k]
+    ]
     return ", ".join(parts) or "none dropped"
 
 

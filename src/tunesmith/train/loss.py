@@ -28,8 +28,19 @@ from tunesmith.data.batches import IGNORE
 VARLEN = "tunesmith_varlen"
 
 
-def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seqlens=None,
-                     sliding_window=None, softcap=None, **_):
+def varlen_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    cu_seqlens=None,
+    sliding_window=None,
+    softcap=None,
+    **_,
+):
     """Causal attention that never crosses an example boundary.
 
     query (B, H, T, D), key/value (B, Hkv, T, D) -> (B, T, H, D), the shape transformers expects.
@@ -43,8 +54,17 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     scores -> softcap * tanh(scores / softcap), before the mask).
     """
     bounds = list(cu_seqlens) if cu_seqlens is not None else [0, query.shape[2]]
-    kernel = _cuda_varlen() if (query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and not dropout
-                                and not softcap and len(bounds) > 2) else None
+    kernel = (
+        _cuda_varlen()
+        if (
+            query.is_cuda
+            and query.dtype in (torch.bfloat16, torch.float16)
+            and not dropout
+            and not softcap
+            and len(bounds) > 2
+        )
+        else None
+    )
     if kernel is not None and (sliding_window is None or "window_size" in kernel[1]):
         fn, params = kernel
         cu = _device_cu(tuple(bounds), query.device)
@@ -66,8 +86,10 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     # split, not slicing: its backward is one concatenation, where each slice's backward would
     # write into a zero-filled copy of the whole row
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-    outs = [_causal(q, k, v, scaling, dropout, sliding_window, softcap)
-            for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))]
+    outs = [
+        _causal(q, k, v, scaling, dropout, sliding_window, softcap)
+        for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))
+    ]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -77,10 +99,12 @@ def _causal(q, k, v, scale, dropout, window, softcap):
     banded = window is not None and length > window  # a window as long as the example changes nothing
     if not softcap:
         if not banded:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout,
-                                                  enable_gqa=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=_band(length, window, q.device), scale=scale,
-                                              dropout_p=dropout, enable_gqa=True)
+            return F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scale, dropout_p=dropout, enable_gqa=True
+            )
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=_band(length, window, q.device), scale=scale, dropout_p=dropout, enable_gqa=True
+        )
     # SDPA cannot cap scores: written out as the model's eager attention does it, one example at a time
     groups = q.shape[1] // k.shape[1]
     k, v = (x.repeat_interleave(groups, dim=1) for x in (k, v))
@@ -140,17 +164,22 @@ def use_varlen(model) -> None:
     }
     for key, feature in refused.items():
         if getattr(cfg, key, None):
-            raise UserError(f"{family}: {feature} ({key}={getattr(cfg, key)}) is not supported by tunesmith's "
-                            f"packed attention. {fix}")
+            raise UserError(
+                f"{family}: {feature} ({key}={getattr(cfg, key)}) is not supported by tunesmith's "
+                f"packed attention. {fix}"
+            )
     if any(hasattr(m, "sinks") for m in model.modules()):
         raise UserError(f"{family}: attention sinks are not supported by tunesmith's packed attention. {fix}")
-    windowed = getattr(cfg, "sliding_window", None) and "sliding_attention" in (getattr(cfg, "layer_types", None)
-                                                                                 or ["sliding_attention"])
+    windowed = getattr(cfg, "sliding_window", None) and "sliding_attention" in (
+        getattr(cfg, "layer_types", None) or ["sliding_attention"]
+    )
     if windowed and not getattr(model, "_supports_flash_attn", False):
         # transformers hands a layer's window to the attention function only in families that can run
         # flash attention (flash takes no mask); elsewhere the window lives in a mask we never build
-        raise UserError(f"{family}: its sliding window reaches attention only through a mask, which tunesmith's "
-                        f"packed attention does not build. {fix}")
+        raise UserError(
+            f"{family}: its sliding window reaches attention only through a mask, which tunesmith's "
+            f"packed attention does not build. {fix}"
+        )
     AttentionInterface.register(VARLEN, varlen_attention)
     model.set_attn_implementation(VARLEN)
 
@@ -167,21 +196,32 @@ def logit_transform(config) -> tuple[float, float | None]:
     """(scale, softcap) the model's forward applies to its logits: logits * scale, then
     softcap * tanh(logits / softcap) when softcap is set. Raises for what tunesmith cannot reproduce."""
     cfg = config.get_text_config()
-    scales = {key: to_scale(getattr(cfg, key)) for key, to_scale in LOGIT_SCALES.items()
-              if getattr(cfg, key, None) not in (None, 1, 1.0)}
+    scales = {
+        key: to_scale(getattr(cfg, key))
+        for key, to_scale in LOGIT_SCALES.items()
+        if getattr(cfg, key, None) not in (None, 1, 1.0)
+    }
     softcap = getattr(cfg, "final_logit_softcapping", None) or None
     unknown = [key for key in UNSUPPORTED_HEADS if getattr(cfg, key, None) not in (None, 1, 1.0)]
     if unknown or len(scales) + bool(softcap) > 1:
         keys = unknown or [*scales, *(["final_logit_softcapping"] if softcap else [])]
-        raise UserError(f"{cfg.model_type}: its logits are rescaled in a way tunesmith's training loss does not "
-                        f"reproduce ({', '.join(keys)}). fix: none in tunesmith yet; train this model with "
-                        f"transformers' own Trainer, or pick another base model.")
+        raise UserError(
+            f"{cfg.model_type}: its logits are rescaled in a way tunesmith's training loss does not "
+            f"reproduce ({', '.join(keys)}). fix: none in tunesmith yet; train this model with "
+            f"transformers' own Trainer, or pick another base model."
+        )
     return (next(iter(scales.values())) if scales else 1.0), softcap
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         bias: torch.Tensor | None = None, chunk: int | None = None,
-                         scale: float = 1.0, softcap: float | None = None) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk: int | None = None,
+    scale: float = 1.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
     """Sum of cross-entropy of `targets` under logits hidden @ weight.T (+ bias), in chunks.
 
     hidden (N, d) holds only positions with a target; weight (V, d). The (chunk, V) logits live one
@@ -193,13 +233,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         chunk = max(1, (1 << (26 if hidden.is_cuda else 22)) // weight.shape[0])
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, scale, softcap)
     total = torch.zeros((), dtype=_wide(hidden).dtype, device=hidden.device)
     for a in range(0, hidden.shape[0], chunk):
-        logits, _ = _head(F.linear(hidden[a:a + chunk], weight, bias), scale, softcap)  # (chunk, V)
-        total += F.cross_entropy(logits, targets[a:a + chunk], reduction="sum")
+        logits, _ = _head(F.linear(hidden[a : a + chunk], weight, bias), scale, softcap)  # (chunk, V)
+        total += F.cross_entropy(logits, targets[a : a + chunk], reduction="sum")
     return total
 
 
@@ -223,7 +264,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         d_weight = torch.zeros_like(_wide(weight)) if need_w else None
         d_bias = torch.zeros_like(_wide(bias)) if need_b else None
         for a in range(0, hidden.shape[0], chunk):
-            h, t = hidden[a:a + chunk], targets[a:a + chunk]
+            h, t = hidden[a : a + chunk], targets[a : a + chunk]
             logits, capped = _head(F.linear(h, weight, bias), scale, softcap)  # (chunk, V), at least float32
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
@@ -236,7 +277,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad.mul_(scale)
             grad = grad.to(hidden.dtype)
             if need_h:
-                d_hidden[a:a + chunk] = grad @ weight
+                d_hidden[a : a + chunk] = grad @ weight
             if need_w:
                 d_weight += grad.t() @ h
             if need_b:
@@ -248,10 +289,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         d_hidden, d_weight, d_bias = ctx.saved_tensors
-        return (None if d_hidden is None else d_hidden * g.to(d_hidden.dtype),
-                None if d_weight is None else (d_weight * g).to(ctx.weight_dtype),
-                None if d_bias is None else (d_bias * g).to(ctx.weight_dtype),
-                None, None, None, None)
+        return (
+            None if d_hidden is None else d_hidden * g.to(d_hidden.dtype),
+            None if d_weight is None else (d_weight * g).to(ctx.weight_dtype),
+            None if d_bias is None else (d_bias * g).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -277,9 +323,11 @@ class CausalLMLoss(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, labels, cu_seqlens=None):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens,
-                                    use_cache=False).last_hidden_state  # (B, T, d)
+        hidden = base.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, use_cache=False
+        ).last_hidden_state  # (B, T, d)
         keep = labels != IGNORE  # (B, T): the only positions that reach the LM head
         head = base.get_output_embeddings()
-        return linear_cross_entropy(hidden[keep], head.weight, labels[keep], head.bias,
-                                    scale=self.scale, softcap=self.softcap)
+        return linear_cross_entropy(
+            hidden[keep], head.weight, labels[keep], head.bias, scale=self.scale, softcap=self.softcap
+        )

@@ -29,10 +29,28 @@ from pathlib import Path
 from tunesmith import UserError
 from tunesmith.workbench import db, jobs, review
 from tunesmith.workbench.projects import DATASET_SUFFIXES, config_path, create_project, project_dir
-from tunesmith.workbench.security import (CSRF_COOKIE, SESSION_COOKIE, SESSION_HOURS, Auth, MountedAt, Refused,
-                                          new_session, read_form, secret_key)
-from tunesmith.workbench.views import (Chat, as_form, config_values, glossary_marker, markdown, num, pct, progress,
-                                       verified_line)
+from tunesmith.workbench.security import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    SESSION_HOURS,
+    Auth,
+    MountedAt,
+    Refused,
+    new_session,
+    read_form,
+    secret_key,
+)
+from tunesmith.workbench.views import (
+    Chat,
+    as_form,
+    config_values,
+    glossary_marker,
+    markdown,
+    num,
+    pct,
+    progress,
+    verified_line,
+)
 
 HERE = Path(__file__).parent
 
@@ -49,12 +67,26 @@ FORM_DATA_KEYS = ("data.max_len", "data.too_long", "data.heldout_fraction", "dat
 COMPARE_DEFAULTS = {"compare.max_examples": "20", "generate.max_new_tokens": "128", "generate.temperature": "0"}
 
 
-def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: int = 200 * 2**20,
-               model: str | None = None, run_jobs: bool = True, job_env: dict | None = None):
+def create_app(
+    projects_dir,
+    *,
+    api_key: str | None = None,
+    max_upload_bytes: int = 200 * 2**20,
+    model: str | None = None,
+    run_jobs: bool = True,
+    job_env: dict | None = None,
+):
     """The workbench over PROJECTS_DIR (created if missing). run_jobs=False leaves the queue alone (tests)."""
     from fastapi import Depends, FastAPI, Request
-    from fastapi.responses import (FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse,
-                                   Response, StreamingResponse)
+    from fastapi.responses import (
+        FileResponse,
+        HTMLResponse,
+        JSONResponse,
+        PlainTextResponse,
+        RedirectResponse,
+        Response,
+        StreamingResponse,
+    )
     from fastapi.staticfiles import StaticFiles
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -64,8 +96,10 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
 
     root = Path(projects_dir).expanduser().resolve()
     if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: a file, not a projects directory. fix: name a directory (it is created if "
-                        f"missing), e.g. {root.parent / 'projects'}.")
+        raise UserError(
+            f"{root}: a file, not a projects directory. fix: name a directory (it is created if "
+            f"missing), e.g. {root.parent / 'projects'}."
+        )
     root.mkdir(parents=True, exist_ok=True)
     (root / "projects").mkdir(exist_ok=True)
     (root / ".uploads").mkdir(exist_ok=True)  # uploads land here first: never in the system's temp dir
@@ -102,8 +136,13 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         state = request.scope.setdefault("state", {})
         if not request.cookies.get(CSRF_COOKIE) and "new_csrf" not in state:
             state["new_csrf"] = secrets.token_urlsafe(32)
-        html = env.get_template(name).render(csrf=csrf_token(request), signed_in=bool(api_key), request=request,
-                                             base=request.scope.get("root_path", ""), **ctx)
+        html = env.get_template(name).render(
+            csrf=csrf_token(request),
+            signed_in=bool(api_key),
+            request=request,
+            base=request.scope.get("root_path", ""),
+            **ctx,
+        )
         resp = HTMLResponse(html, status_code=status)
         if "new_csrf" in state:
             resp.set_cookie(CSRF_COOKIE, state["new_csrf"], httponly=True, samesite="strict", path="/")
@@ -155,8 +194,15 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         if not hmac.compare_digest(form.get("key", "").encode(), api_key.encode()):
             return page(request, "login.html", status=401, error="That is not the key this workbench was started with.")
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(SESSION_COOKIE, new_session(secret, api_key), httponly=True, samesite="strict", path="/",
-                        max_age=SESSION_HOURS * 3600, secure=request.url.scheme == "https")
+        resp.set_cookie(
+            SESSION_COOKIE,
+            new_session(secret, api_key),
+            httponly=True,
+            samesite="strict",
+            path="/",
+            max_age=SESSION_HOURS * 3600,
+            secure=request.url.scheme == "https",
+        )
         return resp
 
     @app.post("/logout")
@@ -188,9 +234,17 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     async def index(request: Request):
         projects = db.all_(con(), "SELECT * FROM projects ORDER BY created DESC")
         for p in projects:
-            p["jobs"] = db.all_(con(), "SELECT id, kind, status FROM jobs WHERE project=? ORDER BY id DESC LIMIT 3", p["id"])
-        return page(request, "index.html", projects=projects, default_model=default_model,
-                    suffixes=", ".join((".zip",) + DATASET_SUFFIXES), limit_mb=max_upload_bytes // 2**20)
+            p["jobs"] = db.all_(
+                con(), "SELECT id, kind, status FROM jobs WHERE project=? ORDER BY id DESC LIMIT 3", p["id"]
+            )
+        return page(
+            request,
+            "index.html",
+            projects=projects,
+            default_model=default_model,
+            suffixes=", ".join((".zip",) + DATASET_SUFFIXES),
+            limit_mb=max_upload_bytes // 2**20,
+        )
 
     @app.post("/api/projects")
     async def new_project(request: Request, name: str = "", filename: str = "", model: str = ""):
@@ -200,8 +254,9 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
             raise UserError("no file name. fix: send ?filename=NAME.zip (or .jsonl, .csv …) with the file as the body.")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_upload_bytes:
-            raise Refused(413, f"{filename}: {int(declared):,} bytes; the limit is {max_upload_bytes:,} "
-                                f"(ui --max-upload-mb).")
+            raise Refused(
+                413, f"{filename}: {int(declared):,} bytes; the limit is {max_upload_bytes:,} (ui --max-upload-mb)."
+            )
         tmp = root / ".uploads" / secrets.token_hex(8)
         try:
             size = 0
@@ -213,19 +268,30 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
                     f.write(chunk)
             if size == 0:
                 raise UserError(f"{filename}: the upload is empty.")
-            row = await asyncio.to_thread(create_project, root, name.strip(), tmp, Path(filename).name,
-                                          model.strip() or default_model)
+            row = await asyncio.to_thread(
+                create_project, root, name.strip(), tmp, Path(filename).name, model.strip() or default_model
+            )
         finally:
             tmp.unlink(missing_ok=True)
-        con().execute("INSERT INTO projects (id, name, kind, source, model, created, summary) VALUES "
-                      "(:id, :name, :kind, :source, :model, :created, :summary)", row)
+        con().execute(
+            "INSERT INTO projects (id, name, kind, source, model, created, summary) VALUES "
+            "(:id, :name, :kind, :source, :model, :created, :summary)",
+            row,
+        )
         submit_check(row["id"])
         return {"id": row["id"], "url": f"{request.scope.get('root_path', '')}/p/{row['id']}"}
 
     def submit_check(pid: str) -> int:
         folder = project_dir(root, pid)
-        jid = jobs.submit(root, pid, "check", lambda jid, d: (
-            {"check": {"config": str(config_path(root, pid)), "out": str(folder / "check.json")}}, None))
+        jid = jobs.submit(
+            root,
+            pid,
+            "check",
+            lambda jid, d: (
+                {"check": {"config": str(config_path(root, pid)), "out": str(folder / "check.json")}},
+                None,
+            ),
+        )
         runner.wake()
         return jid
 
@@ -248,20 +314,40 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         rows = db.all_(con(), "SELECT * FROM jobs WHERE project=? ORDER BY id DESC", pid)
         for j in rows:
             j["params"] = json.loads(j["params"])
-            j["resumable"] = j["kind"] == "train" and j["status"] in ("stopped", "interrupted", "failed") \
+            j["resumable"] = (
+                j["kind"] == "train"
+                and j["status"] in ("stopped", "interrupted", "failed")
                 and jobs.has_checkpoint(j["run_dir"])
+            )
             j["finished"] = j["kind"] == "train" and j["status"] == "done"
             j["compared"] = bool(j["run_dir"]) and (Path(j["run_dir"]) / "compare" / "results.json").exists()
-            j["verified"] = verified_line(jobs.job_dir(root, j) / "log.txt") if j["kind"] == "export" and j["status"] == "done" else ""
+            j["verified"] = (
+                verified_line(jobs.job_dir(root, j) / "log.txt")
+                if j["kind"] == "export" and j["status"] == "done"
+                else ""
+            )
         checking = any(j["kind"] == "check" and j["status"] in jobs.ACTIVE for j in rows)
         cfg = load_config(config_path(root, pid))
         current = {k: v for k, _, v, _ in config_values(cfg)}
-        fields = [{"key": k, "type": t, "value": (values or {}).get(k, current[k]), "doc": d}
-                  for k, t, _, d in field_docs()
-                  if k.split(".")[0] in FORM_SECTIONS or k in FORM_DATA_KEYS]
-        return page(request, "project.html", status=status, p=p, check=check, checking=checking, jobs=rows,
-                    fields=fields, presets=PRESETS, error=error, compare_defaults=COMPARE_DEFAULTS,
-                    skip_keys={"train.output_dir"})
+        fields = [
+            {"key": k, "type": t, "value": (values or {}).get(k, current[k]), "doc": d}
+            for k, t, _, d in field_docs()
+            if k.split(".")[0] in FORM_SECTIONS or k in FORM_DATA_KEYS
+        ]
+        return page(
+            request,
+            "project.html",
+            status=status,
+            p=p,
+            check=check,
+            checking=checking,
+            jobs=rows,
+            fields=fields,
+            presets=PRESETS,
+            error=error,
+            compare_defaults=COMPARE_DEFAULTS,
+            skip_keys={"train.output_dir"},
+        )
 
     # ------------------------------------------------------------------ jobs
 
@@ -309,8 +395,10 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         if j["kind"] != "train" or j["status"] not in ("stopped", "interrupted", "failed"):
             raise UserError(f"job {jid} is {j['status']}; only a stopped, interrupted or failed training job resumes.")
         if not jobs.has_checkpoint(j["run_dir"]):
-            raise UserError(f"job {jid} saved no complete checkpoint before it ended, so there is nothing to resume "
-                            f"from. fix: start a new training run (with train.save_every set).")
+            raise UserError(
+                f"job {jid} saved no complete checkpoint before it ended, so there is nothing to resume "
+                f"from. fix: start a new training run (with train.save_every set)."
+            )
         runner.resume(j)
         return _back(request, f"/p/{j['project']}", {"status": "queued"})
 
@@ -354,8 +442,9 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
                     return
                 await asyncio.sleep(0.5)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     # ------------------------------------------------------------------ compare and the verdict
 
@@ -386,8 +475,13 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         overrides = [f"compare.output_dir={Path(run['run_dir']) / 'compare'}"]
         overrides += [f"{k}={form.get(k, v)}" for k, v in COMPARE_DEFAULTS.items()]
         load_config(cfg_file, overrides)  # refuse a bad value now, not in the job
-        jobs.submit(root, pid, "compare", lambda cid, d: (
-            {"argv": ["compare", cfg_file, *overrides, "--run", run["run_dir"]]}, None), parent=jid)
+        jobs.submit(
+            root,
+            pid,
+            "compare",
+            lambda cid, d: ({"argv": ["compare", cfg_file, *overrides, "--run", run["run_dir"]]}, None),
+            parent=jid,
+        )
         runner.wake()
         return RedirectResponse(f"/p/{pid}", status_code=303)
 
@@ -399,14 +493,30 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         shown = [s for s in samples if not task or (s.get("meta") or {}).get("task", "") == task]
         marker = glossary_marker(j)
         arms = [n for n, a in results["arms"].items() if a.get("status") == "ok"]
-        return page(request, "verdict.html", p=p, job=j, results=results, samples=shown, tasks=tasks, task=task,
-                    arms=arms, mark=marker, primary=results.get("primary_metric", "chrf"))
+        return page(
+            request,
+            "verdict.html",
+            p=p,
+            job=j,
+            results=results,
+            samples=shown,
+            tasks=tasks,
+            task=task,
+            arms=arms,
+            mark=marker,
+            primary=results.get("primary_metric", "chrf"),
+        )
 
     @app.get("/p/{pid}/report/{jid}")
     async def report_file(pid: str, jid: int):
         _, cdir, _, _ = verdict_files(pid, jid)
-        return FileResponse(cdir / "report.html", media_type="text/html",
-                            headers={"Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"})
+        return FileResponse(
+            cdir / "report.html",
+            media_type="text/html",
+            headers={
+                "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+            },
+        )
 
     # ------------------------------------------------------------------ blind review
 
@@ -417,18 +527,40 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         review.ensure_pairs(con(), jid, samples, results)
         reviewer = reviewer.strip()[:80]
         if not reviewer:
-            names = [r["reviewer"] for r in db.all_(con(), "SELECT DISTINCT r.reviewer FROM ratings r JOIN pairs p "
-                                                           "ON p.id=r.pair WHERE p.run_job=? ORDER BY 1", jid)]
+            names = [
+                r["reviewer"]
+                for r in db.all_(
+                    con(),
+                    "SELECT DISTINCT r.reviewer FROM ratings r JOIN pairs p "
+                    "ON p.id=r.pair WHERE p.run_job=? ORDER BY 1",
+                    jid,
+                )
+            ]
             return page(request, "review_start.html", p=p, job=j, reviewers=names)
         pair, done, total = review.next_pair(con(), jid, reviewer, skip=skip or None)
         shown = None
         if pair:
             a, b = review.sides(reviewer, pair)
             s = next(s for s in samples if s["index"] == pair["example"])
-            shown = {"pair": pair["id"], "prompt": s["prompt"], "task": (s.get("meta") or {}).get("task", ""),
-                     "a": s["outputs"][a]["text"], "b": s["outputs"][b]["text"]}
-        return page(request, "review.html", p=p, job=j, reviewer=reviewer, shown=shown, done=done, total=total,
-                    tags=review.TAGS, choices=review.CHOICES)
+            shown = {
+                "pair": pair["id"],
+                "prompt": s["prompt"],
+                "task": (s.get("meta") or {}).get("task", ""),
+                "a": s["outputs"][a]["text"],
+                "b": s["outputs"][b]["text"],
+            }
+        return page(
+            request,
+            "review.html",
+            p=p,
+            job=j,
+            reviewer=reviewer,
+            shown=shown,
+            done=done,
+            total=total,
+            tags=review.TAGS,
+            choices=review.CHOICES,
+        )
 
     @app.post("/p/{pid}/review/{jid}")
     async def review_rate(request: Request, pid: str, jid: int):
@@ -449,9 +581,13 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
         pair = db.one(con(), "SELECT * FROM pairs WHERE id=? AND run_job=?", pair_id, jid)
         if pair is None:
             raise Refused(404, f"No pair {pair_id} in run {jid}.")
-        row = review.rate(con(), pair_id, reviewer, str(form.get("choice", "")), list(tags), str(form.get("comment", "")))
+        row = review.rate(
+            con(), pair_id, reviewer, str(form.get("choice", "")), list(tags), str(form.get("comment", ""))
+        )
         await asyncio.to_thread(rejoin, jid, cdir, results, samples)
-        if "application/json" in request.headers.get("accept", "") or "application/json" in request.headers.get("content-type", ""):
+        if "application/json" in request.headers.get("accept", "") or "application/json" in request.headers.get(
+            "content-type", ""
+        ):
             return {"stored": row["id"], "choice": row["choice"]}
         return RedirectResponse(f"/p/{pid}/review/{jid}?reviewer={urllib.parse.quote(reviewer)}", status_code=303)
 
@@ -475,14 +611,20 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
     @app.get("/p/{pid}/review/{jid}/ratings.csv")
     async def ratings_csv(pid: str, jid: int):
         _, _, _, samples = verdict_files(pid, jid)
-        return Response(review.to_csv(con(), jid, samples), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{pid}-run{jid}-ratings.csv"'})
+        return Response(
+            review.to_csv(con(), jid, samples),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{pid}-run{jid}-ratings.csv"'},
+        )
 
     @app.get("/p/{pid}/review/{jid}/preferences.jsonl")
     async def preferences(pid: str, jid: int):
         _, _, _, samples = verdict_files(pid, jid)
-        return Response(review.to_dpo(con(), jid, samples), media_type="application/x-ndjson",
-                        headers={"Content-Disposition": f'attachment; filename="{pid}-run{jid}-dpo.jsonl"'})
+        return Response(
+            review.to_dpo(con(), jid, samples),
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": f'attachment; filename="{pid}-run{jid}-dpo.jsonl"'},
+        )
 
     # ------------------------------------------------------------------ chat and export
 
@@ -524,8 +666,14 @@ def create_app(projects_dir, *, api_key: str | None = None, max_upload_bytes: in
             raise UserError(f"unknown export format '{fmt}'; one of {', '.join(FORMATS)}.")
         if run["status"] != "done":
             raise UserError(f"run {jid} is {run['status']}; export needs a finished run.")
-        jobs.submit(root, pid, "export", lambda eid, d: ({"argv": ["export", run["run_dir"], "--format", fmt]}, None),
-                    parent=jid, params={"format": fmt})
+        jobs.submit(
+            root,
+            pid,
+            "export",
+            lambda eid, d: ({"argv": ["export", run["run_dir"], "--format", fmt]}, None),
+            parent=jid,
+            params={"format": fmt},
+        )
         runner.wake()
         return RedirectResponse(f"/p/{pid}#jobs", status_code=303)
 
@@ -552,12 +700,17 @@ def cli_ui(args) -> int:
 
     api_key = args.api_key or os.environ.get("TUNESMITH_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: the workbench on {args.host} without --api-key: anyone who can reach this port can "
-              f"upload, train and read every project.", flush=True)
-    app = create_app(args.projects_dir, api_key=api_key, max_upload_bytes=args.max_upload_mb * 2**20,
-                     model=args.model)
+        print(
+            f"warning: the workbench on {args.host} without --api-key: anyone who can reach this port can "
+            f"upload, train and read every project.",
+            flush=True,
+        )
+    app = create_app(args.projects_dir, api_key=api_key, max_upload_bytes=args.max_upload_mb * 2**20, model=args.model)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"tunesmith workbench: projects in {Path(args.projects_dir).resolve()}\n"
-          f"  open    http://{host}:{args.port}/{'  (sign in with the API key)' if api_key else ''}", flush=True)
+    print(
+        f"tunesmith workbench: projects in {Path(args.projects_dir).resolve()}\n"
+        f"  open    http://{host}:{args.port}/{'  (sign in with the API key)' if api_key else ''}",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
     return 0

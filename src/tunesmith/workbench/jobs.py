@@ -34,13 +34,16 @@ def job_dir(projects_dir: Path, job: dict) -> Path:
     return project_dir(projects_dir, job["project"]) / "jobs" / str(job["id"])
 
 
-def submit(projects_dir: Path, project: str, kind: str, make_spec, parent: int | None = None,
-           params: dict | None = None) -> int:
+def submit(
+    projects_dir: Path, project: str, kind: str, make_spec, parent: int | None = None, params: dict | None = None
+) -> int:
     """Queue a job. make_spec(job id, job dir) -> (spec, run_dir): what the worker runs ({"argv": [...]}
     or {"check": {...}}) and the run directory the job writes, if any. Returns the job's id."""
     con = db.connect(projects_dir)
-    cur = con.execute("INSERT INTO jobs (project, kind, status, params, parent, created) VALUES (?,?,?,?,?,?)",
-                      (project, kind, "preparing", json.dumps(params or {}), parent, time.time()))
+    cur = con.execute(
+        "INSERT INTO jobs (project, kind, status, params, parent, created) VALUES (?,?,?,?,?,?)",
+        (project, kind, "preparing", json.dumps(params or {}), parent, time.time()),
+    )
     jid = cur.lastrowid
     d = job_dir(projects_dir, {"id": jid, "project": project})
     d.mkdir(parents=True, exist_ok=True)
@@ -105,11 +108,14 @@ class Runner:
         try:
             fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{self.projects_dir}: another workbench is already running jobs for this folder. "
-                            f"fix: stop it, or give this one another PROJECTS_DIR.") from None
+            raise UserError(
+                f"{self.projects_dir}: another workbench is already running jobs for this folder. "
+                f"fix: stop it, or give this one another PROJECTS_DIR."
+            ) from None
         db.connect(self.projects_dir).execute(
             "UPDATE jobs SET status='failed', message='the server stopped while it was queueing this job' "
-            "WHERE status='preparing'")
+            "WHERE status='preparing'"
+        )
         self.tick()
         self.thread = threading.Thread(target=self._loop, name="tunesmith-jobs", daemon=True)
         self.thread.start()
@@ -164,8 +170,10 @@ class Runner:
             message = _error_line(d / "log.txt") or f"exit code {rc}"
         elif status == "interrupted":
             message = "the job's process ended without finishing (killed, or the machine restarted)"
-        con.execute("UPDATE jobs SET status=?, rc=?, ended=?, message=? WHERE id=?",
-                    (status, rc, time.time(), message, job["id"]))
+        con.execute(
+            "UPDATE jobs SET status=?, rc=?, ended=?, message=? WHERE id=?",
+            (status, rc, time.time(), message, job["id"]),
+        )
 
     def _launch(self, con, job: dict) -> None:
         d = job_dir(self.projects_dir, job)
@@ -177,12 +185,21 @@ class Runner:
             log.write(f"\n--- started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
             log.flush()
             # Its own session: the job outlives the server and a Ctrl-C meant for the server.
-            proc = subprocess.Popen([sys.executable, "-m", "tunesmith.workbench.worker", str(d)], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    cwd=str(project_dir(self.projects_dir, job["project"])), start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tunesmith.workbench.worker", str(d)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=str(project_dir(self.projects_dir, job["project"])),
+                start_new_session=True,
+            )
         self.children[job["id"]] = proc
-        con.execute("UPDATE jobs SET status='running', pid=?, pid_start=?, started=?, ended=NULL, rc=NULL, message='' "
-                    "WHERE id=?", (proc.pid, process_start(proc.pid), time.time(), job["id"]))
+        con.execute(
+            "UPDATE jobs SET status='running', pid=?, pid_start=?, started=?, ended=NULL, rc=NULL, message='' "
+            "WHERE id=?",
+            (proc.pid, process_start(proc.pid), time.time(), job["id"]),
+        )
 
     # ---------------------------------------------------------------------------------- actions
 
@@ -209,7 +226,8 @@ class Runner:
         with self.lock:
             db.connect(self.projects_dir).execute(
                 "UPDATE jobs SET status='queued', pid=NULL, pid_start=NULL, rc=NULL, ended=NULL, message='' WHERE id=?",
-                (job["id"],))
+                (job["id"],),
+            )
         self.wake()
 
 
@@ -221,7 +239,7 @@ def _error_line(log: Path) -> str:
         return ""
     for line in reversed(lines[-200:]):
         if line.startswith("error:"):
-            return line[len("error:"):].strip()
+            return line[len("error:") :].strip()
     return lines[-1].strip() if lines else ""
 
 

@@ -51,30 +51,43 @@ def check_zip(zf: zipfile.ZipFile, where: str) -> list[zipfile.ZipInfo]:
     """The entries to unpack, or a UserError naming the first entry that must not be written."""
     infos = zf.infolist()
     if len(infos) > ZIP_LIMITS["entries"]:
-        raise UserError(f"{where}: {len(infos)} entries; at most {ZIP_LIMITS['entries']} are accepted. "
-                        f"fix: zip only the repository folder.")
+        raise UserError(
+            f"{where}: {len(infos)} entries; at most {ZIP_LIMITS['entries']} are accepted. "
+            f"fix: zip only the repository folder."
+        )
     total = 0
     for info in infos:
         name = info.filename
         path = PurePosixPath(name.replace("\\", "/"))
         if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-            raise UserError(f"{where}: entry '{name}' has an absolute path; refused (it would be written outside "
-                            f"the project). fix: zip the folder with relative paths.")
+            raise UserError(
+                f"{where}: entry '{name}' has an absolute path; refused (it would be written outside "
+                f"the project). fix: zip the folder with relative paths."
+            )
         if ".." in path.parts:
-            raise UserError(f"{where}: entry '{name}' climbs out of the folder with '..'; refused. "
-                            f"fix: zip the folder itself, with relative paths.")
+            raise UserError(
+                f"{where}: entry '{name}' climbs out of the folder with '..'; refused. "
+                f"fix: zip the folder itself, with relative paths."
+            )
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
-            raise UserError(f"{where}: entry '{name}' is a symbolic link; refused (links can point outside the "
-                            f"project). fix: replace the link with the file it points to.")
+            raise UserError(
+                f"{where}: entry '{name}' is a symbolic link; refused (links can point outside the "
+                f"project). fix: replace the link with the file it points to."
+            )
         total += info.file_size
         if total > ZIP_LIMITS["total_bytes"]:
-            raise UserError(f"{where}: unpacks to more than {ZIP_LIMITS['total_bytes'] // 2**20} MiB; refused as a "
-                            f"possible zip bomb. fix: leave media and exports out of the repository zip.")
-        if (info.file_size > ZIP_LIMITS["ratio_min_bytes"]
-                and info.file_size > ZIP_LIMITS["ratio"] * max(info.compress_size, 1)):
-            raise UserError(f"{where}: entry '{name}' expands {info.file_size / max(info.compress_size, 1):.0f}x "
-                            f"(to {info.file_size:,} bytes); refused as a possible zip bomb.")
+            raise UserError(
+                f"{where}: unpacks to more than {ZIP_LIMITS['total_bytes'] // 2**20} MiB; refused as a "
+                f"possible zip bomb. fix: leave media and exports out of the repository zip."
+            )
+        if info.file_size > ZIP_LIMITS["ratio_min_bytes"] and info.file_size > ZIP_LIMITS["ratio"] * max(
+            info.compress_size, 1
+        ):
+            raise UserError(
+                f"{where}: entry '{name}' expands {info.file_size / max(info.compress_size, 1):.0f}x "
+                f"(to {info.file_size:,} bytes); refused as a possible zip bomb."
+            )
     return infos
 
 
@@ -85,8 +98,10 @@ def safe_unzip(archive: Path, dest: Path, where: str = "") -> None:
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
-        raise UserError(f"{where}: not a zip file. fix: upload the repository folder as a .zip, or a dataset "
-                        f"file ({', '.join(DATASET_SUFFIXES)}).") from None
+        raise UserError(
+            f"{where}: not a zip file. fix: upload the repository folder as a .zip, or a dataset "
+            f"file ({', '.join(DATASET_SUFFIXES)})."
+        ) from None
     tmp = dest.with_name(f".{dest.name}.unpacking")
     try:
         with zf:
@@ -145,7 +160,9 @@ def create_project(projects_dir: Path, name: str, upload: Path, filename: str, m
             summary.pop("out", None)
             cfg_path = folder / "data" / "config.yaml"
             text = cfg_path.read_text(encoding="utf-8")
-            cfg_path.write_text(re.sub(r"(?m)^  name: .*$", f"  name: {json.dumps(model)}", text, count=1), encoding="utf-8")
+            cfg_path.write_text(
+                re.sub(r"(?m)^  name: .*$", f"  name: {json.dumps(model)}", text, count=1), encoding="utf-8"
+            )
         elif suffix in DATASET_SUFFIXES:
             kind = "dataset"
             (folder / "source").mkdir()
@@ -157,15 +174,24 @@ def create_project(projects_dir: Path, name: str, upload: Path, filename: str, m
             save_config(cfg, folder / "data" / "config.yaml")
             summary = {"file": filename}
         else:
-            raise UserError(f"{filename}: not a repository .zip or a dataset file. fix: upload a .zip of the "
-                            f"repository folder, or one of {', '.join(DATASET_SUFFIXES)}.")
+            raise UserError(
+                f"{filename}: not a repository .zip or a dataset file. fix: upload a .zip of the "
+                f"repository folder, or one of {', '.join(DATASET_SUFFIXES)}."
+            )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     for sub in ("jobs", "runs"):
         (folder / sub).mkdir()
-    return {"id": pid, "name": name or Path(filename).stem, "kind": kind, "source": filename, "model": model,
-            "created": time.time(), "summary": json.dumps(summary)}
+    return {
+        "id": pid,
+        "name": name or Path(filename).stem,
+        "kind": kind,
+        "source": filename,
+        "model": model,
+        "created": time.time(),
+        "summary": json.dumps(summary),
+    }
 
 
 def config_path(projects_dir: Path, pid: str) -> Path:

@@ -48,8 +48,9 @@ def wilson(k: float, n: float, z: float = 1.959964) -> tuple[float, float, float
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
-def bradley_terry(wins: dict[tuple[str, str], float], arms: list[str], prior: float = 0.5,
-                  iters: int = 10_000, tol: float = 1e-12) -> dict[str, float]:
+def bradley_terry(
+    wins: dict[tuple[str, str], float], arms: list[str], prior: float = 0.5, iters: int = 10_000, tol: float = 1e-12
+) -> dict[str, float]:
     """Bradley–Terry strengths (summing to 1) by Hunter's (2004) MM iteration.
 
     wins[(i, j)]: times i beat j (a tie counts half to each). `prior` adds that many virtual wins
@@ -118,8 +119,12 @@ def review_arms(results: dict, limit: int = 3) -> list[str]:
 def ensure_pairs(con, run_job: int, samples: list[dict], results: dict) -> list[dict]:
     """Every (example, arm, arm) pair of the review arms, created once per run."""
     arms = review_arms(results)
-    rows = [(run_job, s["index"], x, y) for s in samples for x, y in itertools.combinations(arms, 2)
-            if x in s["outputs"] and y in s["outputs"]]
+    rows = [
+        (run_job, s["index"], x, y)
+        for s in samples
+        for x, y in itertools.combinations(arms, 2)
+        if x in s["outputs"] and y in s["outputs"]
+    ]
     con.executemany("INSERT OR IGNORE INTO pairs (run_job, example, arm_x, arm_y) VALUES (?,?,?,?)", rows)
     return db.all_(con, "SELECT * FROM pairs WHERE run_job=? ORDER BY id", run_job)
 
@@ -143,8 +148,15 @@ def sides(reviewer: str, pair: dict) -> tuple[str, str]:
 def next_pair(con, run_job: int, reviewer: str, skip: int | None = None) -> tuple[dict | None, int, int]:
     """(the reviewer's next unrated pair, pairs rated, pairs in all)."""
     pairs = {p["id"]: p for p in db.all_(con, "SELECT * FROM pairs WHERE run_job=?", run_job)}
-    rated = {r["pair"] for r in db.all_(con, "SELECT r.pair FROM ratings r JOIN pairs p ON p.id=r.pair "
-                                             "WHERE p.run_job=? AND r.reviewer=?", run_job, reviewer)}
+    rated = {
+        r["pair"]
+        for r in db.all_(
+            con,
+            "SELECT r.pair FROM ratings r JOIN pairs p ON p.id=r.pair WHERE p.run_job=? AND r.reviewer=?",
+            run_job,
+            reviewer,
+        )
+    }
     left = [pid for pid in order_for(reviewer, list(pairs)) if pid not in rated]
     if not left:
         return None, len(rated), len(pairs)
@@ -166,17 +178,23 @@ def rate(con, pair_id: int, reviewer: str, choice: str, tags: list[str] = (), co
         raise UserError(f"no pair {pair_id}.")
     a, b = sides(reviewer, pair)
     winner = {"A": a, "B": b}.get(choice)
-    con.execute("INSERT INTO ratings (pair, reviewer, shown_a, choice, winner, tags, comment, created) "
-                "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pair, reviewer) DO UPDATE SET shown_a=excluded.shown_a, "
-                "choice=excluded.choice, winner=excluded.winner, tags=excluded.tags, comment=excluded.comment, "
-                "created=excluded.created",
-                (pair_id, reviewer, a, choice, winner, ",".join(tags), comment[:2000], time.time()))
+    con.execute(
+        "INSERT INTO ratings (pair, reviewer, shown_a, choice, winner, tags, comment, created) "
+        "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pair, reviewer) DO UPDATE SET shown_a=excluded.shown_a, "
+        "choice=excluded.choice, winner=excluded.winner, tags=excluded.tags, comment=excluded.comment, "
+        "created=excluded.created",
+        (pair_id, reviewer, a, choice, winner, ",".join(tags), comment[:2000], time.time()),
+    )
     return db.one(con, "SELECT * FROM ratings WHERE pair=? AND reviewer=?", pair_id, reviewer)
 
 
 def ratings(con, run_job: int) -> list[dict]:
-    return db.all_(con, "SELECT r.*, p.example, p.arm_x, p.arm_y FROM ratings r JOIN pairs p ON p.id=r.pair "
-                        "WHERE p.run_job=? ORDER BY r.id", run_job)
+    return db.all_(
+        con,
+        "SELECT r.*, p.example, p.arm_x, p.arm_y FROM ratings r JOIN pairs p ON p.id=r.pair "
+        "WHERE p.run_job=? ORDER BY r.id",
+        run_job,
+    )
 
 
 def _label(r: dict) -> str:
@@ -204,8 +222,20 @@ def summarise(con, run_job: int, samples: list[dict], results: dict) -> dict:
         ties = sum(r["choice"] == "tie" for r in rs)
         bad = sum(r["choice"] == "both_bad" for r in rs)
         rate_, lo, hi = wilson(xw, xw + yw)
-        matchups.append({"x": x, "y": y, "ratings": len(rs), "x_wins": xw, "y_wins": yw, "ties": ties,
-                         "both_bad": bad, "x_win_rate": rate_, "lo": lo, "hi": hi})
+        matchups.append(
+            {
+                "x": x,
+                "y": y,
+                "ratings": len(rs),
+                "x_wins": xw,
+                "y_wins": yw,
+                "ties": ties,
+                "both_bad": bad,
+                "x_win_rate": rate_,
+                "lo": lo,
+                "hi": hi,
+            }
+        )
         wins[(x, y)] = xw + ties / 2
         wins[(y, x)] = yw + ties / 2
     strengths = bradley_terry(wins, arms) if rows else {a: 1 / len(arms) for a in arms} if arms else {}
@@ -220,8 +250,15 @@ def summarise(con, run_job: int, samples: list[dict], results: dict) -> dict:
         common = sorted(set(by_rater[a]) & set(by_rater[b]))
         if len(common) >= 2:
             k = cohen_kappa([by_rater[a][p] for p in common], [by_rater[b][p] for p in common])
-            cohen.append({"a": a, "b": b, "pairs": len(common), "kappa": k,
-                          "agree": sum(by_rater[a][p] == by_rater[b][p] for p in common) / len(common)})
+            cohen.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "pairs": len(common),
+                    "kappa": k,
+                    "agree": sum(by_rater[a][p] == by_rater[b][p] for p in common) / len(common),
+                }
+            )
     fleiss = None
     if len(by_rater) >= 3:
         common = sorted(set.intersection(*(set(v) for v in by_rater.values())))
@@ -243,11 +280,18 @@ def summarise(con, run_job: int, samples: list[dict], results: dict) -> dict:
         n += 1
         agree += sw > sl
     share, lo, hi = wilson(agree, n)
-    summary = {"reviewers": sorted(by_rater), "ratings": len(rows), "pairs": db.one(
-        con, "SELECT COUNT(*) AS n FROM pairs WHERE run_job=?", run_job)["n"], "arms": arms,
-        "matchups": matchups, "bradley_terry": ranking, "cohen": cohen, "fleiss": fleiss,
+    summary = {
+        "reviewers": sorted(by_rater),
+        "ratings": len(rows),
+        "pairs": db.one(con, "SELECT COUNT(*) AS n FROM pairs WHERE run_job=?", run_job)["n"],
+        "arms": arms,
+        "matchups": matchups,
+        "bradley_terry": ranking,
+        "cohen": cohen,
+        "fleiss": fleiss,
         "metric_agreement": {"metric": primary, "decisive": n, "agree": agree, "share": share, "lo": lo, "hi": hi},
-        "tags": {t: sum(t in r["tags"].split(",") for r in rows) for t in TAGS}}
+        "tags": {t: sum(t in r["tags"].split(",") for r in rows) for t in TAGS},
+    }
     summary["sentence"] = verdict_sentence(summary, results)
     return summary
 
@@ -286,8 +330,20 @@ def to_csv(con, run_job: int, samples: list[dict]) -> str:
     for r in ratings(con, run_job):
         meta = by_example.get(r["example"], {}).get("meta") or {}
         other = r["arm_y"] if r["shown_a"] == r["arm_x"] else r["arm_x"]
-        w.writerow([r["reviewer"], meta.get("id", r["example"]), meta.get("task", ""), r["shown_a"], other, r["choice"],
-                    r["winner"] or "", r["tags"], r["comment"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created"]))])
+        w.writerow(
+            [
+                r["reviewer"],
+                meta.get("id", r["example"]),
+                meta.get("task", ""),
+                r["shown_a"],
+                other,
+                r["choice"],
+                r["winner"] or "",
+                r["tags"],
+                r["comment"],
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created"])),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -309,10 +365,16 @@ def to_dpo(con, run_job: int, samples: list[dict]) -> str:
             continue
         chosen, rejected = (x, y) if v[x] > v[y] else (y, x)
         s = by_example[r["example"]]
-        lines.append(json.dumps({"prompt": s["prompt"],
-                                 "chosen": [{"role": "assistant", "content": s["outputs"][chosen]["text"]}],
-                                 "rejected": [{"role": "assistant", "content": s["outputs"][rejected]["text"]}]},
-                                ensure_ascii=False))
+        lines.append(
+            json.dumps(
+                {
+                    "prompt": s["prompt"],
+                    "chosen": [{"role": "assistant", "content": s["outputs"][chosen]["text"]}],
+                    "rejected": [{"role": "assistant", "content": s["outputs"][rejected]["text"]}],
+                },
+                ensure_ascii=False,
+            )
+        )
     return "".join(line + "\n" for line in lines)
 
 
@@ -333,7 +395,7 @@ def join_report(compare_dir: Path, summary: dict) -> None:
         text = page.read_text(encoding="utf-8")
         start, end = text.find(MARK[0]), text.find(MARK[1])
         if start >= 0 and end > start:
-            text = text[:start] + text[end + len(MARK[1]):]
+            text = text[:start] + text[end + len(MARK[1]) :]
         at = text.find("<h2>")
         at = at if at >= 0 else text.find("</body>")
         text = text[:at] + MARK[0] + section_html(summary) + MARK[1] + text[at:]
@@ -344,26 +406,39 @@ def section_html(s: dict) -> str:
     e = html.escape
     pct = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0%}"  # noqa: E731
     num = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-    out = [f"<h2>Expert review (blind)</h2><p class=verdict>{e(s['sentence'])}</p>",
-           f"<p>{s['ratings']} ratings by {len(s['reviewers'])} reviewer(s) ({e(', '.join(s['reviewers']))}) of "
-           f"{s['pairs']} pairs; each pair is one held-out prompt answered by two arms, names hidden, sides shuffled.</p>",
-           "<table><tr><th>arm X</th><th>arm Y</th><th>ratings</th><th>X wins</th><th>Y wins</th><th>ties</th>"
-           "<th>both bad</th><th>X win rate (decisive)</th><th>95 % Wilson interval</th></tr>"]
+    out = [
+        f"<h2>Expert review (blind)</h2><p class=verdict>{e(s['sentence'])}</p>",
+        f"<p>{s['ratings']} ratings by {len(s['reviewers'])} reviewer(s) ({e(', '.join(s['reviewers']))}) of "
+        f"{s['pairs']} pairs; each pair is one held-out prompt answered by two arms, names hidden, sides shuffled.</p>",
+        "<table><tr><th>arm X</th><th>arm Y</th><th>ratings</th><th>X wins</th><th>Y wins</th><th>ties</th>"
+        "<th>both bad</th><th>X win rate (decisive)</th><th>95 % Wilson interval</th></tr>",
+    ]
     for m in s["matchups"]:
-        out.append(f"<tr><td>{e(m['x'])}</td><td>{e(m['y'])}</td><td>{m['ratings']}</td><td>{m['x_wins']}</td>"
-                   f"<td>{m['y_wins']}</td><td>{m['ties']}</td><td>{m['both_bad']}</td><td>{pct(m['x_win_rate'])}</td>"
-                   f"<td>{pct(m['lo'])}–{pct(m['hi'])}</td></tr>")
-    out.append("</table><p><b>Bradley–Terry ranking:</b> " + ", ".join(
-        f"{i + 1}. {e(r['arm'])} ({r['strength']:.2f})" for i, r in enumerate(s["bradley_terry"])) + "</p>")
+        out.append(
+            f"<tr><td>{e(m['x'])}</td><td>{e(m['y'])}</td><td>{m['ratings']}</td><td>{m['x_wins']}</td>"
+            f"<td>{m['y_wins']}</td><td>{m['ties']}</td><td>{m['both_bad']}</td><td>{pct(m['x_win_rate'])}</td>"
+            f"<td>{pct(m['lo'])}–{pct(m['hi'])}</td></tr>"
+        )
+    out.append(
+        "</table><p><b>Bradley–Terry ranking:</b> "
+        + ", ".join(f"{i + 1}. {e(r['arm'])} ({r['strength']:.2f})" for i, r in enumerate(s["bradley_terry"]))
+        + "</p>"
+    )
     for c in s["cohen"]:
-        out.append(f"<p>Cohen's kappa {e(c['a'])} vs {e(c['b'])}: {num(c['kappa'])} on {c['pairs']} shared pairs "
-                   f"(raw agreement {pct(c['agree'])}).</p>")
+        out.append(
+            f"<p>Cohen's kappa {e(c['a'])} vs {e(c['b'])}: {num(c['kappa'])} on {c['pairs']} shared pairs "
+            f"(raw agreement {pct(c['agree'])}).</p>"
+        )
     if s["fleiss"]:
         f = s["fleiss"]
-        out.append(f"<p>Fleiss' kappa over {f['raters']} reviewers: {num(f['kappa'])} on {f['pairs']} pairs all rated.</p>")
+        out.append(
+            f"<p>Fleiss' kappa over {f['raters']} reviewers: {num(f['kappa'])} on {f['pairs']} pairs all rated.</p>"
+        )
     m = s["metric_agreement"]
-    out.append(f"<p>Agreement with {e(m['metric'])}: the expert's choice scores higher on it in {m['agree']} of "
-               f"{m['decisive']} decisive ratings ({pct(m['share'])}, 95 % interval {pct(m['lo'])}–{pct(m['hi'])}).</p>")
+    out.append(
+        f"<p>Agreement with {e(m['metric'])}: the expert's choice scores higher on it in {m['agree']} of "
+        f"{m['decisive']} decisive ratings ({pct(m['share'])}, 95 % interval {pct(m['lo'])}–{pct(m['hi'])}).</p>"
+    )
     return "".join(out)
 
 

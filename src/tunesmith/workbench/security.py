@@ -46,11 +46,15 @@ class Auth:
             state["auth"] = "session"
         elif route_path(scope) not in PUBLIC:
             if "text/html" in request.headers.get("accept", ""):
-                resp = HTMLResponse('<!doctype html><meta charset=utf-8><title>Sign in</title><p>This workbench needs '
-                                    f'its key. <a href="{scope.get("root_path", "")}/login">Sign in</a>.</p>',
-                                    status_code=401)
+                resp = HTMLResponse(
+                    "<!doctype html><meta charset=utf-8><title>Sign in</title><p>This workbench needs "
+                    f'its key. <a href="{scope.get("root_path", "")}/login">Sign in</a>.</p>',
+                    status_code=401,
+                )
             else:
-                resp = JSONResponse({"error": "Sign in at /login, or send `Authorization: Bearer KEY`."}, status_code=401)
+                resp = JSONResponse(
+                    {"error": "Sign in at /login, or send `Authorization: Bearer KEY`."}, status_code=401
+                )
             return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -70,9 +74,15 @@ class MountedAt:
 
         async def prefixed(message):
             if message["type"] == "http.response.start":
-                message["headers"] = [(k, prefix.encode() + v if k.lower() == b"location" and v.startswith(b"/")
-                                       and not v.startswith(prefix.encode() + b"/") else v)
-                                      for k, v in message.get("headers", [])]
+                message["headers"] = [
+                    (
+                        k,
+                        prefix.encode() + v
+                        if k.lower() == b"location" and v.startswith(b"/") and not v.startswith(prefix.encode() + b"/")
+                        else v,
+                    )
+                    for k, v in message.get("headers", [])
+                ]
             await send(message)
 
         return await self.app(scope, receive, prefixed)
@@ -81,7 +91,7 @@ class MountedAt:
 def route_path(scope) -> str:
     """The request's path below the prefix the workbench is mounted at."""
     path, prefix = scope["path"], scope.get("root_path", "")
-    return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
+    return path[len(prefix) :] or "/" if prefix and path.startswith(prefix) else path
 
 
 def secret_key(root: Path) -> bytes:

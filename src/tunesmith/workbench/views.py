@@ -53,7 +53,9 @@ def progress(job: dict, rows: list[dict]) -> dict:
 
 def verified_line(log: Path) -> str:
     try:
-        return next((x for x in reversed(log.read_text(errors="replace").splitlines()) if x.startswith("verified:")), "")
+        return next(
+            (x for x in reversed(log.read_text(errors="replace").splitlines()) if x.startswith("verified:")), ""
+        )
     except FileNotFoundError:
         return ""
 
@@ -73,8 +75,10 @@ def glossary_marker(job: dict):
     if not kinds:
         return lambda text: html.escape(text)
     alts = sorted(kinds, key=len, reverse=True)  # the longest phrase wins, as in the metric
-    pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(a).replace(r"\ ", r"[\s-]+") for a in alts)
-                         + r")(?:s|es)?(?![\w-])", re.IGNORECASE)
+    pattern = re.compile(
+        r"(?<![\w-])(" + "|".join(re.escape(a).replace(r"\ ", r"[\s-]+") for a in alts) + r")(?:s|es)?(?![\w-])",
+        re.IGNORECASE,
+    )
 
     def mark(text: str) -> str:
         out, at = [], 0
@@ -82,7 +86,7 @@ def glossary_marker(job: dict):
             key = re.sub(r"[\s-]+", " ", m.group(1).lower())
             kind = kinds.get(key, "pref")
             title = "preferred glossary term" if kind == "pref" else "rejected variant"
-            out.append(html.escape(text[at:m.start()]))
+            out.append(html.escape(text[at : m.start()]))
             out.append(f'<mark class="{kind}" title="{title}">{html.escape(m.group(0))}</mark>')
             at = m.end()
         out.append(html.escape(text[at:]))
@@ -132,6 +136,7 @@ class Chat:
         with self.lock:
             for side, spec in (("base", base), ("tuned", job["run_dir"])):
                 model, tok = self._get(spec)
-                out[side] = generate(model, tok, [messages[side]], max_new_tokens=max_tokens,
-                                     temperature=temperature)[0].text
+                out[side] = generate(model, tok, [messages[side]], max_new_tokens=max_tokens, temperature=temperature)[
+                    0
+                ].text
         return out

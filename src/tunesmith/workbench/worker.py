@@ -19,11 +19,13 @@ from pathlib import Path
 
 def run_check(config: str, out: str) -> int:
     from tunesmith.config import load_config
-    from tunesmith.data.check import format_report, run_check as check
+    from tunesmith.data.check import format_report
+    from tunesmith.data.check import run_check as check
 
     cfg = load_config(config)
-    report = check(cfg.data.train, cfg.data.heldout or None, cfg.model.name, cfg.data.max_len, cfg.data.too_long,
-                   cfg.data.format)
+    report = check(
+        cfg.data.train, cfg.data.heldout or None, cfg.model.name, cfg.data.max_len, cfg.data.too_long, cfg.data.format
+    )
     report["text"] = format_report(report)
     tmp = Path(out).with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
