@@ -203,11 +203,12 @@ def run_hf_cb(model, tok, convs, args, arms):
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    from tunesmith.generation.api import _stop_ids, encode_prompts
+    from tunesmith.generation.api import encode_prompts
+    from tunesmith.generation.stopping import stop_ids
 
     prompts = encode_prompts(tok, convs)
     config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=_stop_ids(tok), pad_token_id=tok.pad_token_id
+        max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=stop_ids(tok), pad_token_id=tok.pad_token_id
     )
     # its defaults size the paged cache from free GPU memory; on a CPU, room for the batch's longest rows
     longest = max(map(len, prompts)) + args.max_new_tokens
@@ -220,7 +221,7 @@ def run_hf_cb(model, tok, convs, args, arms):
     t0 = time.perf_counter()
     out = model.generate_batch(prompts, generation_config=config, continuous_batching_config=cb, progress_bar=False)
     wall = time.perf_counter() - t0
-    stop = set(_stop_ids(tok))
+    stop = set(stop_ids(tok))
     replies = []
     for i in range(len(prompts)):
         new = out[f"req_{i}"].generated_tokens

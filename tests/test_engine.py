@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunesmith.generation.api import _stop_ids, encode_prompts
+from tunesmith.generation.api import encode_prompts
 from tunesmith.generation.engine import Engine, Request
+from tunesmith.generation.stopping import stop_ids
 
 STYLE = (Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry" / "style.md").read_text()
 QUESTIONS = [
@@ -39,11 +40,11 @@ def alone(model, tok, prompt: list[int], max_new_tokens: int) -> list[int]:
         temperature=None,
         top_p=None,
         top_k=None,
-        eos_token_id=_stop_ids(tok),
+        eos_token_id=stop_ids(tok),
         pad_token_id=tok.pad_token_id,
     )
     new = out[0, len(prompt) :].tolist()
-    stop = next((j for j, t in enumerate(new) if t in _stop_ids(tok)), None)
+    stop = next((j for j, t in enumerate(new) if t in stop_ids(tok)), None)
     return new if stop is None else new[: stop + 1]
 
 

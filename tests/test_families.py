@@ -352,7 +352,8 @@ def test_training_lowers_the_loss(family, method, family_dir, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generation_equals_transformers_generate(family, family_dir):
-    from tunesmith.generation.api import _stop_ids, encode_prompts, generate
+    from tunesmith.generation.api import encode_prompts, generate
+    from tunesmith.generation.stopping import stop_ids
     from tunesmith.models import load as ts_load
 
     model, tok = ts_load(str(family_dir(family)), dtype="float32", device="cpu")
@@ -364,10 +365,10 @@ def test_generation_equals_transformers_generate(family, family_dir):
                 torch.tensor([ids]),
                 max_new_tokens=12,
                 do_sample=False,
-                eos_token_id=_stop_ids(tok),
+                eos_token_id=stop_ids(tok),
                 pad_token_id=tok.pad_token_id,
             )[0, len(ids) :].tolist()
-        stop = next((j for j, t in enumerate(out) if t in _stop_ids(tok)), len(out))
+        stop = next((j for j, t in enumerate(out) if t in stop_ids(tok)), len(out))
         assert got.text == tok.decode(out[:stop], skip_special_tokens=True).strip()
         assert got.completion_tokens == stop and stop > 0
 

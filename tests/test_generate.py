@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tunesmith.cli import main
-from tunesmith.generation.api import _newline_ids, encode_prompts, generate, repeat_start, stream
+from tunesmith.generation.api import encode_prompts, generate, stream
+from tunesmith.generation.stopping import newline_ids, repeat_start
 
 
 def conv(text):
@@ -110,7 +111,7 @@ def _force_cycle(model, cycle):
 
 def test_a_looping_reply_stops_at_the_repeat_and_loses_it(tiny_model):
     model, tok = tiny_model
-    newline = min(_newline_ids(tok))
+    newline = min(newline_ids(tok))
     words = tok(" alpha beta gamma delta epsilon", add_special_tokens=False)["input_ids"]
     cycle = words + [newline]
     handle = _force_cycle(model, cycle)

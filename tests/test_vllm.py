@@ -27,7 +27,7 @@ def test_asking_for_vllm_where_it_cannot_run_says_why(cuda, installed, needle):
 
 
 def test_guard_cut_is_where_the_engine_would_have_stopped():
-    from tunesmith.generation.api import repeat_start
+    from tunesmith.generation.stopping import repeat_start
 
     NL = 10
     line = [1, 2, 3, 4, 5, NL]
