@@ -172,7 +172,7 @@ def test_csv_highlights_take_their_study_from_the_folder(tmp_path):
     tiny_repo(tmp_path / "repo")
     write(tmp_path / "repo", "tool-settings.json", '{"theme": "dark"}')  # not a dataset: skipped inside a folder
     s = import_repository([tmp_path / "repo"], tmp_path / "out", heldout_fraction=0.3)
-    assert s["skipped"] == ["repo/tool-settings.json"]
+    assert [label for label, _, _ in s["skipped"]] == ["repo/tool-settings.json"]
     assert s["read"]["highlights"] == 3 and s["heldout"] + s["train"] == 10 and s["heldout"] >= 0.3 * 10
     by_id = {
         e["meta"]["id"]: e for name in ("train", "heldout") for e in load_examples(tmp_path / "out" / f"{name}.jsonl")
@@ -228,14 +228,14 @@ def test_repository_errors_name_file_and_line(tmp_path):
         "studies/S01/INS-9.md",
         "---\ntype: insight\nid: INS-9\nstudy: S09\nhighlights: [H-9-9]\n---\nx\n",
     )
-    write(tmp_path / "repo", "studies/S01/odd.md", "---\ntype: memo\n---\nx\n")
+    write(tmp_path / "repo", "studies/S01/odd.md", "---\ntype: insigth\n---\nx\n")  # a typo, not another tool's
     write(tmp_path / "repo", "studies/S01/dup.md", "---\ntype: insight\nid: INS-1\nstudy: S01\n---\nx\n")
     with pytest.raises(UserError) as err:
         import_repository([tmp_path / "repo"], tmp_path / "out")
     msg = str(err.value)
     assert "repo/studies/S01/INS-9.md:4: study S09 is not in the repository" in msg
     assert "repo/studies/S01/INS-9.md:5: highlights not found: H-9-9" in msg
-    assert "repo/studies/S01/odd.md:2: unknown type 'memo'" in msg
+    assert "repo/studies/S01/odd.md:2: unknown type 'insigth'. fix: insight?" in msg
     assert "repo/studies/S01/dup.md:3: id INS-1 is also used by repo/studies/S01/INS-1.md" in msg
 
 

@@ -24,7 +24,7 @@ DESCRIPTION = (
 # verb -> (module, one-line help). A dict literal, not a registry.
 VERBS = {
     "demo": ("tunesmith.demo", "the whole pipeline on the bundled example and the embedded model"),
-    "import": ("tunesmith.data.repository", "research repository → train/held-out chat JSONL, corpus, glossary"),
+    "import": ("tunesmith.data.repository", "a team's folder as it is → train/held-out chat JSONL, corpus, glossary"),
     "check": ("tunesmith.data.check", "validate a dataset; token statistics; time and cost estimate"),
     "train": ("tunesmith.train", "LoRA/DoRA/QLoRA or full fine-tune from a YAML config"),
     "compare": ("tunesmith.compare.run", "fine-tune vs prompt vs few-shot vs RAG on held-out data: the verdict"),
@@ -55,14 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     v["demo"].add_argument("--quick", action="store_true", help="a smaller run for a first look (a few minutes)")
 
     # --- import
-    v["import"].add_argument("sources", nargs="+", help="repository directories, markdown/CSV/JSONL files")
+    v["import"].add_argument(
+        "sources",
+        nargs="+",
+        help="folders or .zip files as they are, or files: .md .txt .docx .pdf .html .pptx .csv .xlsx .jsonl",
+    )
     v["import"].add_argument("-o", "--out", required=True, help="output directory")
     v["import"].add_argument("--heldout-fraction", type=float, default=0.15, help="share of studies held out")
     v["import"].add_argument("--seed", type=int, default=0, help="seed for the split by study")
     v["import"].add_argument(
-        "--csv-preset", default="highlights", help="column map for CSV exports: highlights or generic"
+        "--csv-preset", default="auto", help="column map for CSV/XLSX exports: auto (guessed), highlights or generic"
     )
-    v["import"].add_argument("--csv-map", default="", help="generic CSV column map, e.g. id=ID,text=Note,group=Study")
+    v["import"].add_argument(
+        "--csv-map",
+        default="",
+        help="CSV/XLSX column map, e.g. id=ID,text=Note,group=Study or term=Word,definition=Means",
+    )
+    v["import"].add_argument("--style", default="", help="the house style guide, when its name does not say so")
+    v["import"].add_argument(
+        "--group-by", default="document", choices=("document", "folder"), help="what the held-out split keeps whole"
+    )
 
     # --- check
     v["check"].add_argument(

@@ -1,19 +1,25 @@
-"""`tunesmith import`: a research repository → training and held-out chat examples, a retrieval
+"""`tunesmith import`: a team's folder as it is → training and held-out chat examples, a retrieval
 corpus, the glossary, the house style guide and a ready config.
 
+    tunesmith import team-folder/ -o data/
+    tunesmith import reports.zip insights.csv glossary.xlsx --style voice.docx -o data/ --group-by folder
     tunesmith import src/tunesmith/examples/pantry -o data/
-    tunesmith import notes/ highlights.csv extra.jsonl -o data/ --csv-preset generic --csv-map id=ID,text=Note,group=Study
 
-A repository is markdown files with YAML front matter (`type:` study, highlight, insight,
-recommendation, report, term, template), a `style.md` house style guide, CSV exports of highlights,
-and ready-made examples in any format `tunesmith check` reads. Builders turn it into instruction →
-response pairs whose response is always the team's own text; the split is by study, so no study
-is on both sides. Output is deterministic: the same sources give byte-identical files.
-The format of the bundled example repository is described in its README.
+Sources are folders and .zip files (walked in sorted order) or files: documents (.md with any front
+matter or none, .txt, .docx, .pdf, .html, .pptx; readers.py), tables (.csv, .xlsx, a markdown pipe
+table) recognised by their columns as a glossary, a research tool's highlights or insights export or
+ready-made pairs (documents.py), a style guide (a name with style, voice, tone or guidelines in it,
+or --style), and examples in any format `tunesmith check` reads. Our own repository format (markdown
+with `type:` front matter: study, highlight, insight, recommendation, report, term, template; the
+bundled example's README) is read as before. Builders turn it all into instruction → response pairs
+whose response is always the team's own text; the split keeps a study, a document or a folder
+whole. A file that cannot be read is skipped with one line (what, and the fix) and the rest is
+imported. Output is deterministic: the same sources give byte-identical files.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -25,7 +31,9 @@ from pathlib import Path
 import yaml
 
 from tunesmith import UserError
-from tunesmith.data.formats import from_csv_row, jsonl_text, parse_map, read_csv, split_front_matter
+from tunesmith.data.documents import document_examples, guess_columns, kind_of_map, split_list
+from tunesmith.data.formats import from_csv_row, jsonl_text, parse_map, split_front_matter
+from tunesmith.data.readers import DOCUMENT_READERS, Unreadable, markdown_tables, read_csv_table, read_xlsx
 from tunesmith.data.split import split_heldout
 from tunesmith.fsutil import check_space, disk_full_error, is_disk_full
 
@@ -53,6 +61,15 @@ CSV_PRESETS = {
 }
 
 
+# File names that describe a folder rather than hold its material.
+NOT_MATERIAL = re.compile(r"^(readme|license|licence|changelog|contributing|code_of_conduct)(\.\w+)?$", re.I)
+# A style guide says so in its name: style.md, "Voice and tone.docx", writing-guidelines.pdf.
+STYLE_NAME = re.compile(r"(^|[\W_])(style|voice|tone|guidelines?)([\W_]|$)", re.I)
+OLD_OFFICE = {".doc": ".docx", ".ppt": ".pptx", ".xls": ".xlsx", ".rtf": ".docx", ".odt": ".docx", ".pages": ".docx"}
+KNOWN = ".md .txt .docx .pdf .html .pptx .xlsx .csv .jsonl .zip"
+ZIP_LIMIT = 2 << 30  # bytes unpacked from one .zip: a zip bomb is refused, not unpacked
+
+
 @dataclass
 class Repo:
     """Everything read from the sources. A doc is its front matter plus body, source and line."""
@@ -66,49 +83,73 @@ class Repo:
     templates: dict = field(default_factory=dict)
     style: str = ""
     examples: list = field(default_factory=list)  # ready-made, from JSONL or chat CSV
-    skipped: list = field(default_factory=list)
+    documents: list = field(default_factory=list)  # readers.Doc, each with its split group in .meta["_group"]
+    export_insights: list = field(default_factory=list)  # insights from a research tool's export
+    tables: list = field(default_factory=list)  # (source, kind, {field: column}, guessed?) as printed
+    skipped: list = field(default_factory=list)  # (source, what, fix)
+    warnings: list = field(default_factory=list)  # "source: what" for files read in part
     errors: list = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------- reading
 
 
-def read_repository(sources: list, csv_preset: str = "highlights", csv_map: str = "") -> Repo:
-    """Read every source (directories are walked in sorted order); collect all errors, then raise."""
-    if csv_preset not in CSV_PRESETS:
-        raise UserError(f"unknown --csv-preset '{csv_preset}'. fix: one of {', '.join(CSV_PRESETS)}.")
-    mapping = parse_map(csv_map) if csv_map else CSV_PRESETS[csv_preset]
-    repo, csv_files = Repo(), []
-    for src in map(Path, sources):
-        if not src.exists():
-            raise UserError(f"{src}: not found. fix: pass a repository directory or markdown/CSV/JSONL files.")
-        root = src if src.is_dir() else src.parent
-        files = (
-            sorted(
-                p
-                for p in src.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
-            )
-            if src.is_dir()
-            else [src]
-        )
-        for f in files:
-            label = f"{root.name}/{f.relative_to(root).as_posix()}" if src.is_dir() else f.name
-            suffix = f.suffix.lower()
-            if suffix == ".md":
-                _read_markdown(repo, f, label)
-            elif suffix == ".csv":
-                csv_files.append((f, label))
-            elif suffix == ".jsonl" or (suffix == ".json" and not src.is_dir()):
-                # A .json file inside a folder is more often tool metadata than a dataset: only
-                # one named on the command line is read as examples.
-                _read_examples(repo, f, label)
-            else:
-                repo.skipped.append(label)
-    # CSV highlights take their study from the study.md in their folder, so read them last.
-    study_dirs = {doc["_dir"]: sid for sid, doc in repo.studies.items()}
-    for f, label in csv_files:
-        _read_csv(repo, f, label, mapping, study_dirs)
+def read_repository(
+    sources: list, csv_preset: str = "auto", csv_map: str = "", style: str = "", group_by: str = "document"
+) -> Repo:
+    """Read every source (folders walked in sorted order, a .zip as a folder). Unreadable files are
+    skipped, each with what and the fix; problems in our own repository format are collected and
+    raised together."""
+    if csv_preset != "auto" and csv_preset not in CSV_PRESETS:
+        raise UserError(f"unknown --csv-preset '{csv_preset}'. fix: auto or one of {', '.join(CSV_PRESETS)}.")
+    if group_by not in ("document", "folder"):
+        raise UserError(f"unknown --group-by '{group_by}'. fix: document or folder.")
+    mapping = parse_map(csv_map) if csv_map else CSV_PRESETS.get(csv_preset)
+    repo, tables = Repo(), []
+    style_path = Path(style).resolve() if style else None
+    if style_path:
+        if not style_path.is_file():
+            raise UserError(f"--style {style}: not found. fix: pass the style guide's file.")
+        _read_style(repo, style_path, style_path.name)
+    with tempfile.TemporaryDirectory(prefix="tunesmith-import-") as unpacked:
+        for f, label, named in _walk(sources, Path(unpacked), repo):
+            if style_path and f.resolve() == style_path:
+                continue
+            try:
+                _read_file(repo, f, label, named, tables, group_by)
+            except Unreadable as exc:
+                repo.skipped.append((label, exc.what, exc.fix))
+            except Exception as exc:  # a damaged file can fail inside a converter with any error
+                repo.skipped.append(
+                    (label, f"could not be read ({type(exc).__name__}: {exc})"[:200], "open and save it again")
+                )
+        # CSV highlights take their study from the study.md in their folder, so read them last.
+        study_dirs = {doc["_dir"]: sid for sid, doc in repo.studies.items()}
+        fitted = [t for t in tables if mapping and all(c in t.header for c in mapping.values())]
+        if mapping and csv_map and not fitted:
+            for t in tables:
+                missing = [c for c in mapping.values() if c not in t.header]
+                repo.errors.append(
+                    f"{t.source}:1: no column {', '.join(repr(c) for c in missing)} "
+                    f"(columns: {', '.join(t.header)}). fix: correct the column map."
+                )
+        else:
+            for t in tables:
+                if t in fitted:
+                    _read_table(repo, t, kind_of_map(mapping), mapping, study_dirs, guessed=False)
+                else:
+                    kind, columns = guess_columns(t.header)
+                    if kind is None:
+                        repo.skipped.append(
+                            (
+                                t.source,
+                                f"columns not recognised ({', '.join(t.header[:8])})",
+                                "name them with --csv-map, e.g. text=Highlight,group=Project or term=Term,"
+                                "definition=Meaning",
+                            )
+                        )
+                    else:
+                        _read_table(repo, t, kind, columns, study_dirs, guessed=True)
     _check_references(repo)
     if repo.errors:
         shown = "\n".join(f"  {e}" for e in repo.errors[:30])
@@ -117,29 +158,125 @@ def read_repository(sources: list, csv_preset: str = "highlights", csv_map: str 
     return repo
 
 
-def _read_markdown(repo: Repo, path: Path, label: str) -> None:
-    text = path.read_text(encoding="utf-8-sig")
+def _walk(sources: list, unpacked: Path, repo: Repo):
+    """(path, label, named on the command line) for every file; a .zip is unpacked and walked."""
+    for src in map(Path, sources):
+        if not src.exists():
+            raise UserError(f"{src}: not found. fix: pass a folder, a .zip, or document/CSV/JSONL files.")
+        if src.is_dir():
+            yield from _walk_dir(src, src.name, unpacked, repo)
+        elif src.suffix.lower() == ".zip":
+            yield from _walk_zip(src, src.name, unpacked, repo)
+        else:
+            yield src, src.name, True
+
+
+def _walk_dir(folder: Path, name: str, unpacked: Path, repo: Repo):
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder)
+        if not f.is_file() or any(part.startswith((".", "__MACOSX")) for part in rel.parts):
+            continue
+        label = f"{name}/{rel.as_posix()}"
+        if f.suffix.lower() == ".zip":
+            yield from _walk_zip(f, label, unpacked, repo)
+        else:
+            yield f, label, False
+
+
+def _walk_zip(path: Path, label: str, unpacked: Path, repo: Repo):
+    """A .zip's files, unpacked into a temp folder under safe names (a member named ../x stays inside)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = [m for m in z.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > ZIP_LIMIT:
+                repo.skipped.append((label, "unpacks to more than 2 GB", "unpack it and import the folder"))
+                return
+            target = Path(tempfile.mkdtemp(dir=unpacked))
+            for m in members:
+                parts = [p for p in m.filename.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+                if not parts:
+                    continue
+                out = target.joinpath(*parts)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(z.read(m))
+    except (zipfile.BadZipFile, RuntimeError, OSError, EOFError) as exc:
+        what = "encrypted" if "encrypted" in str(exc) else f"not a readable .zip ({exc})"
+        repo.skipped.append((label, what, "zip it again without a password, or import the folder"))
+        return
+    yield from _walk_dir(target, label.removesuffix(".zip").removesuffix(".ZIP"), unpacked, repo)
+
+
+def _read_file(repo: Repo, f: Path, label: str, named: bool, tables: list, group_by: str) -> None:
+    suffix = f.suffix.lower()
+    if NOT_MATERIAL.match(f.name):
+        repo.skipped.append((label, "describes the folder, not the team's material", "nothing to do"))
+        return
+    if suffix == ".md" and _read_markdown(repo, f, label):
+        return  # our own repository format
+    if suffix == ".csv":
+        tables.append(read_csv_table(f, label))
+    elif suffix in (".xlsx", ".xlsm"):
+        tables.extend(read_xlsx(f, label))
+    elif suffix == ".jsonl" or (suffix == ".json" and named):
+        _read_examples(repo, f, label)
+    elif suffix == ".json":
+        # A .json file inside a folder is more often tool metadata than a dataset.
+        repo.skipped.append((label, "a .json file inside a folder", "name it on the command line if it is examples"))
+    elif suffix in DOCUMENT_READERS:
+        if f.stat().st_size == 0:
+            raise Unreadable("empty", "remove it, or export it again with its text")
+        if STYLE_NAME.search(f.stem):
+            _read_style(repo, f, label)
+            return
+        doc = DOCUMENT_READERS[suffix](f, label)
+        repo.warnings += [f"{label}: {w}" for w in doc.warnings]
+        glossary = [t for t in markdown_tables(doc) if guess_columns(t.header)[0] == "glossary"]
+        if glossary:  # a glossary kept as a markdown table
+            tables.extend(glossary)
+            return
+        doc.meta["_group"] = label if group_by == "document" else label.rsplit("/", 1)[0]
+        repo.documents.append(doc)
+    elif suffix in OLD_OFFICE:
+        raise Unreadable(f"an old {suffix} file", f"save it as {OLD_OFFICE[suffix]}")
+    else:
+        raise Unreadable("not a known file type", f"convert it to one of {KNOWN}")
+
+
+def _read_style(repo: Repo, path: Path, label: str) -> None:
+    reader = DOCUMENT_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UserError(f"{label}: a style guide must be one of {', '.join(DOCUMENT_READERS)}.")
+    doc = reader(path, label)
+    text = doc.text.strip()
+    if doc.title and not text.startswith("# "):
+        text = f"# {doc.title}\n\n{text}"
+    repo.style = f"{repo.style}\n\n{text}".strip()
+    repo.tables.append((label, "style guide", {}, False))
+
+
+def _read_markdown(repo: Repo, path: Path, label: str) -> bool:
+    """A file of our repository format (front matter with a `type:` we know): read it and say True.
+    Anything else is a document for readers.py (False)."""
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
     try:
         meta, body, body_line = split_front_matter(text, label)
-    except UserError as exc:
-        repo.errors.append(str(exc))
-        return
+    except UserError:
+        return False  # not our front matter: any document may start with ---
     if meta is None or "type" not in meta:
-        if path.name.lower() == "style.md":
-            repo.style = body.strip()
-        else:
-            repo.skipped.append(label)
-        return
+        return False
     kind = TYPE_ALIASES.get(str(meta["type"]).lower(), str(meta["type"]).lower())
     if kind not in REQUIRED:
-        repo.errors.append(
-            f"{label}:{_key_line(text, 'type')}: unknown type '{meta['type']}'. fix: one of {', '.join(REQUIRED)}."
-        )
-        return
+        close = difflib.get_close_matches(kind, REQUIRED, n=1, cutoff=0.8)
+        if close:  # a typo in our format, not another tool's front matter
+            repo.errors.append(f"{label}:{_key_line(text, 'type')}: unknown type '{meta['type']}'. fix: {close[0]}?")
+            return True
+        return False
     missing = [k for k in REQUIRED[kind] if not meta.get(k)]
     if missing:
         repo.errors.append(f"{label}:2: a {kind} needs {', '.join(missing)} in its front matter.")
-        return
+        return True
     doc = {**meta, "body": body.strip(), "source": label, "line": body_line, "_text": text, "_dir": path.parent}
     for key in ("id", "study"):
         if key in doc:
@@ -156,7 +293,7 @@ def _read_markdown(repo: Repo, path: Path, label: str) -> None:
                 f"{label}:{_key_line(text, 'id')}: id {doc['id']} is also used by {table[doc['id']]['source']}. "
                 f"fix: ids must be unique."
             )
-            return
+            return True
         table[doc["id"]] = doc
     elif kind == "report":
         repo.reports.append(doc)
@@ -164,15 +301,15 @@ def _read_markdown(repo: Repo, path: Path, label: str) -> None:
         repo.terms.append(doc)
     else:
         repo.templates[str(meta["name"])] = doc
+    return True
 
 
-def _read_csv(repo: Repo, path: Path, label: str, mapping: dict, study_dirs: dict) -> None:
-    try:
-        rows = list(read_csv(path, mapping))
-    except UserError as exc:
-        repo.errors.append(str(exc).replace(str(path), label))
-        return
-    if "user" in mapping or "assistant" in mapping:  # a CSV of ready-made examples
+def _read_table(repo: Repo, table, kind: str, columns: dict, study_dirs: dict, guessed: bool) -> None:
+    """The rows of a recognised table: glossary terms, highlights, export insights or examples."""
+    label = table.source
+    repo.tables.append((label, kind, columns, guessed))
+    rows = [(line, {f: row.get(col, "").strip() for f, col in columns.items()}) for line, row in table.rows]
+    if kind == "examples":
         for line, row in rows:
             example, problems = from_csv_row(row)
             if problems:
@@ -185,24 +322,43 @@ def _read_csv(repo: Repo, path: Path, label: str, mapping: dict, study_dirs: dic
                 "task": "example",
             }
             repo.examples.append(example)
-        return
-    study = next((study_dirs[d] for d in (path.parent, *path.parents) if d in study_dirs), None)
-    for line, row in rows:
-        hid, text = row.get("id", "").strip(), row.get("text", "").strip()
-        if not hid or not text:
-            repo.errors.append(f"{label}:{line}: a highlight needs an id and a text.")
-            continue
-        if hid in repo.highlights:
-            repo.errors.append(f"{label}:{line}: highlight id {hid} is also in {repo.highlights[hid]['source']}.")
-            continue
-        repo.highlights[hid] = {
-            **row,
-            "id": hid,
-            "body": text,
-            "study": row.get("group") or study,
-            "source": label,
-            "line": line,
-        }
+    elif kind == "glossary":
+        for line, row in rows:
+            if row.get("term") and (row.get("definition") or row.get("rejected")):
+                repo.terms.append(
+                    {
+                        "term": row["term"],
+                        "rejected": split_list(row.get("rejected", "")),
+                        "body": row.get("definition", ""),
+                        "source": label,
+                        "row": line,
+                    }
+                )
+    elif kind == "insights":
+        for line, row in rows:
+            if row.get("title") or row.get("text"):
+                repo.export_insights.append({**row, "source": label, "line": line})
+    else:
+        here = table.path.parent if table.path else None
+        study = next((study_dirs[d] for d in (here, *here.parents) if d in study_dirs), None) if here else None
+        for line, row in rows:
+            hid, text = row.get("id", ""), row.get("text", "")
+            if not text or (not hid and not guessed):
+                if not guessed:
+                    repo.errors.append(f"{label}:{line}: a highlight needs an id and a text.")
+                continue
+            hid = hid or f"{label}:{line}"
+            if hid in repo.highlights:
+                repo.errors.append(f"{label}:{line}: highlight id {hid} is also in {repo.highlights[hid]['source']}.")
+                continue
+            repo.highlights[hid] = {
+                **row,
+                "id": hid,
+                "body": text,
+                "study": row.get("group") or study,
+                "source": label,
+                "line": line,
+            }
 
 
 def _read_examples(repo: Repo, path: Path, label: str) -> None:
@@ -424,6 +580,8 @@ def build_definitions(repo: Repo) -> list[dict]:
             None,
         )
         ex["meta"]["split"] = "train"
+        if "row" in doc:  # a row of a glossary table: its line (CSV) or row (XLSX)
+            ex["meta"]["line"] = doc["row"]
         out.append(ex)
     return out
 
@@ -451,12 +609,56 @@ def _sections(body: str) -> list[tuple[str, str]]:
     return out
 
 
+def build_documents(repo: Repo) -> list[dict]:
+    """Each document → section writing, summary from body, title from body (documents.py)."""
+    return [ex for doc in repo.documents for ex in document_examples(doc, doc.meta["_group"])]
+
+
+def build_export_insights(repo: Repo) -> list[dict]:
+    """A research tool's insights → highlights → insight where the export links them, and body → title.
+    A link is a highlight id in the insight's row, or the insight's title or id in a highlight's row."""
+    by_insight: dict[str, list] = {}
+    for h in repo.highlights.values():
+        for name in split_list(h.get("insight", "")) if "," in h.get("insight", "") else [h.get("insight", "")]:
+            if name:
+                by_insight.setdefault(name.strip().lower(), []).append(h)
+    out = []
+    for doc in repo.export_insights:
+        title, body = doc.get("title", ""), doc.get("text", "")
+        key = doc.get("id") or f"{doc['source']}:{doc['line']}"
+        linked = [repo.highlights[i] for i in split_list(doc.get("links", "")) if i in repo.highlights]
+        for name in (title, doc.get("id", "")):
+            linked += [h for h in by_insight.get(name.strip().lower(), []) if h not in linked] if name else []
+        group = doc.get("group") or next((h["study"] for h in linked if h.get("study")), None) or key
+        doc["_group"] = group
+        answer = f"{title}\n\n{body}".strip()
+        if linked and answer:
+            listed = "\n".join(
+                f"- {h['id']}" + (f" ({h['participant']})" if h.get("participant") else "") + f": {h['body']}"
+                for h in linked
+            )
+            ex = _example(
+                "insight", doc, key, f"Write an insight from these highlights.\n\nHighlights:\n{listed}", answer, group
+            )
+            ex["meta"]["line"] = doc["line"]
+            out.append(ex)
+        if title and len(body.split()) >= 8:
+            ex = _example(
+                "insight-title", doc, key, f"Write a one-line title for this insight.\n\n{body}", title, group
+            )
+            ex["meta"]["line"] = doc["line"]
+            out.append(ex)
+    return out
+
+
 # builder name -> function(repo) -> examples. Each response is text the team wrote.
 BUILDERS = {
     "insights": build_insights,
     "recommendations": build_recommendations,
     "report sections": build_report_sections,
     "definitions": build_definitions,
+    "documents": build_documents,
+    "export insights": build_export_insights,
 }
 
 
@@ -468,19 +670,23 @@ def import_repository(
     out: str | Path,
     heldout_fraction: float = 0.15,
     seed: int = 0,
-    csv_preset: str = "highlights",
+    csv_preset: str = "auto",
     csv_map: str = "",
+    style: str = "",
+    group_by: str = "document",
 ) -> dict:
     """Read, build, split and write; returns a summary (counts, held-out groups, files written)."""
     if not 0 <= heldout_fraction < 1:
         raise UserError(f"--heldout-fraction must be in [0, 1), got {heldout_fraction}.")
-    repo = read_repository(sources, csv_preset, csv_map)
+    repo = read_repository(sources, csv_preset, csv_map, style, group_by)
     examples = [ex for build in BUILDERS.values() for ex in build(repo)] + repo.examples
     if not examples:
+        skipped = "".join(f"\n  {label}: {what}. fix: {fix}." for label, what, fix in repo.skipped[:20])
         raise UserError(
-            f"no examples could be built from {', '.join(map(str, sources))}: no insights, "
-            f"recommendations, reports, glossary terms or example files found. "
-            f"fix: check the `type:` front matter (see the bundled example's README)."
+            f"no examples could be built from {', '.join(map(str, sources))}: no document with sections, "
+            f"glossary, insights export or example file was read.{skipped}\n"
+            f"fix: pass the folder of the team's documents (.md .docx .pdf .html .pptx), its exports "
+            f"(.csv .xlsx) or examples (.jsonl)."
         )
     train, heldout = split_heldout(examples, heldout_fraction, seed)
     held_groups = sorted({g for ex in heldout if (g := (ex.get("meta") or {}).get("group"))})
@@ -513,7 +719,11 @@ def import_repository(
             "terms": len(repo.terms),
             "templates": len(repo.templates),
             "example files": len(repo.examples),
+            "documents": len(repo.documents),
+            "export insights": len(repo.export_insights),
         },
+        "tables": repo.tables,
+        "warnings": repo.warnings,
         "train": len(train),
         "heldout": len(heldout),
         "heldout_groups": held_groups,
@@ -544,6 +754,16 @@ def _corpus(repo: Repo, held_groups: list[str]) -> dict[str, str]:
         rejected = _ids(doc.get("rejected"))
         avoid = f"We do not say: {', '.join(rejected)}.\n\n" if rejected else ""
         docs["term-" + "-".join(str(doc["term"]).lower().split())] = f"# {doc['term']}\n\n{avoid}{doc['body']}\n"
+    for doc in repo.documents:  # whole documents: retrieval cuts long ones into windows
+        if doc.meta["_group"] not in held_groups:
+            text = doc.text.strip()
+            docs[doc.source] = text if text.startswith("# ") or not doc.title else f"# {doc.title}\n\n{text}"
+            docs[doc.source] += "\n"
+    for doc in repo.export_insights:
+        if doc["_group"] not in held_groups and doc.get("text"):
+            docs[f"insight-{doc.get('id') or doc['source'] + '-' + str(doc['line'])}"] = (
+                f"# {doc.get('title', '')}\n\n{doc['text']}\n"
+            )
     named = {}
     for ident, text in sorted(docs.items()):
         stem = re.sub(r"[^\w.-]+", "-", ident).strip(".-")[:120] or "document"
@@ -618,11 +838,29 @@ def _config(examples: list[dict]) -> str:
 
 def cli_import(args) -> int:
     """tunesmith import SRC… -o DIR"""
-    s = import_repository(args.sources, args.out, args.heldout_fraction, args.seed, args.csv_preset, args.csv_map)
+    s = import_repository(
+        args.sources,
+        args.out,
+        args.heldout_fraction,
+        args.seed,
+        args.csv_preset,
+        args.csv_map,
+        getattr(args, "style", ""),
+        getattr(args, "group_by", "document"),
+    )
+    for source, kind, columns, guessed in s["tables"]:
+        shown = ", ".join(f"{f}={c!r}" for f, c in columns.items())
+        how = "guessed from its columns; --csv-map overrides" if guessed else "as mapped"
+        print(f"{source}: {kind}" + (f" ({how}): {shown}" if columns else ""))
+    for line in s["warnings"]:
+        print(f"warning: {line}")
+    for source, what, fix in s["skipped"]:
+        print(f"skipped {source}: {what}. fix: {fix}.")
     read = ", ".join(f"{n} {k}" for k, n in s["read"].items() if n)
     print(f"read {read}")
-    held = ", ".join(s["heldout_groups"]) or "none"
-    print(f"examples: {s['train']} train, {s['heldout']} held out (held-out groups: {held})\n")
+    held = ", ".join(s["heldout_groups"][:6]) or "none"
+    more = f" and {len(s['heldout_groups']) - 6} more" if len(s["heldout_groups"]) > 6 else ""
+    print(f"examples: {s['train']} train, {s['heldout']} held out (held-out groups: {held}{more})\n")
     width = max(len(t) for t in s["tasks"])
     print(f"  {'task':<{width}}  train  held-out")
     for task, (tr, ho) in s["tasks"].items():
@@ -633,9 +871,10 @@ def cli_import(args) -> int:
         f"{out / 'glossary.yaml'}, {out / 'style.md'}, {out / 'config.yaml'}"
     )
     if s["skipped"]:
-        print(
-            f"skipped (no front matter or not a known file type): {', '.join(s['skipped'][:8])}"
-            + (f" and {len(s['skipped']) - 8} more" if len(s["skipped"]) > 8 else "")
-        )
+        reasons: dict[str, int] = {}
+        for _, what, _ in s["skipped"]:
+            reason = what.split(" (")[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        print(f"skipped {len(s['skipped'])} file(s): " + "; ".join(f"{n} {r}" for r, n in reasons.items()))
     print(f"next: tunesmith check {out / 'config.yaml'}   then   tunesmith train {out / 'config.yaml'}")
     return 0
