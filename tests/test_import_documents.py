@@ -365,3 +365,32 @@ def test_an_unrecognised_export_says_how_to_map_it(tmp_path):
     ((label, what, fix),) = s["skipped"]
     assert label == "t/sizes.csv" and what == "columns not recognised (Colour, Size)" and "--csv-map" in fix
     assert json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])["meta"]["task"] == "section"
+
+
+def test_the_bundled_wheelhouse_folder_imports_without_front_matter(tmp_path):
+    import runpy
+
+    build = Path(__file__).parents[1] / "src" / "tunesmith" / "examples" / "wheelhouse" / "build.py"
+    folder = runpy.run_path(str(build))["build"](tmp_path / "wheelhouse")
+    assert sorted(p.suffix for p in folder.rglob("*") if p.is_file()) == [".csv"] * 2 + [".docx"] * 5 + [
+        ".md",
+        *[".pdf"] * 5,
+        ".xlsx",
+    ]
+    s = import_repository([folder], tmp_path / "out")
+    assert s["skipped"] == [] and s["warnings"] == []
+    assert s["read"]["documents"] == 10 and s["read"]["terms"] == 10 and s["read"]["export insights"] == 12
+    assert {t for t, (tr, ho) in s["tasks"].items() if tr} == {
+        "section",
+        "summary",
+        "title",
+        "definition",
+        "insight",
+        "insight-title",
+    }
+    train, held = load_examples(tmp_path / "out" / "train.jsonl"), load_examples(tmp_path / "out" / "heldout.jsonl")
+    assert not {e["meta"]["group"] for e in train} & {e["meta"]["group"] for e in held}
+    # an insight whose project is named like a report goes to that report's side of the split
+    insight = next(e for e in train + held if e["meta"]["id"] == "insight:wheelhouse/exports/insights-export.csv:2")
+    assert insight["meta"]["group"] == "wheelhouse/reports/dock-finding.docx"
+    assert (tmp_path / "out" / "style.md").read_text().startswith("# Wheelhouse research: voice and tone")

@@ -44,6 +44,8 @@ COLUMNS = {
             "deprecated",
             "notthis",
             "wedontsay",
+            "dontsay",
+            "donotsay",
             "wordstoavoid",
             "synonymstoavoid",
             "variantstoavoid",

@@ -614,6 +614,14 @@ def build_documents(repo: Repo) -> list[dict]:
     return [ex for doc in repo.documents for ex in document_examples(doc, doc.meta["_group"])]
 
 
+def _document_groups(repo: Repo) -> dict[str, str]:
+    """{document title, lower case: its split group}: an export row whose project is named like a
+    document goes to that document's side of the split, so the study is not on both sides."""
+    from tunesmith.data.documents import outline
+
+    return {title.lower(): doc.meta["_group"] for doc in repo.documents if (title := outline(doc)[0])}
+
+
 def build_export_insights(repo: Repo) -> list[dict]:
     """A research tool's insights → highlights → insight where the export links them, and body → title.
     A link is a highlight id in the insight's row, or the insight's title or id in a highlight's row."""
@@ -622,7 +630,7 @@ def build_export_insights(repo: Repo) -> list[dict]:
         for name in split_list(h.get("insight", "")) if "," in h.get("insight", "") else [h.get("insight", "")]:
             if name:
                 by_insight.setdefault(name.strip().lower(), []).append(h)
-    out = []
+    out, titled = [], _document_groups(repo)
     for doc in repo.export_insights:
         title, body = doc.get("title", ""), doc.get("text", "")
         key = doc.get("id") or f"{doc['source']}:{doc['line']}"
@@ -630,6 +638,7 @@ def build_export_insights(repo: Repo) -> list[dict]:
         for name in (title, doc.get("id", "")):
             linked += [h for h in by_insight.get(name.strip().lower(), []) if h not in linked] if name else []
         group = doc.get("group") or next((h["study"] for h in linked if h.get("study")), None) or key
+        group = titled.get(str(group).lower(), group)
         doc["_group"] = group
         answer = f"{title}\n\n{body}".strip()
         if linked and answer:
