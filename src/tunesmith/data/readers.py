@@ -1,16 +1,16 @@
 """A team's files as they are → markdown documents and tables, for `tunesmith import`.
 
-    from tunesmith.data.readers import read_file, Unreadable
-    doc = read_file(Path("reports/checkout.docx"), "reports/checkout.docx")  # Doc | Table
+    from tunesmith.data.readers import DOCUMENT_READERS, Unreadable
+    doc = DOCUMENT_READERS[".docx"](Path("reports/checkout.docx"), "reports/checkout.docx")  # a Doc
 
-Each format goes through the kept library of its field, chosen in docs/data.md: mammoth (.docx →
-HTML), pypdf (the text layer of a .pdf, page by page), readability-lxml (the article of an exported
-.html page, navigation and boilerplate dropped), python-pptx (.pptx), openpyxl (.xlsx) and the csv
-module; markdownify turns their HTML into markdown, so headings, lists and tables survive. What is
-ours is only the glue: front matter of any kind, the page of each line, and one `Unreadable`
-(what went wrong, how to fix it) for a corrupt, encrypted, empty or scanned file, so the import
-can skip it with one line and read the rest. Libraries are imported where used: `import` on our
-own markdown never loads them.
+Each format goes through the kept library of its field, chosen in docs/data.md: python-docx (.docx,
+its styles giving headings and lists), pypdf (the text layer of a .pdf, page by page),
+readability-lxml (the article of an exported .html page, navigation and boilerplate dropped) with
+markdownify (its HTML as markdown), python-pptx (.pptx), openpyxl (.xlsx) and the csv module.
+Headings, lists and tables survive as markdown. What is ours is only the glue: front matter of any
+kind, the page of each line, and one `Unreadable` (what went wrong, how to fix it) for a corrupt,
+encrypted, empty or scanned file, so the import can skip it with one line and read the rest.
+Libraries are imported where used: `import` on our own markdown never loads them.
 """
 
 from __future__ import annotations
@@ -141,23 +141,56 @@ def read_html(path: Path, source: str) -> Doc:
 
 
 def read_docx(path: Path, source: str) -> Doc:
+    """Word's own structure as markdown: the Title style `#`, Heading n `#` × (n + 1), list
+    paragraphs as bullets, tables as pipe tables, in document order (python-docx reads the file)."""
     import zipfile
 
-    import mammoth
+    from docx import Document
+    from docx.opc.exceptions import PackageNotFoundError
+    from docx.table import Table as DocxTable
 
     try:
-        with path.open("rb") as f:
-            result = mammoth.convert_to_html(f, style_map="p[style-name='Title'] => h1:fresh")
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        word = Document(str(path))
+    except (zipfile.BadZipFile, PackageNotFoundError, KeyError, ValueError) as exc:
         if _is_ole(path):
             raise Unreadable("encrypted (password-protected)", "save a copy without a password") from None
         raise Unreadable(f"not a readable .docx ({type(exc).__name__})", "open and save it again in Word") from None
-    body = _html_to_markdown(result.value)
+    out: list[str] = []
+    for block in word.iter_inner_content():
+        if isinstance(block, DocxTable):
+            rows = [[c.text.strip().replace("\n", " ").replace("|", "\\|") for c in row.cells] for row in block.rows]
+            out += ["", *_markdown_table(rows), ""]
+            continue
+        text = block.text.strip()
+        if not text:
+            continue
+        style = (block.style.name if block.style is not None else "") or ""
+        level = _heading_level(style)
+        if level:
+            out += ["", "#" * level + " " + text, ""]
+        elif "List" in style or block._p.pPr is not None and block._p.pPr.numPr is not None:
+            depth = block._p.pPr.numPr.ilvl.val if block._p.pPr is not None and block._p.pPr.numPr is not None else 0
+            marker = "1." if "Number" in style else "-"
+            if out and out[-1].strip() and not re.match(r"^\s*(-|1\.) ", out[-1]):
+                out.append("")
+            out.append("  " * (depth or 0) + f"{marker} {text}")
+        else:
+            if out and out[-1].strip() and not out[-1].startswith("#"):
+                out.append("")
+            out.append(text)
+    body = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
     if not body:
         raise Unreadable("empty", "remove it, or export it again with its text")
     doc = _doc(source, body)
-    doc.title = _core_title(path)
+    doc.title = (word.core_properties.title or "").strip()
     return doc
+
+
+def _heading_level(style: str) -> int:
+    if style == "Title":
+        return 1
+    found = re.fullmatch(r"Heading (\d)", style)
+    return min(int(found.group(1)) + 1, 6) if found else 0
 
 
 def read_pptx(path: Path, source: str) -> Doc:
@@ -390,19 +423,6 @@ def _markdown_table(rows: list[list[str]]) -> list[str]:
     width = max(len(r) for r in rows)
     rows = [r + [""] * (width - len(r)) for r in rows]
     return ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * width] + ["| " + " | ".join(r) + " |" for r in rows[1:]]
-
-
-def _core_title(path: Path) -> str:
-    """The title in an Office file's document properties ("" when unset)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            xml = z.read("docProps/core.xml").decode("utf-8", errors="replace")
-    except (KeyError, zipfile.BadZipFile, OSError):
-        return ""
-    found = re.search(r"<dc:title>([^<]*)</dc:title>", xml)
-    return found.group(1).strip() if found else ""
 
 
 def _is_ole(path: Path) -> bool:
