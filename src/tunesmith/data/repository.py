@@ -475,10 +475,14 @@ def cli_import(args) -> int:
         getattr(args, "style", ""),
         getattr(args, "group_by", "document"),
     )
+    shapes: dict[tuple, list[str]] = {}  # tables read the same way are printed once
     for source, kind, columns, guessed in s["tables"]:
-        shown = ", ".join(f"{f}={c!r}" for f, c in columns.items())
+        shapes.setdefault((kind, tuple(columns.items()), guessed), []).append(source)
+    for (kind, columns, guessed), names in shapes.items():
+        shown = ", ".join(f"{f}={c!r}" for f, c in columns)
         how = "guessed from its columns; --csv-map overrides" if guessed else "as mapped"
-        print(f"{source}: {kind}" + (f" ({how}): {shown}" if columns else ""))
+        more = f" and {len(names) - 1} more like it" if len(names) > 1 else ""
+        print(f"{names[0]}{more}: {kind}" + (f" ({how}): {shown}" if columns else ""))
     for line in s["warnings"]:
         print(f"warning: {line}")
     for source, what, fix in s["skipped"]:
