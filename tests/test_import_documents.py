@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tunesmith import UserError
 from tunesmith.cli import main
 from tunesmith.data import load_examples
 from tunesmith.data.documents import guess_columns, outline
@@ -394,3 +395,29 @@ def test_the_bundled_wheelhouse_folder_imports_without_front_matter(tmp_path):
     insight = next(e for e in train + held if e["meta"]["id"] == "insight:wheelhouse/exports/insights-export.csv:2")
     assert insight["meta"]["group"] == "wheelhouse/reports/dock-finding.docx"
     assert (tmp_path / "out" / "style.md").read_text().startswith("# Wheelhouse research: voice and tone")
+
+
+def test_the_workbench_upload_takes_the_same_material(tmp_path):
+    """A .zip of a team's folder uploaded to the workbench goes through the same import."""
+    from tunesmith.workbench.projects import create_project
+
+    folder = team_folder(tmp_path / "team")
+    archive = tmp_path / "team.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(folder.parent).as_posix())
+    row = create_project(tmp_path / "projects", "Team", archive, "team.zip", "smollm2-135m-instruct")
+    summary = json.loads(row["summary"])
+    assert summary["read"]["documents"] == 5 and summary["read"]["terms"] == 2 and summary["skipped"] == []
+    assert len(list((tmp_path / "projects").rglob("train.jsonl"))) == 1
+
+
+def test_style_flag_takes_a_guide_whose_name_does_not_say_so(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "note.md").write_text(NOTION)
+    write_docx(tmp_path / "house-rules.docx", "# House rules\n\n## Words\n\nSay rider, never user.\n")
+    import_repository([tmp_path / "t"], tmp_path / "out", style=str(tmp_path / "house-rules.docx"))
+    assert (tmp_path / "out" / "style.md").read_text() == "# House rules\n\n## Words\n\nSay rider, never user.\n"
+    with pytest.raises(UserError, match=r"--style nope.md: not found"):
+        import_repository([tmp_path / "t"], tmp_path / "out", style="nope.md")
