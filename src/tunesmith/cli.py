@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v["import"].add_argument("--style", default="", help="the house style guide, when its name does not say so")
     v["import"].add_argument(
+        "--config", default="", help="a YAML file whose teacher: section adds teacher-made examples"
+    )
+    v["import"].add_argument(
         "--group-by", default="document", choices=("document", "folder"), help="what the held-out split keeps whole"
     )
 

@@ -200,6 +200,25 @@ class ServeConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """A teacher for `tunesmith import --config`: restyle pairs and grounded questions (any OpenAI-compatible API)."""
+
+    url: str = opt("", "base URL of the endpoint, e.g. http://127.0.0.1:8000/v1; empty: no teacher")
+    model: str = opt("", "model name the endpoint serves")
+    api_key_env: str = opt("", "name of the environment variable holding the API key; empty: no key")
+    tasks: str = opt("restyle,question", "what the teacher helps make: restyle (draft -> team text), question")
+    max_passages: int = opt(200, "training-side paragraphs sent to the teacher (the first N, in file order)")
+    min_words: int = opt(4, "shortest draft or question kept")
+    max_words: int = opt(400, "longest draft or question kept")
+    dedup_threshold: float = opt(0.8, "MinHash Jaccard similarity above which a draft or question is a near-duplicate")
+    price_per_1k_tokens: float = opt(0.0, "the teacher's price in $ per 1,000 tokens, for its cost")
+    max_tokens: int = opt(400, "tokens the teacher may answer with")
+    retries: int = opt(3, "retries of a failed request (connection error, timeout, 429, 5xx), with backoff")
+    backoff_s: float = opt(1.0, "first retry waits this long; each later one twice as long")
+    timeout_s: float = opt(120.0, "seconds to wait for one answer")
+
+
+@dataclass
 class Config:
     """Everything one tunesmith job needs; YAML sections mirror these fields."""
 
@@ -211,6 +230,7 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
 
 # ------------------------------------------------------------------------------ load and save

@@ -301,10 +301,16 @@ def import_repository(
     csv_map: str = "",
     style: str = "",
     group_by: str = "document",
+    teacher=None,
 ) -> dict:
-    """Read, build, split and write; returns a summary (counts, held-out groups, files written)."""
+    """Read, build, split and write; returns a summary (counts, held-out groups, files written).
+    `teacher` (a config.TeacherConfig with a url) adds restyle pairs and grounded questions."""
     if not 0 <= heldout_fraction < 1:
         raise UserError(f"--heldout-fraction must be in [0, 1), got {heldout_fraction}.")
+    if teacher is not None and teacher.url:
+        from tunesmith.data import teacher as teaching
+
+        teaching.check(teacher)  # before anything is read or sent
     repo = read_repository(sources, csv_preset, csv_map, style, group_by)
     examples = [ex for build in BUILDERS.values() for ex in build(repo)] + repo.examples
     if not examples:
@@ -317,6 +323,11 @@ def import_repository(
         )
     train, heldout = split_heldout(examples, heldout_fraction, seed)
     held_groups = sorted({g for ex in heldout if (g := (ex.get("meta") or {}).get("group"))})
+    taught = None
+    if teacher is not None and teacher.url:
+        paras = teaching.passages(repo.documents, set(held_groups))
+        made, taught = teaching.teacher_examples(teacher, paras, Path(out) / "teacher-cache")
+        train, examples = train + made, examples + made
 
     terms = [
         {"term": str(d["term"]), "rejected": id_list(d.get("rejected")), "definition": d["body"]}
@@ -359,6 +370,7 @@ def import_repository(
             for t in tasks
         },
         "corpus": corpus,
+        "teacher": taught,
         "skipped": repo.skipped,
         "out": str(out),
     }
@@ -474,6 +486,7 @@ def cli_import(args) -> int:
         args.csv_map,
         getattr(args, "style", ""),
         getattr(args, "group_by", "document"),
+        _teacher(getattr(args, "config", "")),
     )
     shapes: dict[tuple, list[str]] = {}  # tables read the same way are printed once
     for source, kind, columns, guessed in s["tables"]:
@@ -496,6 +509,14 @@ def cli_import(args) -> int:
     print(f"  {'task':<{width}}  train  held-out")
     for task, (tr, ho) in s["tasks"].items():
         print(f"  {task:<{width}}  {tr:>5}  {ho:>8}")
+    if s["teacher"]:
+        t = s["teacher"]
+        print(
+            f"\nteacher: {t['requests']} requests ({t['retries']} retries), {t['cached']} answered from the cache; "
+            f"{t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion tokens, ${t['cost_usd']:.4f}"
+        )
+        for task, c in t["filters"].items():
+            print(f"  {task}: " + ", ".join(f"{n} {k}" for k, n in c.items()))
     out = Path(s["out"])
     print(
         f"\nwrote {out / 'train.jsonl'}, {out / 'heldout.jsonl'}, {out / 'corpus'}/ ({s['corpus']} documents), "
@@ -509,3 +530,12 @@ def cli_import(args) -> int:
         print(f"skipped {len(s['skipped'])} file(s): " + "; ".join(f"{n} {r}" for r, n in reasons.items()))
     print(f"next: tunesmith check {out / 'config.yaml'}   then   tunesmith train {out / 'config.yaml'}")
     return 0
+
+
+def _teacher(config: str):
+    """The `teacher:` section of --config, or None."""
+    if not config:
+        return None
+    from tunesmith.config import load_config
+
+    return load_config(config).teacher
