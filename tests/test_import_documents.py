@@ -421,3 +421,29 @@ def test_style_flag_takes_a_guide_whose_name_does_not_say_so(tmp_path):
     assert (tmp_path / "out" / "style.md").read_text() == "# House rules\n\n## Words\n\nSay rider, never user.\n"
     with pytest.raises(UserError, match=r"--style nope.md: not found"):
         import_repository([tmp_path / "t"], tmp_path / "out", style="nope.md")
+
+
+def test_google_docs_and_notion_html_exports(tmp_path):
+    """A Google Docs export is all document (its title a styled paragraph, a small table kept); a
+    Notion export is an article whose header holds the title and the page properties."""
+    (tmp_path / "gdoc.html").write_text(
+        '<html><head><style>.c1{font-weight:700}</style></head><body class="doc-content">'
+        '<p class="c3 title"><span>Returns interviews</span></p><h1><span>Summary</span></h1>'
+        "<p><span>Riders could not tell when a refund lands, so they phone support to ask.</span></p>"
+        "<h1>What we saw</h1><ul><li><span>Four riders phoned support within a day</span></li></ul>"
+        "<table><tr><td><p>Rider</p></td><td><p>Calls</p></td></tr><tr><td><p>R2</p></td><td><p>2</p></td></tr>"
+        "</table></body></html>"
+    )
+    doc = read_html(tmp_path / "gdoc.html", "gdoc.html")
+    title, _, sections = outline(doc)
+    assert title == "Returns interviews" and [s["heading"] for s in sections] == ["Summary", "What we saw"]
+    assert "| Rider | Calls |\n| --- | --- |\n| R2 | 2 |" in doc.text and ".c1" not in doc.text
+    (tmp_path / "notion.html").write_text(
+        '<html><head><title>Onboarding interviews</title></head><body><article class="page sans"><header>'
+        '<h1 class="page-title">Onboarding interviews</h1><table class="properties"><tr><th>Status</th>'
+        '<td>Done</td></tr></table></header><div class="page-body"><h2>Goal</h2><p>Learn what new '
+        "households expect from their first week of meal plans, before they pay for a box.</p></div>"
+        "</article></body></html>"
+    )
+    doc = read_html(tmp_path / "notion.html", "notion.html")
+    assert outline(doc)[0] == "Onboarding interviews" and "## Goal" in doc.text and "Done" not in doc.text

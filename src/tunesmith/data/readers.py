@@ -117,17 +117,44 @@ def read_text(path: Path, source: str) -> Doc:
     return doc
 
 
+# Site chrome: a page that has any is a page inside a site (Confluence, a Notion workspace), and
+# readability finds its article; a page without (a Google Docs export) is all document.
+CHROME = (
+    '//nav|//header|//footer|//aside|//*[re:test(@id, "nav|breadcrumb|footer|sidebar|menu|header", "i")]'
+    '|//*[re:test(@class, "nav|breadcrumb|footer|sidebar|menu|header", "i")]'
+)
+
+
 def read_html(path: Path, source: str) -> Doc:
-    """An exported page (Confluence, Notion, Google Docs): readability keeps the article."""
+    """An exported page (Confluence, Notion, Google Docs): readability keeps the article of a page
+    inside a site; a page that is only a document is read whole."""
+    from lxml import etree
+    from lxml import html as lhtml
     from readability import Document
 
-    html = path.read_bytes().decode("utf-8", errors="replace")
-    if not re.search(r"<[a-zA-Z]", html):
+    raw = path.read_bytes().decode("utf-8", errors="replace")
+    if not re.search(r"<[a-zA-Z]", raw):
         raise Unreadable("not HTML", "export the page again as HTML")
-    page = Document(html)
-    # readability's summary drops the page's own <h1> with the site chrome; its title is kept separately
-    title = (page.short_title() or "").strip()
-    body = _html_to_markdown(page.summary(html_partial=True))
+    # Google Docs sets its title as <p class="title">: the document's title, and a heading to the reader
+    styled = re.compile(r'<p(\s[^>]*class="[^"]*\btitle\b[^"]*"[^>]*)>(.*?)</p>', re.S)
+    found = styled.search(raw)
+    doc_title = re.sub(r"<[^>]+>", "", found.group(2)).strip() if found else ""
+    raw = styled.sub(r"<h1\1>\2</h1>", raw)
+    try:
+        tree = lhtml.document_fromstring(raw)
+    except (etree.ParserError, ValueError):
+        raise Unreadable("not HTML", "export the page again as HTML") from None
+    if tree.xpath(CHROME, namespaces={"re": "http://exslt.org/regular-expressions"}):
+        page = Document(raw)
+        # readability's summary drops the page's own <h1> with the site chrome; its title is kept apart
+        title = (page.short_title() or "").strip()
+        article = page.summary(html_partial=True)
+    else:
+        for junk in tree.xpath("//script|//style|//noscript|//template"):
+            junk.drop_tree()
+        title = doc_title or (tree.findtext(".//title") or "").strip()
+        article = lhtml.tostring(tree.body if tree.body is not None else tree, encoding="unicode")
+    body = _html_to_markdown(article)
     if not body.strip():
         raise Unreadable("no text in the page", "export the page with its content, not only its frame")
     if title and not body.lstrip().startswith("# "):
