@@ -2,6 +2,7 @@
 
     python bench/import_speed.py                      # a generated 1,000-document folder
     python bench/import_speed.py --docs 200 --markitdown   # also time markitdown on the same files
+    python bench/import_speed.py --bundled            # the two bundled examples
 
 Writes a folder of generated documents (markdown, .docx, .pdf, .html, .pptx in a fixed mix, plus a
 highlights export and a glossary), imports it with `import_repository`, and prints the wall time
@@ -73,11 +74,31 @@ def make_folder(root: Path, docs: int, seed: int = 0) -> dict[str, int]:
     return counts
 
 
+def bundled() -> None:
+    """Files per second on the bundled examples: pantry (our format) and Wheelhouse (documents)."""
+    import runpy
+
+    examples = Path(__file__).parents[1] / "src" / "tunesmith" / "examples"
+    with tempfile.TemporaryDirectory() as tmp:
+        wheelhouse = runpy.run_path(str(examples / "wheelhouse" / "build.py"))["build"](Path(tmp) / "wheelhouse")
+        for name, folder in (("pantry", examples / "pantry"), ("wheelhouse", wheelhouse)):
+            files = sum(1 for p in folder.rglob("*") if p.is_file())
+            import_repository([folder], Path(tmp) / f"warm-{name}")  # libraries loaded once, as in a long import
+            t0 = time.perf_counter()
+            s = import_repository([folder], Path(tmp) / name)
+            took = time.perf_counter() - t0
+            examples = s["train"] + s["heldout"]
+            print(f"{name}: {files} files, {examples} examples in {took:.2f} s = {files / took:.0f} files/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=1000)
     ap.add_argument("--markitdown", action="store_true", help="also time markitdown on the same files")
+    ap.add_argument("--bundled", action="store_true", help="time the bundled examples instead")
     args = ap.parse_args()
+    if args.bundled:
+        return bundled()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "folder"
         t0 = time.perf_counter()
