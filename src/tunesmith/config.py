@@ -106,6 +106,11 @@ class TrainConfig:
         False, "recompute activations in backward: less memory, about a third more compute"
     )
     log_examples: bool = opt(False, "write the example ids of every step to RUN/examples.jsonl (audit the data order)")
+    replay: float = opt(
+        0.0,
+        "share of the training examples that are the base model's own replies to general prompts (self-distillation "
+        "replay, keeps general behaviour); 0: none",
+    )
 
 
 @dataclass
@@ -158,6 +163,15 @@ class CompareConfig:
     )
     train_cost_per_hour: float = opt(
         1.0, "assumed price in $ per hour of the machine that trained, for the one-off training cost"
+    )
+    side_effects: bool = opt(
+        True, "also measure what the fine-tune broke: general instruction following and drift from the base model"
+    )
+    side_effects_size: int = opt(
+        24, "bundled instructions and drift prompts used, spread over every kind; 0: all (150 and 50)"
+    )
+    side_effects_file: str = opt(
+        "", "your own general checks (JSONL: prompt + checks named from the bundled checkers, or a reference)"
     )
 
 
@@ -430,3 +444,6 @@ def _anchor_paths(cfg: Config, base: Path) -> None:
         value = getattr(cfg.data, name)
         if value and not Path(value).is_absolute():
             setattr(cfg.data, name, str((base / value).resolve()))
+    own = cfg.compare.side_effects_file
+    if own and not Path(own).is_absolute():
+        cfg.compare.side_effects_file = str((base / own).resolve())

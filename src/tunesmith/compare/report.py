@@ -14,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+from tunesmith.compare import side_effects
 from tunesmith.compare.metrics import METRICS
 
 SHORT = {
@@ -141,6 +142,8 @@ def print_summary(results: dict) -> None:
         print("\n" + _wrap("The two levers apart: " + results["levers"]["paragraph"]))
     if results.get("judge"):
         print("\n" + _wrap(judge_summary(results["judge"])))
+    if results.get("side_effects"):
+        print("\n" + _wrap("Side effects: " + results["side_effects"]["sentence"]))
 
 
 def summary_table(results: dict) -> str:
@@ -321,6 +324,7 @@ def markdown(results: dict) -> str:
             + " |"
         )
     out += _levers_md(results.get("levers"))
+    out += side_effects.markdown(results.get("side_effects"))
     out += _judge_md(results.get("judge"))
     out += [
         "",

@@ -96,6 +96,11 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     base_spec = _base_model(cfg, run, log)
+    effects = None  # side effects of the fine-tune: instructions run in the arms' batches, then drift
+    if c.side_effects and any(n not in skipped for n in tuned_wanted):
+        from tunesmith.compare import side_effects
+
+        effects = side_effects.prepare(cfg, base_spec)
 
     # ---- generate: every base arm with the base model, then the fine-tuned arms with the tuned one
     outputs: dict[str, list] = {}  # arm -> [Completion] aligned with examples
@@ -104,7 +109,8 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
         (str(run) if run else None, [n for n in tuned_wanted if n not in skipped]),
     ]
     for position, (spec, group) in enumerate(groups):
-        if not group:
+        extra = side_effects.conversations(effects, tuned=position == 1) if effects else {}
+        if not group and not extra:
             continue
         outputs.update(
             run_arms(
@@ -118,11 +124,16 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
                 tuned=position == 1,
                 done=len(outputs) + len(skipped),
                 total=len(names),
+                extra=extra,
             )
         )
+    extras = {k: outputs.pop(k) for k in list(outputs) if k.startswith("side-effects:")}
 
     # ---- score, compare, cost
     results = summarise(cfg, examples, outputs, skipped, names, glossary, templates, run, ctx.prompt_stats)
+    if effects:
+        results["side_effects"] = side_effects.section(cfg, effects, run, extras, log)
+        results["verdict"]["paragraph"] += side_effects.recommendation_clause(results["side_effects"])
     if cfg.judge.url:
         results["judge"] = run_judge(cfg, examples, outputs, results, ctx, templates, log)
     if c.learning_curve and run is not None and "fine-tuned" in outputs:
@@ -167,6 +178,10 @@ def check_settings(cfg: Config, names: list[str]) -> None:
             )
     if cfg.data.prompt:
         _read_prompt(cfg.data.prompt)
+    if c.side_effects and c.side_effects_file:
+        from tunesmith.compare.instructions import load_instructions
+
+        load_instructions(c.side_effects_file)
     judge.check(cfg.judge, names)
     from tunesmith.generation import vllm as vllm_engine
 
@@ -255,9 +270,11 @@ def run_arms(
     tuned: bool,
     done: int,
     total: int,
+    extra: dict[str, list] | None = None,
 ) -> dict[str, list]:
     """Generate every example's reply for each arm in `group` with one model. Arms that cannot run
-    land in `skipped` with their reason."""
+    land in `skipped` with their reason. `extra` ({name: conversations}) goes through the same
+    batches and its replies come back under its names (the side effects' instructions)."""
     from tunesmith.generation.api import encode_prompts, generate
 
     g = cfg.generate
@@ -275,14 +292,15 @@ def run_arms(
         except Skipped as exc:
             skipped[name] = str(exc)
             log(f"[{done}/{total}] {name}: skipped — {exc}")
-    if not built:
+    extra = extra or {}
+    if not built and not extra:
         del model
         return {}
     # every arm of this model goes through the engine together, so no arm waits for another's
     # slowest reply; a prefix prompts share (the engineered arm's style guide, a few-shot block) is
     # prefilled once. Latency is per reply, from its prefill to its last token.
-    convs = [c for cs in built.values() for c in cs]
-    tick = _Ticker(f"[{done}/{total}] {', '.join(built)}", len(convs))
+    convs = [c for cs in [*built.values(), *extra.values()] for c in cs]
+    tick = _Ticker(f"[{done}/{total}] {', '.join([*built, *(['side effects'] if extra else [])])}", len(convs))
     replies = generate(
         model,
         tok,
@@ -298,7 +316,7 @@ def run_arms(
     )
     tick.close()
     out, at = {}, 0
-    for name, cs in built.items():
+    for name, cs in [*built.items(), *extra.items()]:
         out[name], at = replies[at : at + len(cs)], at + len(cs)
     del model
     return out

@@ -226,6 +226,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         _check_new_run_dir(run_dir)
     accelerator.wait_for_everyone()  # every process has looked before any writes
     train_examples, heldout_examples, data_info = load_split(cfg)
+    if t.replay:
+        train_examples = train_examples + _replay(cfg, len(train_examples), accelerator)
+        data_info["replay"] = {"fraction": t.replay, "examples": len(train_examples) - data_info["train"]["examples"]}
     tok = _tokenizer(cfg)
     encoded, train_report = encode_examples(
         tok, train_examples, cfg.data.max_len, cfg.data.too_long, t.train_on_prompt, where=cfg.data.train
@@ -550,6 +553,17 @@ def _load_4bit(cfg: Config, accelerator):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
 
 
+def _replay(cfg: Config, n_task: int, accelerator) -> list[dict]:
+    """train.replay's examples: the main process has the base model answer (once per base model,
+    cached), the others read its cache."""
+    from tunesmith.compare.side_effects import replay_examples
+
+    if accelerator.is_main_process:
+        replay_examples(cfg, n_task, accelerator.print)
+    accelerator.wait_for_everyone()
+    return replay_examples(cfg, n_task, accelerator.print)
+
+
 def _check_head(model) -> None:
     """Refuse, before training, logits the training loss would compute differently from the model."""
     logit_transform(model.config)
@@ -644,6 +658,11 @@ def _check_options(cfg: Config) -> None:
     for key, (value, allowed) in closed.items():
         if value not in allowed:
             raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}.")
+    if not 0 <= t.replay < 1:
+        raise UserError(
+            f"train.replay={t.replay} is a share of the training examples. fix: a number from 0 (no replay) "
+            f"below 1, e.g. train.replay=0.2."
+        )
     for key in ("batch_size", "grad_accum", "log_every", "keep_last"):
         if getattr(t, key) < 1:
             raise UserError(f"train.{key} must be at least 1, got {getattr(t, key)}.")
