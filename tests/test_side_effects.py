@@ -212,3 +212,31 @@ def test_a_template_fine_tune_loses_instructions_and_replay_keeps_them(plain_bas
     assert r["strict"]["diff"] > s["strict"]["diff"] + 5 and not r["clear_loss"]
     assert r["lost"] == [] and "less well" not in replayed["verdict"]["paragraph"]
     assert "Side effects:" in capsys.readouterr().out
+
+
+def test_decide_on_instructions_vetoes_a_fine_tune_that_breaks_them():
+    from tunesmith.compare.run import check_settings
+
+    def verdict():
+        return {
+            "fine_tune": True,
+            "recommend": "fine-tuned",
+            "cheapest": "few-shot-fixed",
+            "choice": "few-shot-fixed is the best arm that needs no training.",
+            "paragraph": "Recommendation: fine-tuned. It gains 9 points.",
+        }
+
+    s = S.summarise(_plan(_items()), ["plain short words"] * 25, ["PLAIN, SHORT WORDS"] * 25, None, 500, 0)
+    v = verdict()
+    S.decide(v, s)
+    assert v["recommend"] == "few-shot-fixed" and not v["fine_tune"] and v["instructions_veto"]
+    assert v["paragraph"].startswith("Recommendation: few-shot-fixed.") and "It gains 9 points." in v["paragraph"]
+    kept = verdict()
+    S.decide(kept, S.summarise(_plan(_items()), ["plain"] * 25, ["plain"] * 25, None, 500, 0))
+    assert kept["recommend"] == "fine-tuned" and kept["fine_tune"] and not kept["instructions_veto"]
+    cfg = Config()
+    cfg.compare.decide_on, cfg.compare.side_effects = "instructions", False
+    with pytest.raises(UserError, match="compare.side_effects=false"):
+        check_settings(cfg, ["zero-shot", "fine-tuned"])
+    cfg.compare.side_effects = True
+    check_settings(cfg, ["zero-shot", "fine-tuned"])  # a name the rule accepts

@@ -168,7 +168,7 @@ class CompareConfig:
         True, "also measure what the fine-tune broke: general instruction following and drift from the base model"
     )
     side_effects_size: int = opt(
-        24, "bundled instructions and drift prompts used, spread over every kind; 0: all (150 and 50)"
+        20, "bundled instructions used, spread over every kind, and half as many drift prompts; 0: all (150 and 50)"
     )
     side_effects_file: str = opt(
         "", "your own general checks (JSONL: prompt + checks named from the bundled checkers, or a reference)"

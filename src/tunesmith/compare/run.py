@@ -133,6 +133,8 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     results = summarise(cfg, examples, outputs, skipped, names, glossary, templates, run, ctx.prompt_stats)
     if effects:
         results["side_effects"] = side_effects.section(cfg, effects, run, extras, log)
+        if "instructions" in _split(c.decide_on):
+            side_effects.decide(results["verdict"], results["side_effects"])
         results["verdict"]["paragraph"] += side_effects.recommendation_clause(results["side_effects"])
     if cfg.judge.url:
         results["judge"] = run_judge(cfg, examples, outputs, results, ctx, templates, log)
@@ -168,7 +170,13 @@ def check_settings(cfg: Config, names: list[str]) -> None:
             )
     c = cfg.compare
     decidable = [k for k, m in METRICS.items() if m.higher_is_better is True]
-    for key, value in [("primary_metric", c.primary_metric)] + [("decide_on", v) for v in _split(c.decide_on)]:
+    task_metrics = [v for v in _split(c.decide_on) if v != "instructions"]  # instructions: the side effects' veto
+    if "instructions" in _split(c.decide_on) and not c.side_effects:
+        raise UserError(
+            "compare.decide_on names instructions but compare.side_effects=false, so they are never measured. "
+            "fix: set compare.side_effects=true, or drop instructions from compare.decide_on."
+        )
+    for key, value in [("primary_metric", c.primary_metric)] + [("decide_on", v) for v in task_metrics]:
         if value not in decidable and not (key == "primary_metric" and value == "auto"):
             why = "cannot decide (higher must be better)" if value in METRICS else "is not a metric"
             raise UserError(
@@ -367,7 +375,7 @@ def summarise(
     c = cfg.compare
     prompt_stats = prompt_stats or {}
     primary, why = primary_metric(c.primary_metric, examples)
-    deciding = _split(c.decide_on) or [primary]
+    deciding = [k for k in _split(c.decide_on) if k != "instructions"] or [primary]
     refs = [reference_of(ex) for ex in examples]
     scores: dict[str, list[dict]] = {
         name: [

@@ -56,7 +56,8 @@ def prepare(cfg, base_spec: str) -> Plan:
     bundled = spread(I.load_instructions(), c.side_effects_size)
     own = I.load_instructions(c.side_effects_file) if c.side_effects_file else []
     prompts = drift_prompts()
-    prompts = spread(prompts, c.side_effects_size) if c.side_effects_size else prompts
+    # replies to drift prompts are long and many tokens each: half as many prompts measure it as well
+    prompts = spread(prompts, max(8, c.side_effects_size // 2)) if c.side_effects_size else prompts
     plan = Plan(bundled + own, prompts, base_spec, cfg.generate.max_new_tokens, own=len(own))
     plan.cached = {p: r for p, r in read_cache(cache_file(base_spec, plan.max_new_tokens)).items() if p in prompts}
     return plan
@@ -398,6 +399,21 @@ def recommendation_clause(s: dict | None) -> str:
     return (
         f" But the fine-tune follows general instructions less well: {st['base']:.0f} % → {st['tuned']:.0f} %, "
         f"{st['diff']:+.0f} [{st['lo']:+.0f}, {st['hi']:+.0f}]{lost}; see the side effects."
+    )
+
+
+def decide(verdict: dict, s: dict) -> None:
+    """compare.decide_on names instructions: a fine-tune that clearly follows general instructions
+    less well is not recommended, whatever it gains on the task (the cheaper arm the rule would
+    otherwise pick is). A veto only: following them better never makes the case for fine-tuning."""
+    verdict["instructions_veto"] = bool(verdict.get("fine_tune") and s.get("clear_loss"))
+    if not verdict["instructions_veto"] or not verdict.get("cheapest"):
+        return
+    verdict["fine_tune"], verdict["recommend"] = False, verdict["cheapest"]
+    verdict["paragraph"] = (
+        f"Recommendation: {verdict['cheapest']}. The fine-tune wins on the task, but compare.decide_on names "
+        f"instructions and it clearly follows general instructions less well, so it is not recommended. "
+        f"{verdict['choice']} (Without the side effects: {verdict['paragraph']})"
     )
 
 
