@@ -240,3 +240,23 @@ def test_decide_on_instructions_vetoes_a_fine_tune_that_breaks_them():
         check_settings(cfg, ["zero-shot", "fine-tuned"])
     cfg.compare.side_effects = True
     check_settings(cfg, ["zero-shot", "fine-tuned"])  # a name the rule accepts
+
+
+def test_resume_refuses_a_changed_replay(tmp_path):
+    from tunesmith.config import save_config
+    from tunesmith.train.checkpoints import check_resumable
+
+    cfg = Config()
+    cfg.train.replay = 0.2
+    save_config(cfg, tmp_path / "config.yaml")
+    info = {
+        "train": {"hash": "a", "examples": 10},
+        "heldout": {"hash": "b", "examples": 2},
+        "processes": 1,
+        "global_batch": 4,
+        "replay": {"fraction": 0.2, "examples": 3, "hash": "c"},
+    }
+    (tmp_path / "data.json").write_text(json.dumps(info))
+    check_resumable(tmp_path, cfg, info)  # the same replay: fine
+    with pytest.raises(UserError, match="replay: .*'hash': 'c'.* -> .*'hash': 'd'"):
+        check_resumable(tmp_path, cfg, {**info, "replay": {**info["replay"], "hash": "d"}})

@@ -431,7 +431,7 @@ def markdown(s: dict | None) -> list[str]:
         "",
         "General instructions answered by the base model and by the fine-tuned one (the same replies serve both "
         "fine-tuned arms: the instructions carry no retrieved passages). Strict: the reply as it is; loose: also "
-        "without its first or last line and markdown asterisks (IFEval's readings). A category is *lost* when the "
+        "without its first or last line and markdown asterisks (IFEval's readings). A category is lost when the "
         "95 % interval of its change lies below zero.",
         "",
         "| instructions | base | fine-tuned | change (points) | 95 % interval |",
@@ -455,6 +455,6 @@ def markdown(s: dict | None) -> list[str]:
             "",
             f"Drift: KL(base ‖ fine-tuned) = {d['kl']:.4f} nats per token (95 % interval {d['lo']:.4f} to "
             f"{d['hi']:.4f}, resampling replies), teacher-forced on {d['tokens']:,} tokens of the base model's own "
-            f"replies to {d['replies']} general prompts. 0 is the base model itself; `train.replay` lowers it.",
+            f"replies to {d['replies']} general prompts. 0 is the base model itself; train.replay can lower it.",
         ]
     return out

@@ -202,6 +202,8 @@ def check_resumable(run: Path, cfg: Config, data_info: dict) -> None:
                 f"{part} data: {old_data[part]['examples']} examples (hash {old_data[part]['hash']}) -> "
                 f"{data_info[part]['examples']} (hash {data_info[part]['hash']})"
             )
+    if old_data.get("replay") != data_info.get("replay"):  # train.replay, or the base model's cached replies
+        changes.append(f"replay: {old_data.get('replay')} -> {data_info.get('replay')}")
     if old_data.get("processes") != data_info["processes"]:
         changes.append(
             f"processes: {old_data.get('processes')} -> {data_info['processes']} "

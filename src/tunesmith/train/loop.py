@@ -32,7 +32,7 @@ import torch
 
 from tunesmith import UserError, cpu
 from tunesmith.config import Config, load_config, save_config, to_dict
-from tunesmith.data.batches import collate, encode_examples, micro_batches, n_targets, step_indices
+from tunesmith.data.batches import collate, encode_examples, examples_hash, micro_batches, n_targets, step_indices
 from tunesmith.data.split import load_split
 from tunesmith.fsutil import atomic_dir
 from tunesmith.train.checkpoints import (
@@ -227,8 +227,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     accelerator.wait_for_everyone()  # every process has looked before any writes
     train_examples, heldout_examples, data_info = load_split(cfg)
     if t.replay:
-        train_examples = train_examples + _replay(cfg, len(train_examples), accelerator)
-        data_info["replay"] = {"fraction": t.replay, "examples": len(train_examples) - data_info["train"]["examples"]}
+        replayed = _replay(cfg, len(train_examples), accelerator)
+        train_examples = train_examples + replayed
+        data_info["replay"] = {"fraction": t.replay, "examples": len(replayed), "hash": examples_hash(replayed)}
     tok = _tokenizer(cfg)
     encoded, train_report = encode_examples(
         tok, train_examples, cfg.data.max_len, cfg.data.too_long, t.train_on_prompt, where=cfg.data.train
