@@ -4,12 +4,12 @@
     tunesmith compare config.yaml compare.side_effects_size=0   # every bundled instruction and prompt
 
     from tunesmith.compare import side_effects
-    plan = side_effects.prepare(cfg)                   # which instructions and prompts, before any model loads
+    plan = side_effects.prepare(cfg, base_spec)        # which instructions and prompts, and the cached replies
     section = side_effects.summarise(plan, base, tuned, drift, resamples=2000, seed=0)
 
 Two measures, neither needs a network or a judge:
 
-  * instruction following: the bundled verifiable instructions (compare.instructions; a user's own
+  * instruction following: the bundled verifiable instructions (tunesmith.compare.instructions; a user's own
     file, compare.side_effects_file, joins them) answered by the base model and by the fine-tuned
     one in the same engine batches as the arms, scored strict and loose (IFEval's readings); the
     change is a paired bootstrap over prompts, and per category of instruction;
@@ -17,8 +17,8 @@ Two measures, neither needs a network or a judge:
     replies to general prompts — the fine-tune generates nothing. With LoRA it is one model with
     the adapter switched off and on.
 
-It informs the verdict; it decides nothing unless compare.decide_on names it (it never does today:
-the decision stays the task's). The base model's replies to general prompts are cached on disk per
+It informs the verdict; it decides nothing unless compare.decide_on names `instructions`, which
+makes a clear loss a veto on fine-tuning (decide). The base model's replies to general prompts are cached on disk per
 base model (general_replies), and the same replies are what train.replay mixes into training.
 """
 
