@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="generation engine (default: generate.engine, 'auto': vLLM on CUDA where installed)",
     )
     v["serve"].add_argument("--system", default="", help="system prompt for conversations that bring none")
+    for verb in ("serve", "ui"):  # the key and the names a browser may reach the server by (web.py)
+        v[verb].add_argument("--api-key-file", default=None, help="read the API key from this file (mode 0600)")
+        v[verb].add_argument(
+            "--allowed-host",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="a Host name besides loopback this server answers to (repeat; '*' for any, behind a proxy)",
+        )
 
     # --- ui
     v["ui"].add_argument(
@@ -178,7 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     v["ui"].add_argument("--host", default="127.0.0.1")
     v["ui"].add_argument("--port", type=int, default=8700)
     v["ui"].add_argument(
-        "--api-key", default=None, help="require sign-in with this key (or Bearer KEY); or env TUNESMITH_API_KEY"
+        "--api-key",
+        default=None,
+        help="require sign-in with this key (or Bearer KEY); visible in the process list: prefer "
+        "--api-key-file or env TUNESMITH_API_KEY",
+    )
+    v["ui"].add_argument(
+        "--allow-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a judge/teacher endpoint projects may use (repeat); no other URL is accepted from the workbench",
     )
     v["ui"].add_argument("--max-upload-mb", type=int, default=200, help="largest upload accepted")
     v["ui"].add_argument("--model", default=None, help="base model new projects start with (default: embedded)")

@@ -18,8 +18,6 @@ never holds a place in the batch.
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' types at run time.
 import asyncio
-import base64
-import hmac
 import json
 import os
 import threading
@@ -30,6 +28,8 @@ from pathlib import Path
 
 from tunesmith import UserError
 from tunesmith.config import ServeConfig
+from tunesmith.web import SSE_HEADERS, ApiError, Guard, allowed_hosts, key_matches, number, read_body, sampling
+from tunesmith.web import messages as _messages
 
 # Parameters a client may send that this server cannot honour: refused (400), never silently ignored,
 # unless they carry the value that means "off".
@@ -50,29 +50,6 @@ _CFG = ServeConfig()
 # waits forever: one byte a minute keeps a connection open), and its body within BODY_TIMEOUT_S.
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
-
-
-class ApiError(Exception):
-    """An answer in OpenAI's error shape."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-    def response(self):
-        from fastapi.responses import JSONResponse
-
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 @dataclass
@@ -102,11 +79,13 @@ def create_app(
     system: str = "",
     body_timeout_s: float = BODY_TIMEOUT_S,
     workbench: str | Path | None = None,
+    hosts: frozenset[str] | None = None,
 ):
     """A FastAPI app serving one model: a spec (run dir, model dir, embedded name) or a (model, tok) pair.
     engine: tunesmith | vllm | auto (generate.engine). system: a system prompt put in front of every
     conversation that brings none. workbench: a projects directory whose workbench (`tunesmith ui`)
-    is served under /workbench/ as well, behind the same API key (or a workbench app)."""
+    is served under /workbench/ as well, behind the same API key (or a workbench app). hosts: the Host
+    names answered (web.allowed_hosts; default: loopback names only)."""
     import contextlib
 
     from fastapi import Depends, FastAPI, Request
@@ -119,7 +98,7 @@ def create_app(
     if isinstance(workbench, (str, Path)) and str(workbench):
         from tunesmith.workbench.app import create_app as create_workbench
 
-        bench = create_workbench(workbench, api_key=api_key)
+        bench = create_workbench(workbench, api_key=api_key, hosts=hosts)
     elif workbench is not None:  # a workbench app already made (tests give it their model and job settings)
         bench = workbench
 
@@ -144,7 +123,7 @@ def create_app(
     created = int(time.time())
 
     async def authorize(request: Request):  # async: a sync dependency costs a thread-pool hop per request
-        if api_key and request.url.path != "/health" and not _key_matches(request, api_key):
+        if api_key and request.url.path != "/health" and not key_matches(request, api_key, basic=True):
             # Browsers answer a Basic challenge with a login box, so the web UI works with a key too.
             headers = {"WWW-Authenticate": 'Basic realm="tunesmith"'} if request.url.path == "/" else {}
             raise ApiError(
@@ -172,6 +151,12 @@ def create_app(
     )
     if bench is not None:
         app.mount("/workbench", bench)
+    # The mounted workbench keeps its own body limits (uploads are larger than chat requests).
+    app.add_middleware(
+        Guard,
+        hosts=hosts or allowed_hosts(),
+        body_limit=lambda path: None if path.startswith("/workbench/") else max_body_bytes,
+    )
     app.state.slots, app.state.backend = slots, backend
 
     @app.exception_handler(ApiError)
@@ -221,6 +206,12 @@ def create_app(
     async def ui():
         return HTMLResponse((Path(__file__).parent / "ui" / "index.html").read_text(encoding="utf-8"))
 
+    @app.get("/ui/chat.js")
+    async def ui_script():  # the page's script is a file of its own: the CSP allows no inline script
+        from fastapi.responses import FileResponse
+
+        return FileResponse(Path(__file__).parent / "ui" / "chat.js", media_type="text/javascript")
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await _read_json(request, max_body_bytes, body_timeout_s)
@@ -254,7 +245,7 @@ def create_app(
             return StreamingResponse(
                 _sse(gen, rid, now, name, req),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers=SSE_HEADERS,
             )
         text, finish = await _collect(gen, request)
         return {
@@ -281,33 +272,8 @@ def create_app(
 
 
 async def _read_json(request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> dict:
-    """The body as a JSON object, refusing more than `limit` bytes before reading them all, or a body
-    that takes longer than `timeout_s` to arrive."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(
-            413,
-            f"Request body is {int(declared)} bytes; this server accepts at most {limit}.",
-            code="request_too_large",
-        )
-    body = bytearray()
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise ApiError(
-                        413,
-                        f"Request body is over {limit} bytes, the most this server accepts.",
-                        code="request_too_large",
-                    )
-    except TimeoutError:
-        raise ApiError(
-            408,
-            f"The request body did not arrive within {timeout_s:g} s.",
-            code="request_timeout",
-            headers={"Connection": "close"},
-        ) from None
+    """The body as a JSON object, at most `limit` bytes (413 before reading more), within timeout_s (408)."""
+    body = await read_body(request, limit, timeout_s)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -333,12 +299,10 @@ def parse_chat_request(body: dict, served: str) -> ChatRequest:
     fmt = body.get("response_format")
     if fmt not in (None, {"type": "text"}):
         raise ApiError(400, 'Only response_format {"type": "text"} is supported.', param="response_format")
-    n = _number(body, "n", 1, int, lo=1)
+    n = number(body, "n", 1, int, lo=1)
     if n != 1:
         raise ApiError(400, f"n={n}: this server returns one choice per request; send n=1.", param="n")
-    max_tokens = _number(body, "max_completion_tokens", None, int, lo=1)
-    if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", None, int, lo=1)
+    max_tokens, temperature, top_p = sampling(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise ApiError(400, "`stream` must be true or false.", param="stream")
@@ -352,37 +316,12 @@ def parse_chat_request(body: dict, served: str) -> ChatRequest:
     return ChatRequest(
         messages=_messages(body.get("messages")),
         max_tokens=max_tokens,
-        temperature=_number(body, "temperature", 0.0, float, lo=0.0, hi=2.0),
-        top_p=_number(body, "top_p", 1.0, float, lo=0.0, hi=1.0, lo_open=True),
+        temperature=temperature,
+        top_p=top_p,
         stream=bool(stream),
         include_usage=bool(options.get("include_usage")),
         stop=stop,
     )
-
-
-def _number(body: dict, key: str, default, kind, lo=None, hi=None, lo_open=False):
-    value = body.get(key)
-    if value is None:
-        return default
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if ok and kind is int:
-        ok = float(value).is_integer()
-    if not ok:
-        raise ApiError(400, f"`{key}` must be {'an integer' if kind is int else 'a number'}, got {value!r}.", param=key)
-    value = kind(value)
-    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
-        bounds = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
-        raise ApiError(400, f"`{key}` must be {bounds}, got {value}.", param=key)
-    return value
-
-
-def _messages(messages) -> list[dict]:
-    from tunesmith.messages import BadMessages, check_messages
-
-    try:
-        return check_messages(messages)
-    except BadMessages as exc:
-        raise ApiError(400, exc.message, param=exc.param) from None
 
 
 def _encode_prompt(tok, messages: list[dict]) -> list[int]:
@@ -415,19 +354,6 @@ def _fit_context(prompt_tokens: int, max_tokens: int | None, context: int, defau
             code="context_length_exceeded",
         )
     return max_tokens
-
-
-def _key_matches(request, api_key: str) -> bool:
-    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    credential = credential.strip()
-    if scheme.lower() == "basic":  # the browser's login box: any user name, the key as password
-        try:
-            credential = base64.b64decode(credential).decode().partition(":")[2]
-        except (ValueError, UnicodeDecodeError):
-            return False
-    elif scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(credential.encode(), api_key.encode())
 
 
 # ----------------------------------------------------------------------------- generation
@@ -724,19 +650,16 @@ def cli_serve(args) -> int:
         if getattr(args, key, None) is not None:
             setattr(s, key, getattr(args, key))
     engine = args.engine or cfg.generate.engine
-    api_key = s.api_key or os.environ.get("TUNESMITH_API_KEY") or None
+    from tunesmith import web
+
+    api_key = web.api_key_from(args) or s.api_key or None  # --api-key-file, the env, --api-key, serve.api_key
     if s.max_concurrency < 1:
         raise UserError(
             f"max_concurrency {s.max_concurrency}: must be at least 1. fix: --max-concurrency N or serve.max_concurrency."
         )
     if s.max_queue < 0:
         raise UserError(f"max_queue {s.max_queue}: must be 0 or more. fix: --max-queue N or serve.max_queue.")
-    if s.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(
-            f"warning: serving on {s.host} without an API key: anyone who can reach this port can use "
-            f"the model. Add --api-key KEY (or set TUNESMITH_API_KEY).",
-            flush=True,
-        )
+    web.check_exposure(s.host, api_key, "serving")
     t0 = time.perf_counter()
     model = args.model or (cfg.model.name if args.config else None)
     app = create_app(
@@ -749,6 +672,7 @@ def cli_serve(args) -> int:
         engine=engine,
         system=args.system,
         workbench=s.workbench or None,
+        hosts=web.allowed_hosts(s.host, getattr(args, "allowed_host", None) or ()),
     )
     name = _served_name(model)
     host = f"[{s.host}]" if ":" in s.host else s.host

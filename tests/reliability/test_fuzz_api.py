@@ -31,7 +31,7 @@ def http(tiny_model_dir):
     model, tok = load(str(tiny_model_dir), device="cpu")
     model.config.max_position_embeddings = 96
     app = create_app((model, tok), model_name=NAME, api_key=KEY, max_body_bytes=4096, default_max_tokens=4)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as client:
         yield client
 
 

@@ -139,7 +139,9 @@ def test_a_hostile_template_is_a_400_from_the_server(tmp_path, tiny_model_dir, m
     config["chat_template"] = ESCAPES["cycler globals"].replace("MARK", str(marker))
     (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
     (model_dir / "chat_template.jinja").unlink(missing_ok=True)
-    with TestClient(create_app(load(str(model_dir), device="cpu"), model_name="m")) as http:
+    with TestClient(
+        create_app(load(str(model_dir), device="cpu"), model_name="m"), base_url="http://127.0.0.1"
+    ) as http:
         r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert r.status_code == 400 and "unsafe" in r.json()["error"]["message"]
 
@@ -245,7 +247,9 @@ def test_served_model_names_are_compared_never_opened(tiny_model_dir):
     from tunesmith.models import load
     from tunesmith.serve import create_app
 
-    with TestClient(create_app(load(str(tiny_model_dir), device="cpu"), model_name="tiny")) as http:
+    with TestClient(
+        create_app(load(str(tiny_model_dir), device="cpu"), model_name="tiny"), base_url="http://127.0.0.1"
+    ) as http:
         for name in ("../../etc/passwd", "/etc/passwd", str(tiny_model_dir), "tiny/../tiny"):
             r = http.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
             assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
