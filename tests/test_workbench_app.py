@@ -16,7 +16,7 @@ from tunesmith.workbench.app import create_app
 def test_a_dataset_project_and_the_train_form(tmp_path):
     root = tmp_path / "projects"
     data = make_chats(tmp_path / "chats.jsonl", n=12)
-    with TestClient(create_app(root, run_jobs=False, model="my-model")) as c:
+    with TestClient(create_app(root, run_jobs=False, model="my-model"), base_url="http://127.0.0.1") as c:
         token = csrf_of(c.get("/").text)
         r = c.post(
             "/api/projects",
@@ -63,7 +63,7 @@ def test_verdict_and_review_pages_never_name_the_arms_being_rated(tmp_path):
     root = tmp_path / "projects"
     samples, results = fake_verdict(n_examples=3)
     jid = fake_finished_run(root, samples, results)
-    with TestClient(create_app(root, run_jobs=False)) as c:
+    with TestClient(create_app(root, run_jobs=False), base_url="http://127.0.0.1") as c:
         verdict = c.get(f"/p/demo-000001/verdict/{jid}")
         assert verdict.status_code == 200 and verdict.text.count('class="example"') == 3
         assert c.get(f"/p/demo-000001/verdict/{jid}?task=insight").text.count('class="example"') == 1
@@ -106,7 +106,7 @@ def test_chat_refuses_a_malformed_conversation_with_the_reason(tmp_path):
     root = tmp_path / "projects"
     samples, results = fake_verdict(n_examples=1)
     jid = fake_finished_run(root, samples, results)
-    with TestClient(create_app(root, run_jobs=False)) as c:
+    with TestClient(create_app(root, run_jobs=False), base_url="http://127.0.0.1") as c:
         token = csrf_of(c.get("/").text)
         r = c.post(
             f"/api/p/demo-000001/chat/{jid}",
@@ -155,7 +155,7 @@ def test_the_check_result_lists_each_problem_by_line_with_its_fix(tmp_path, tiny
     root = tmp_path / "projects"
     lines = make_chats(tmp_path / "chats.jsonl", n=12).read_text().splitlines()
     lines[2] = '{"messages": [{"role": "user", "content": "cut short'  # line 3: not JSON
-    with TestClient(create_app(root, run_jobs=False, model=str(tiny_model_dir))) as c:
+    with TestClient(create_app(root, run_jobs=False, model=str(tiny_model_dir)), base_url="http://127.0.0.1") as c:
         token = csrf_of(c.get("/").text)
         pid = c.post(
             "/api/projects",

@@ -46,7 +46,7 @@ def submit(
     )
     jid = cur.lastrowid
     d = job_dir(projects_dir, {"id": jid, "project": project})
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         spec, run_dir = make_spec(jid, d)
     except BaseException:
@@ -56,6 +56,7 @@ def submit(
         shutil.rmtree(d, ignore_errors=True)
         raise
     (d / "job.json").write_text(json.dumps(spec, indent=1))
+    (d / "job.json").chmod(0o600)
     con.execute("UPDATE jobs SET status='queued', run_dir=? WHERE id=?", (str(run_dir) if run_dir else None, jid))
     return jid
 
@@ -181,7 +182,7 @@ class Runner:
         env = dict(self.env if self.env is not None else os.environ)
         src = str(Path(__file__).resolve().parents[2])  # the tunesmith this server runs, even from a checkout
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        with open(d / "log.txt", "ab") as log:
+        with os.fdopen(os.open(d / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
             log.write(f"\n--- started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
             log.flush()
             # Its own session: the job outlives the server and a Ctrl-C meant for the server.
@@ -193,6 +194,7 @@ class Runner:
                 env=env,
                 cwd=str(project_dir(self.projects_dir, job["project"])),
                 start_new_session=True,
+                umask=0o077,  # what a job writes under PROJECTS_DIR is the owner's alone
             )
         self.children[job["id"]] = proc
         con.execute(

@@ -141,9 +141,11 @@ def repository_root(folder: Path) -> Path:
 # ------------------------------------------------------------------------------------ create
 
 
-def create_project(projects_dir: Path, name: str, upload: Path, filename: str, model: str) -> dict:
+def create_project(
+    projects_dir: Path, name: str, upload: Path, filename: str, model: str, max_records: int = 200_000
+) -> dict:
     """Unpack or place the upload, import a repository, write data/config.yaml; returns the row to store.
-    On any error the project directory is removed again."""
+    More than max_records examples are refused. On any error the project directory is removed again."""
     from tunesmith.config import Config, save_config
 
     pid = slug(name or Path(filename).stem)
@@ -178,6 +180,8 @@ def create_project(projects_dir: Path, name: str, upload: Path, filename: str, m
                 f"{filename}: not a repository .zip or a dataset file. fix: upload a .zip of the "
                 f"repository folder, or one of {', '.join(DATASET_SUFFIXES)}."
             )
+        for data in sorted((folder / "data").glob("*.jsonl")) + sorted((folder / "source").glob("dataset.*")):
+            count_records(data, filename, max_records)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -196,3 +200,25 @@ def create_project(projects_dir: Path, name: str, upload: Path, filename: str, m
 
 def config_path(projects_dir: Path, pid: str) -> Path:
     return project_dir(projects_dir, pid) / "data" / "config.yaml"
+
+
+def count_records(path: Path, upload: str, limit: int) -> int:
+    """Lines of a dataset (a record each in JSONL, CSV, TSV), refused past `limit` before any job reads it."""
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            n += block.count(b"\n")
+            if n > limit:
+                raise UserError(
+                    f"{upload}: more than {limit:,} records; the workbench takes at most that many per project. "
+                    f"fix: upload a sample (or split the data), or run the CLI on the whole of it."
+                )
+    return n
+
+
+def private_tree(folder: Path) -> None:
+    """Files 0600 and directories 0700 under `folder`: a project is its owner's alone."""
+    folder.chmod(0o700)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)

@@ -313,13 +313,23 @@ def verdict_sentence(summary: dict, results: dict) -> str:
     share, lo, hi = wilson(rw, n)
     stat = f"{rec} won {rw} of {n} decisive ratings against {ref} ({share:.0%}, 95 % interval {lo:.0%}–{hi:.0%})"
     if hi < 0.5:
-        return f"Experts disagree with the metrics: {stat}, so reviewers prefer {ref}; weigh this before acting on the recommendation."
+        return (
+            f"Experts disagree with the metrics: {stat}, so reviewers prefer {ref}; "
+            f"weigh this before acting on the recommendation."
+        )
     if lo > 0.5:
         return f"Experts agree with the metrics: {stat}."
     return f"Experts neither confirm nor contradict the metrics yet: {stat}; more ratings would settle it."
 
 
 # ------------------------------------------------------------------------------------ exports
+
+
+def cell(value) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ tab or CR would be read as a
+    formula (OWASP's CSV injection rule), so it gets a leading apostrophe."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def to_csv(con, run_job: int, samples: list[dict]) -> str:
@@ -331,7 +341,8 @@ def to_csv(con, run_job: int, samples: list[dict]) -> str:
         meta = by_example.get(r["example"], {}).get("meta") or {}
         other = r["arm_y"] if r["shown_a"] == r["arm_x"] else r["arm_x"]
         w.writerow(
-            [
+            cell(v)
+            for v in [
                 r["reviewer"],
                 meta.get("id", r["example"]),
                 meta.get("task", ""),

@@ -1,7 +1,16 @@
-"""The workbench's gatekeeping: sign-in with the API key (Bearer header or a signed session cookie),
-the per-workbench secret behind sessions and CSRF tokens, and reading small url-encoded forms.
+"""The workbench's gatekeeping: sign-in with the API key (Bearer header, or a session the server
+keeps), CSRF tokens bound to that session, a backoff on failed sign-ins, and small forms.
 
-    app.add_middleware(Auth, api_key=KEY, secret=secret_key(projects_dir))
+    sessions = Sessions(projects_dir, secret_key(projects_dir), api_key)
+    app.add_middleware(Auth, api_key=KEY, sessions=sessions)
+
+A session is a row in workbench.db (its token's SHA-256, never the token), so signing out, the
+session's expiry and a new key (the workbench restarted with another one) end it on the server:
+a copied cookie stops working with it. Every browser gets a session on its first page, signed in
+or not; its CSRF token is the session's own, so a token a page elsewhere obtained for *its*
+session is worth nothing in another browser's. State changes from another site (Sec-Fetch-Site,
+Origin) are refused outright: cookies ignore ports, so a page on another port of this host is
+"same-site" to a browser.
 """
 
 from __future__ import annotations
@@ -10,53 +19,168 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 import urllib.parse
 from pathlib import Path
 
-SESSION_COOKIE, CSRF_COOKIE = "ts_session", "ts_csrf"
-SESSION_HOURS = 12
+from starlette.requests import Request
+
+from tunesmith.web import ApiError
+from tunesmith.workbench import db
+
+SESSION_COOKIE = "ts_session"
+SESSION_HOURS, ANONYMOUS_HOURS = 12, 2
 PUBLIC = ("/login", "/health")
+FORM_LIMIT = 1 << 20  # bytes in a form or JSON body (uploads have their own limit)
 
 
-class Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
+class Refused(ApiError):
+    """A refusal the workbench answers as a page (browsers) or {"error": message} (API clients)."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(status, message, headers=headers)
+
+
+def secret_key(root: Path) -> bytes:
+    """A per-workbench secret, kept across restarts (0600, in PROJECTS_DIR)."""
+    path = root / ".secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Sessions:
+    """Server-side sessions in workbench.db, tied to the key the workbench runs with."""
+
+    def __init__(self, root: Path, secret: bytes, api_key: str | None):
+        self.root = root
+        self.key_id = hmac.new(secret, (api_key or "").encode(), hashlib.sha256).hexdigest()[:32]
+        db.sessions_purge(db.connect(root), time.time(), self.key_id)  # a new key ends every old session
+
+    def get(self, token: str) -> dict | None:
+        if not token:
+            return None
+        row = db.session(db.connect(self.root), _digest(token))
+        if row is None or row["expires"] < time.time() or row["key_id"] != self.key_id:
+            return None
+        return row
+
+    def new(self, signed_in: bool) -> tuple[str, dict]:
+        token = secrets.token_urlsafe(32)
+        hours = SESSION_HOURS if signed_in else ANONYMOUS_HOURS
+        row = {
+            "id": _digest(token),
+            "csrf": secrets.token_urlsafe(32),
+            "signed_in": int(signed_in),
+            "key_id": self.key_id,
+            "created": time.time(),
+            "expires": time.time() + hours * 3600,
+        }
+        con = db.connect(self.root)
+        if secrets.randbelow(64) == 0:  # now and then, drop the expired ones
+            db.sessions_purge(con, time.time(), self.key_id)
+        db.session_insert(con, row)
+        return token, row
+
+    def end(self, token: str) -> None:
+        if token:
+            db.session_delete(db.connect(self.root), _digest(token))
+
+
+class SignInLimit:
+    """Failed sign-ins per client address: FREE tries, then a lockout that doubles with each further
+    failure (1 s, 2 s, 4 s … up to MAX_S). A lockout is answered 429 without looking at the key."""
+
+    FREE, MAX_S = 5, 900
+
+    def __init__(self, clock=time.monotonic):
+        self.clock, self.lock = clock, threading.Lock()
+        self.failures: dict[str, tuple[int, float]] = {}  # address -> (failures, locked until)
+
+    def check(self, address: str) -> None:
+        with self.lock:
+            _, until = self.failures.get(address, (0, 0.0))
+        wait = until - self.clock()
+        if wait > 0:
+            raise Refused(
+                429,
+                f"Too many wrong keys from this address: try again in {wait:.0f} s.",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+
+    def failed(self, address: str) -> None:
+        with self.lock:
+            n = self.failures.get(address, (0, 0.0))[0] + 1
+            wait = 0.0 if n < self.FREE else min(2.0 ** (n - self.FREE), self.MAX_S)
+            self.failures[address] = (n, self.clock() + wait)
+            if len(self.failures) > 10_000:  # a flood of addresses: keep the locked ones
+                now = self.clock()
+                self.failures = {a: v for a, v in self.failures.items() if v[1] > now}
+
+    def succeeded(self, address: str) -> None:
+        with self.lock:
+            self.failures.pop(address, None)
 
 
 class Auth:
-    """ASGI middleware: with a key, nothing but /login and /health without the key or a session."""
+    """ASGI middleware: finds the request's session (state["session"]); with a key, nothing but
+    /login and /health without the key or a signed-in session. A page asked for by a browser
+    without one is sent to the sign-in form; anything else is a 401."""
 
-    def __init__(self, app, api_key: str | None, secret: bytes):
-        self.app, self.api_key, self.secret = app, api_key, secret
+    def __init__(self, app, api_key: str | None, sessions: Sessions):
+        self.app, self.api_key, self.sessions = app, api_key, sessions
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.api_key:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        from starlette.requests import Request
-        from starlette.responses import HTMLResponse, JSONResponse
+        from starlette.responses import JSONResponse, RedirectResponse
+
+        from tunesmith.web import key_matches
 
         request = Request(scope)
-        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
         state = scope.setdefault("state", {})
-        if scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self.api_key.encode()):
+        state["session"] = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        if self.api_key and key_matches(request, self.api_key):
             state["auth"] = "bearer"
-        elif session_ok(self.secret, self.api_key, request.cookies.get(SESSION_COOKIE, "")):
+        elif not self.api_key:
+            state["auth"] = "open"
+        elif state["session"] and state["session"]["signed_in"]:
             state["auth"] = "session"
         elif route_path(scope) not in PUBLIC:
-            if "text/html" in request.headers.get("accept", ""):
-                resp = HTMLResponse(
-                    "<!doctype html><meta charset=utf-8><title>Sign in</title><p>This workbench needs "
-                    f'its key. <a href="{scope.get("root_path", "")}/login">Sign in</a>.</p>',
-                    status_code=401,
-                )
+            if scope["method"] == "GET" and "text/html" in request.headers.get("accept", ""):
+                resp = RedirectResponse(f"{scope.get('root_path', '')}/login", status_code=303)
             else:
                 resp = JSONResponse(
                     {"error": "Sign in at /login, or send `Authorization: Bearer KEY`."}, status_code=401
                 )
             return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+async def csrf_guard(request: Request) -> None:
+    """A state-changing request from a browser: from this site, with its own session's token."""
+    state = request.scope.setdefault("state", {})
+    if request.method in ("GET", "HEAD", "OPTIONS") or state.get("auth") == "bearer":
+        return
+    fetch_site = request.headers.get("sec-fetch-site", "")
+    origin = request.headers.get("origin")
+    if fetch_site in ("same-site", "cross-site") or (
+        origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host", "")
+    ):
+        raise Refused(403, "This request came from another site (or another port of this host); refused.")
+    sent = request.headers.get("x-csrf-token")
+    if sent is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        sent = (await read_form(request)).get("csrf_token")
+    session = state.get("session")
+    if not session or not sent or not hmac.compare_digest(sent, session["csrf"]):
+        raise Refused(403, "Missing or stale CSRF token: reload the page and try again.")
 
 
 class MountedAt:
@@ -94,39 +218,28 @@ def route_path(scope) -> str:
     return path[len(prefix) :] or "/" if prefix and path.startswith(prefix) else path
 
 
-def secret_key(root: Path) -> bytes:
-    """A per-workbench secret for session and CSRF tokens, kept across restarts (0600, in PROJECTS_DIR)."""
-    path = root / ".secret"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
-
-
-def new_session(secret: bytes, api_key: str) -> str:
-    body = f"{int(time.time()) + SESSION_HOURS * 3600}.{secrets.token_urlsafe(12)}"
-    return body + "." + hmac.new(secret + api_key.encode(), body.encode(), hashlib.sha256).hexdigest()
-
-
-def session_ok(secret: bytes, api_key: str, value: str) -> bool:
-    body, _, sig = value.rpartition(".")
-    if not body or not sig:
-        return False
-    want = hmac.new(secret + api_key.encode(), body.encode(), hashlib.sha256).hexdigest()
-    expiry = body.partition(".")[0]
-    return hmac.compare_digest(sig, want) and expiry.isdigit() and int(expiry) > time.time()
-
-
-async def read_form(request, multi: bool = False, limit: int = 1 << 20):
+async def read_form(request, multi: bool = False, limit: int = FORM_LIMIT):
     """A url-encoded form body (read once, cached on the request's scope); multi keeps repeated keys."""
+    from tunesmith.web import read_body
+
     state = request.scope.setdefault("state", {})
     if "form" not in state:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise Refused(413, f"Form body over {limit} bytes.")
+        body = await read_body(request, limit)
         state["form"] = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     parsed = state["form"]
     return parsed if multi else {k: v[-1] for k, v in parsed.items()}
+
+
+async def read_json(request, limit: int = FORM_LIMIT) -> dict:
+    """A JSON object body of at most `limit` bytes."""
+    import json
+
+    from tunesmith.web import read_body
+
+    try:
+        data = json.loads(await read_body(request, limit))
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "The request body is not JSON.") from None
+    if not isinstance(data, dict):
+        raise Refused(400, "The request body must be a JSON object.")
+    return data

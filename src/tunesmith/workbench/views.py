@@ -96,9 +96,37 @@ def glossary_marker(job: dict):
 
 
 def markdown(text: str) -> str:
-    from markdown_it import MarkdownIt
+    """A model's reply as HTML: raw HTML in it is shown as text, never run, and an image loads only
+    from this page's own origin (an image elsewhere would tell that server who read the reply)."""
+    return _markdown().render(text)
 
-    return MarkdownIt("commonmark", {"html": False}).render(text)  # raw HTML in a reply is shown, never run
+
+_md = None
+
+
+def _markdown():
+    global _md
+    if _md is None:
+        from markdown_it import MarkdownIt
+
+        md = MarkdownIt("commonmark", {"html": False})
+        default_image = md.renderer.rules["image"]
+
+        def image(renderer, tokens, idx, options, env):
+            src = tokens[idx].attrGet("src") or ""
+            if src.startswith("/") and not src.startswith("//"):
+                return default_image(tokens, idx, options, env)
+            return html_escape(f"[image: {tokens[idx].content or src}]")
+
+        md.add_render_rule("image", image)
+        _md = md
+    return _md
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
 
 
 def pct(v) -> str:

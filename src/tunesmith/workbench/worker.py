@@ -27,11 +27,29 @@ def run_check(config: str, out: str) -> int:
         cfg.data.train, cfg.data.heldout or None, cfg.model.name, cfg.data.max_len, cfg.data.too_long, cfg.data.format
     )
     report["text"] = format_report(report)
-    tmp = Path(out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    os.replace(tmp, out)
     print(report["text"])
+    tmp = Path(out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(shortened(report), indent=1, ensure_ascii=False))
+    os.replace(tmp, out)
     return 0 if report["ok"] else 1
+
+
+# The project page shows the first issues and the counts: check.json keeps no more than that, so a
+# dataset with a million bad lines makes a report of kilobytes, not hundreds of megabytes.
+MAX_ISSUES, MAX_TEXT = 200, 20_000
+
+
+def shortened(report: dict) -> dict:
+    """The report as the workbench keeps it: the first MAX_ISSUES issues (issues_total says how
+    many there were) and the first MAX_TEXT characters of its text."""
+    issues = report.get("issues") or []
+    text = report.get("text", "")
+    cut = (
+        f"\n… {len(text) - MAX_TEXT:,} more characters: run `tunesmith check` for all of it."
+        if len(text) > MAX_TEXT
+        else ""
+    )
+    return {**report, "issues": issues[:MAX_ISSUES], "issues_total": len(issues), "text": text[:MAX_TEXT] + cut}
 
 
 def main(job_dir: str) -> int:

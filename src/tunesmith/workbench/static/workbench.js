@@ -25,6 +25,9 @@ if (newProject) newProject.addEventListener("submit", async (ev) => {
   }
 });
 
+// ---- a select that submits its form when changed (the CSP allows no inline handlers)
+$$("select[data-autosubmit]").forEach((el) => el.addEventListener("change", () => el.form.submit()));
+
 // ---- pages that wait for a job refresh themselves
 const reload = $("[data-reload]");
 if (reload) setTimeout(() => location.reload(), 1000 * Number(reload.dataset.reload));
