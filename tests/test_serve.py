@@ -209,6 +209,21 @@ def test_api_key_guards_every_route_but_health(keyed):
     assert httpx.get(f"{keyed}/", headers={"Authorization": wrong}).status_code == 401
 
 
+def test_a_rebinding_host_is_refused_and_the_page_runs_no_inline_script(server):
+    """The API answers only to loopback names (--allowed-host adds others): a page on a DNS name that
+    resolves to 127.0.0.1 cannot use a server that has no key. Its web UI's script is a file."""
+    r = httpx.get(f"{server}/v1/models", headers={"Host": "rebind.attacker.example"})
+    assert r.status_code == 400 and "--allowed-host rebind.attacker.example" in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/chat/completions", json={"messages": MESSAGES}, headers={"Host": "evil.example:80"})
+    assert r.status_code == 400
+    page = httpx.get(f"{server}/")
+    assert "script-src 'self'" in page.headers["content-security-policy"] and page.headers["x-frame-options"] == "DENY"
+    assert '<script src="/ui/chat.js"></script>' in page.text and "<script>" not in page.text
+    script = httpx.get(f"{server}/ui/chat.js")
+    assert script.status_code == 200 and "/v1/chat/completions" in script.text
+    assert httpx.get(f"{server}/health").headers["x-content-type-options"] == "nosniff"
+
+
 # ---------------------------------------------------------------------------------- limits
 
 

@@ -197,3 +197,46 @@ def test_a_projects_path_that_is_a_file_is_refused_with_the_fix(tmp_path):
     with pytest.raises(UserError, match=r"notes.txt: a file, not a projects directory. fix: name a directory"):
         create_app(tmp_path / "notes.txt", run_jobs=False)
     assert (tmp_path / "notes.txt").read_text() == "not a folder"  # nothing it had is lost
+
+
+def test_chat_refuses_bad_parameters_as_serve_does(tmp_path):
+    """The workbench used to clamp max_tokens and temperature silently; now both apps answer 400."""
+    root = tmp_path / "projects"
+    samples, results = fake_verdict(n_examples=1)
+    jid = fake_finished_run(root, samples, results)
+    with TestClient(create_app(root, run_jobs=False), base_url="http://127.0.0.1") as c:
+        token = csrf_of(c.get("/").text)
+        messages = [{"role": "user", "content": "hi"}]
+        for extra, why in [
+            ({"temperature": 5}, "`temperature` must be >= 0.0 and <= 2.0, got 5.0."),
+            ({"max_tokens": 0}, "`max_tokens` must be >= 1"),
+            ({"max_tokens": 10**6}, "`max_tokens` must be >= 1 and <= 2048"),
+            ({"max_tokens": "many"}, "`max_tokens` must be an integer, got 'many'."),
+        ]:
+            r = c.post(
+                f"/api/p/demo-000001/chat/{jid}", json={"messages": messages, **extra}, headers={"X-CSRF-Token": token}
+            )
+            assert r.status_code == 400 and why in r.json()["error"], (extra, r.text)
+
+
+def test_upload_errors_name_the_uploads_own_paths(tmp_path):
+    """Issue 24: a folder the importer cannot use showed the server's path to it."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("research/notes.txt", "Notes without any front matter.")
+    with TestClient(create_app(tmp_path / "projects", run_jobs=False), base_url="http://127.0.0.1") as c:
+        token = csrf_of(c.get("/").text)
+        r = c.post("/api/projects?filename=research.zip", content=buf.getvalue(), headers={"X-CSRF-Token": token})
+    error = r.json()["error"]
+    assert r.status_code == 400 and "no examples could be built from research:" in error
+    assert str(tmp_path) not in error and "/source" not in error
+
+
+def test_jobs_never_see_the_servers_key(tmp_path):
+    env = {"PATH": "/usr/bin", "TUNESMITH_API_KEY": "k" * 20, "MY_COPY": "k" * 20, "JUDGE_KEY": "j"}
+    app = create_app(tmp_path / "projects", api_key="k" * 20, run_jobs=False, job_env=env)
+    assert app.state.runner.env == {"PATH": "/usr/bin", "JUDGE_KEY": "j"}
+    assert {"TUNESMITH_API_KEY", "MY_COPY"} <= set(app.state.site.policy.secret_envs)
