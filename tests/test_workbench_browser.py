@@ -148,24 +148,36 @@ def test_the_whole_journey_in_a_browser(tmp_path, tiny_model_dir):
         browser.close()
 
 
-def test_sign_in_and_a_refused_upload_in_a_browser(tmp_path):
+def _zip(path: Path, entries: dict) -> Path:
     import io
     import zipfile
 
-    from tunesmith.workbench.app import create_app
-
-    evil = tmp_path / "evil.zip"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("repo/../../evil.txt", "pwned")
-    evil.write_bytes(buf.getvalue())
+        for name, text in entries.items():
+            z.writestr(name, text)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def test_sign_in_and_a_refused_upload_in_a_browser(tmp_path):
+    """Issue 24: the address opens on the sign-in form (not a line of text); a refused upload names
+    the upload's own paths, never the server's."""
+    from tunesmith.workbench.app import create_app
+
+    evil = _zip(tmp_path / "evil.zip", {"repo/../../evil.txt": "pwned"})
+    unusable = _zip(tmp_path / "research.zip", {"research/notes.txt": "Notes without any front matter."})
     app = create_app(tmp_path / "projects", api_key="let-me-in", run_jobs=False)
     with LiveServer(app) as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
         expect.set_options(timeout=30_000)
-        assert page.goto(server.url).status == 401
-        page.click("text=Sign in")
+        assert page.goto(server.url).status == 200  # redirected to the form, which is styled
+        assert page.url == server.url + "/login"
+        expect(page.locator("#key")).to_be_visible()
+        assert page.locator("form").evaluate("f => getComputedStyle(f).backgroundColor") == "rgb(255, 255, 255)"
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "00-sign-in.png"))
         page.fill("#key", "wrong")
         page.click("button")
         expect(page.locator(".err")).to_contain_text("not the key")
@@ -183,8 +195,49 @@ def test_sign_in_and_a_refused_upload_in_a_browser(tmp_path):
         )
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "09-refused-upload.png"))
+        page.set_input_files("#np-file", str(unusable))
+        page.click("#np-create")
+        status = page.locator("#np-status")
+        expect(status).to_contain_text("no examples could be built from research:")
+        assert str(tmp_path) not in status.inner_text() and "/source" not in status.inner_text()
+        page.screenshot(path=str(SHOTS / "09b-unusable-upload.png"))
         assert not any((tmp_path / "projects" / "projects").iterdir())
         assert not (tmp_path / "evil.txt").exists()
+        browser.close()
+
+
+def test_review_replies_are_rendered_as_markdown_and_never_run(tmp_path):
+    """Issue 24: the blind-review page showed `**We saw**`; it renders replies as the chat page does,
+    raw HTML shown as text, images only from the page's own origin."""
+    from test_workbench_review import fake_verdict
+    from workbench_util import fake_finished_run
+
+    from tunesmith.workbench.app import create_app
+
+    samples, results = fake_verdict(n_examples=1)
+    reply = (
+        "**We saw** three patterns:\n\n1. planners *skip* the list\n2. `basket` stays open\n\n"
+        "<img src=x onerror=\"document.title='pwned'\"> ![pixel](https://tracker.example/p.png)"
+    )
+    for out in samples[0]["outputs"].values():
+        out["text"] = reply
+    jid = fake_finished_run(tmp_path / "projects", samples, results)
+    app = create_app(tmp_path / "projects", run_jobs=False)
+    with LiveServer(app) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        expect.set_options(timeout=30_000)
+        requested = []
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(f"{server.url}/p/demo-000001/review/{jid}?reviewer=Ana")
+        for side in ("#text-a", "#text-b"):
+            expect(page.locator(f"{side} strong")).to_have_text("We saw")
+            assert page.locator(f"{side} ol li").count() == 2 and page.locator(f"{side} code").inner_text() == "basket"
+            assert page.locator(f"{side} img").count() == 0  # neither the raw tag nor the external image
+            expect(page.locator(side)).to_contain_text("<img src=x")  # raw HTML shown as text
+        assert page.title() != "pwned" and not any("tracker.example" in u for u in requested)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "11-review-pair.png"), full_page=True)
         browser.close()
 
 
@@ -212,9 +265,8 @@ def test_the_workbench_under_serve_in_a_browser(tmp_path, tiny_model_dir):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         expect.set_options(timeout=90_000)
-        assert page.goto(server.url + "/workbench/").status == 401
-        page.click("text=Sign in")
-        assert page.url == server.url + "/workbench/login"
+        assert page.goto(server.url + "/workbench/").status == 200
+        assert page.url == server.url + "/workbench/login"  # the sign-in form, under the prefix
         page.fill("#key", "let-me-in")
         page.click("button")
         expect(page.locator("h1")).to_have_text("Projects")

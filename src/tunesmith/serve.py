@@ -675,18 +675,19 @@ def cli_serve(args) -> int:
         hosts=web.allowed_hosts(s.host, getattr(args, "allowed_host", None) or ()),
     )
     name = _served_name(model)
-    host = f"[{s.host}]" if ":" in s.host else s.host
-    bench = (
-        f"  workbench http://{host}:{s.port}/workbench/  (projects in {Path(s.workbench).resolve()})\n"
-        if s.workbench
-        else ""
+    lines = [
+        ("API", f'{web.url(s.host, s.port, "/v1")}  (model id "{name}"{", API key required" if api_key else ""})'),
+        ("web UI", web.url(s.host, s.port)),
+    ]
+    if s.workbench:
+        lines.append(
+            ("workbench", f"{web.url(s.host, s.port, '/workbench/')}  (projects in {Path(s.workbench).resolve()})")
+        )
+    lines.append(
+        ("limits", f"{s.max_concurrency} requests in the batch, {s.max_queue} waiting, {s.max_body_bytes} byte bodies")
     )
     print(
-        f"tunesmith serve: {name} loaded in {time.perf_counter() - t0:.1f} s\n"
-        f'  API     http://{host}:{s.port}/v1  (model id "{name}"{", API key required" if api_key else ""})\n'
-        f"  web UI  http://{host}:{s.port}/\n{bench}"
-        f"  limits  {s.max_concurrency} requests in the batch, {s.max_queue} waiting, {s.max_body_bytes} byte bodies",
-        flush=True,
+        web.startup_notice("tunesmith serve", f"{name} loaded in {time.perf_counter() - t0:.1f} s", lines), flush=True
     )
     try:
         uvicorn.Server(server_config(app, s.host, s.port, log_level="info", timeout_graceful_shutdown=5)).run()

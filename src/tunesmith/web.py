@@ -38,7 +38,7 @@ SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # "no-referrer" would make browsers send `Origin: null` on our own forms
 }
 # A key exposed beyond this machine must be one nobody guesses: long, and not one character repeated.
 MIN_KEY_LENGTH, MIN_KEY_BITS = 16, 64
@@ -141,10 +141,13 @@ def key_matches(request, api_key: str, basic: bool = False) -> bool:
     return hmac.compare_digest(credential.encode(), api_key.encode())
 
 
-def startup_notice(what: str, host: str, port: int, lines: list[str]) -> str:
-    """What a server prints when it starts: where to open it, then its own lines."""
-    shown = f"[{host}]" if ":" in host else host
-    return "\n".join([f"{what}: http://{shown}:{port}/", *(f"  {line}" for line in lines)])
+def url(host: str, port: int, path: str = "/") -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
+def startup_notice(what: str, headline: str, lines: list[tuple[str, str]]) -> str:
+    """What a server prints when it starts: `what: headline`, then a `label  value` line each."""
+    return "\n".join([f"{what}: {headline}", *(f"  {label:<7} {value}" for label, value in lines)])
 
 
 # ------------------------------------------------------------------------------ hosts, limits, headers

@@ -146,14 +146,10 @@ def cli_ui(args) -> int:
         hosts=web.allowed_hosts(args.host, getattr(args, "allowed_host", None) or ()),
         allowed_urls=tuple(getattr(args, "allow_url", None) or ()),
     )
+    note = "  (sign in with the API key)" if api_key else ""
+    where = f"projects in {Path(args.projects_dir).resolve()}"
     print(
-        web.startup_notice(
-            "tunesmith workbench",
-            args.host,
-            args.port,
-            [f"projects in {Path(args.projects_dir).resolve()}"] + (["sign in with the API key"] if api_key else []),
-        ),
-        flush=True,
+        web.startup_notice("tunesmith workbench", where, [("open", web.url(args.host, args.port) + note)]), flush=True
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
     return 0
