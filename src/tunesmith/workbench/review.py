@@ -398,7 +398,7 @@ def join_report(compare_dir: Path, summary: dict) -> None:
     compare_dir = Path(compare_dir)
     path = compare_dir / "results.json"
     results = json.loads(path.read_text())
-    results["expert_review"] = _json_safe(summary)
+    results["expert_review"] = json_safe(summary)
     results.setdefault("verdict", {})["experts"] = summary["sentence"]
     _atomic_write(path, json.dumps(results, indent=2) + "\n")
     page = compare_dir / "report.html"
@@ -453,13 +453,14 @@ def section_html(s: dict) -> str:
     return "".join(out)
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """Floats rounded, NaN and infinity as null: what JSON can hold."""
     if isinstance(obj, float):
         return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 

@@ -5,6 +5,7 @@ markdown, and the base and fine-tuned models for chat.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -21,10 +22,6 @@ def config_values(cfg) -> list[tuple[str, str, object, str]]:
         for f in dataclasses.fields(section):
             rows.append((f"{sec.name}.{f.name}", "", getattr(section, f.name), ""))
     return rows
-
-
-def as_form(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def progress(job: dict, rows: list[dict]) -> dict:
@@ -101,32 +98,23 @@ def markdown(text: str) -> str:
     return _markdown().render(text)
 
 
-_md = None
-
-
+@functools.cache
 def _markdown():
-    global _md
-    if _md is None:
-        from markdown_it import MarkdownIt
-
-        md = MarkdownIt("commonmark", {"html": False})
-        default_image = md.renderer.rules["image"]
-
-        def image(renderer, tokens, idx, options, env):
-            src = tokens[idx].attrGet("src") or ""
-            if src.startswith("/") and not src.startswith("//"):
-                return default_image(tokens, idx, options, env)
-            return html_escape(f"[image: {tokens[idx].content or src}]")
-
-        md.add_render_rule("image", image)
-        _md = md
-    return _md
-
-
-def html_escape(text: str) -> str:
     import html
 
-    return html.escape(text)
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False})
+    default_image = md.renderer.rules["image"]
+
+    def image(renderer, tokens, idx, options, env):
+        src = tokens[idx].attrGet("src") or ""
+        if src.startswith("/") and not src.startswith("//"):  # this origin's own path
+            return default_image(tokens, idx, options, env)
+        return html.escape(f"[image: {tokens[idx].content or src}]")
+
+    md.add_render_rule("image", image)
+    return md
 
 
 def pct(v) -> str:

@@ -104,7 +104,7 @@ def router(site: Site) -> APIRouter:
     @r.get("/api/p/{pid}/review/{jid}/results")
     def review_results_json(pid: str, jid: int):
         j, cdir, results, samples = site.verdict_files(pid, jid)
-        return review._json_safe(review.summarise(site.con(), jid, samples, results))
+        return review.json_safe(review.summarise(site.con(), jid, samples, results))
 
     @r.get("/p/{pid}/review/{jid}/ratings.csv")
     def ratings_csv(pid: str, jid: int):
