@@ -379,6 +379,29 @@ def test_the_key_from_a_file_or_the_environment_and_a_weak_key_kept_on_loopback(
     check_exposure("0.0.0.0", "Zq7-vR2pLx9_Tn4wKc8bHs1m", "the workbench")
 
 
+@pytest.mark.parametrize("verb", ["ui", "serve"])
+def test_a_weak_key_on_the_network_stops_the_server_before_it_starts(tmp_path, monkeypatch, capsys, verb):
+    from tunesmith.cli import main
+
+    monkeypatch.delenv("TUNESMITH_API_KEY", raising=False)
+    (tmp_path / "key.txt").write_text("letmein\n")
+    target = [str(tmp_path / "projects")] if verb == "ui" else ["no-such-model"]
+    assert main([verb, *target, "--host", "0.0.0.0", "--api-key-file", str(tmp_path / "key.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "too weak to expose beyond this machine (7 characters" in err and "--api-key-file" in err
+    assert not (tmp_path / "projects").exists()  # refused before anything was made
+
+
+def test_a_new_project_cannot_start_from_a_model_folder_outside_it(tmp_path):
+    from test_train import make_chats
+
+    root = tmp_path / "projects"
+    with TestClient(create_app(root, run_jobs=False), base_url="http://127.0.0.1") as c:
+        r = _upload(c, "chats.jsonl", make_chats(tmp_path / "chats.jsonl", n=12).read_bytes(), model="/usr")
+        assert r.status_code == 400 and "model.name: 'usr' is a folder outside the project" in r.json()["error"]
+    assert not any((root / "projects").iterdir())
+
+
 def test_a_rebinding_host_is_refused(tmp_path):
     """Finding 4: a page whose DNS name resolves to 127.0.0.1 read a CSRF token and created a project."""
     root = tmp_path / "projects"
