@@ -2,7 +2,8 @@
 shaped like OpenAI's chat completion request with wrong types, out-of-range numbers, odd Unicode and
 junk inside, raw bytes, other methods and paths, with and without the API key. No answer is a 5xx;
 every 4xx is in OpenAI's error shape; every 200 is a well-formed completion (a stream ends with
-[DONE]).
+[DONE]). The workbench's training form gets any config key (shown on the form or not) with hostile
+values: no answer is a 5xx, and every job it accepts stays inside its project.
 
     pytest -q tests/reliability/test_fuzz_api.py -s        # prints the requests tried
 """
@@ -164,3 +165,97 @@ def test_no_request_gets_a_5xx_and_every_error_is_in_openai_shape(http, req):
 def test_zz_print_figures():
     print(f"\nAPI fuzzing: {json.dumps(TRIED)}")
     assert TRIED["requests"] >= 300 and TRIED["5xx"] == 0 and TRIED.get("completions", 0) >= 10
+
+
+# ------------------------------------------------------------------ the workbench's training form
+
+FORM = {"requests": 0, "accepted": 0, "refused": 0}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from fastapi.testclient import TestClient
+    from test_train import make_chats
+    from workbench_util import csrf_of
+
+    from tunesmith.workbench.app import create_app
+
+    tmp = tmp_path_factory.mktemp("bench")
+    app = create_app(tmp / "projects", run_jobs=False, allowed_urls=("http://judge.lan/v1",))
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as client:
+        token = csrf_of(client.get("/").text)
+        data = make_chats(tmp / "chats.jsonl", n=12).read_bytes()
+        pid = client.post("/api/projects?filename=chats.jsonl", content=data, headers={"X-CSRF-Token": token}).json()
+        yield client, pid["id"], token, app.state.site
+
+
+def _config_keys():
+    from tunesmith.config import field_docs
+
+    return [k for k, *_ in field_docs()]
+
+
+def _form_keys():
+    from tunesmith.workbench.contract import form_keys
+
+    return form_keys()
+
+
+# any config key, half the time one the form shows (with model.name, where a path is a model folder)
+config_key = st.sampled_from(_config_keys()) | st.sampled_from(_form_keys()) | st.just("model.name")
+
+
+hostile = (
+    st.sampled_from(
+        [
+            "/etc/passwd",
+            "../../../etc",
+            "~/.ssh/id_rsa",
+            "source/../../..",
+            "/tmp",
+            "http://attacker.example/v1",
+            "http://judge.lan/v1",
+            "TUNESMITH_API_KEY",
+            "true",
+            "1",
+            "",
+        ]
+    )
+    | odd
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(fields=st.dictionaries(config_key.map(lambda k: "cfg." + k), hostile, max_size=3))
+def test_no_training_form_reaches_outside_its_project(bench, fields):
+    import yaml
+
+    from tunesmith.config import load_config
+    from tunesmith.workbench import db
+    from tunesmith.workbench.contract import PATH_KEYS, check_job_config, form_keys, inside
+
+    client, pid, token, site = bench
+    folder = site.root / "projects" / pid
+    before = db.one(site.con(), "SELECT MAX(id) AS n FROM jobs")["n"]
+    r = client.post(f"/p/{pid}/train", data={"csrf_token": token, "preset": "quick", **fields}, follow_redirects=False)
+    FORM["requests"] += 1
+    assert r.status_code in (303, 400), (r.status_code, r.text[-500:], fields)
+    job = db.one(site.con(), "SELECT * FROM jobs WHERE id > ? AND kind='train'", before)
+    if r.status_code == 400:
+        FORM["refused"] += 1
+        assert job is None and str(site.root) not in r.text.split('id="form-error">')[1].split("</p>")[0]
+        return
+    FORM["accepted"] += 1
+    assert all(k[4:] in form_keys() for k in fields)  # only what the form shows was accepted
+    cfg = load_config(folder / "jobs" / str(job["id"]) / "config.yaml")
+    check_job_config(cfg, folder, site.policy)
+    assert not cfg.model.trust_remote_code
+    raw = yaml.safe_load((folder / "jobs" / str(job["id"]) / "config.yaml").read_text())
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        assert not raw[section][name] or inside(raw[section][name], folder), (key, raw[section][name])
+
+
+def test_zz_print_form_figures():
+    print(f"\nworkbench form fuzzing: {json.dumps(FORM)}")
+    assert FORM["requests"] >= 150 and FORM["refused"] > 0
