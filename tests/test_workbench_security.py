@@ -279,6 +279,7 @@ def test_a_judge_only_from_the_owners_allow_list_and_never_with_the_servers_key(
     ok = load_config(None, ["judge.url=http://judge.lan/v1", "judge.api_key_env=JUDGE_KEY", "model.name=m"])
     check_job_config(ok, folder, policy)
     for override, why in [
+        ("compare.side_effects_file=/etc/passwd", "compare.side_effects_file: 'passwd' is outside the project"),
         ("judge.url=http://attacker.example/v1", "judge.url: .* not an endpoint this workbench may call"),
         ("judge.api_key_env=TUNESMITH_API_KEY", "holds a secret of this server's"),
         ("teacher.url=http://attacker.example/v1", "teacher.url: .* not an endpoint this workbench may call"),

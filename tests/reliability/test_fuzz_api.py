@@ -232,7 +232,7 @@ def test_no_training_form_reaches_outside_its_project(bench, fields):
 
     from tunesmith.config import load_config
     from tunesmith.workbench import db
-    from tunesmith.workbench.contract import PATH_KEYS, check_job_config, form_keys, inside
+    from tunesmith.workbench.contract import check_job_config, form_keys, inside, path_keys
 
     client, pid, token, site = bench
     folder = site.root / "projects" / pid
@@ -251,7 +251,7 @@ def test_no_training_form_reaches_outside_its_project(bench, fields):
     check_job_config(cfg, folder, site.policy)
     assert not cfg.model.trust_remote_code
     raw = yaml.safe_load((folder / "jobs" / str(job["id"]) / "config.yaml").read_text())
-    for key in PATH_KEYS:
+    for key in path_keys(cfg):
         section, name = key.split(".")
         assert not raw[section][name] or inside(raw[section][name], folder), (key, raw[section][name])
 

@@ -26,7 +26,8 @@ NOT_ON_FORM = ("train.output_dir", "model.trust_remote_code")
 # The compare form: how many examples and how long the replies; a judge only from the allow-list.
 COMPARE_DEFAULTS = {"compare.max_examples": "20", "generate.max_new_tokens": "128", "generate.temperature": "0"}
 JUDGE_KEYS = ("judge.url", "judge.model")
-# Config fields that name files or folders: each must resolve inside the project.
+# Config fields that name files or folders (with any field whose name ends in _file or _dir): each
+# must resolve inside the project.
 PATH_KEYS = (
     "data.train",
     "data.heldout",
@@ -92,6 +93,16 @@ def compare_overrides(form: dict, policy: Policy) -> list[str]:
     return out + [f"{k}={form[k]}" for k in JUDGE_KEYS if form.get(k)]
 
 
+def path_keys(cfg) -> list[str]:
+    named = [
+        f"{sec.name}.{f.name}"
+        for sec in dataclasses.fields(cfg)
+        for f in dataclasses.fields(getattr(cfg, sec.name))
+        if f.name.endswith(("_file", "_dir"))
+    ]
+    return list(dict.fromkeys([*PATH_KEYS, *named]))
+
+
 def inside(value: str, folder: Path) -> bool:
     path = Path(value).expanduser()
     path = path if path.is_absolute() else folder / path
@@ -107,7 +118,7 @@ def check_job_config(cfg, folder: Path, policy: Policy) -> None:
             "model.trust_remote_code: the workbench never runs code shipped with a model. fix: train "
             "such a model with the CLI (tunesmith train), where you decide to trust it."
         )
-    for key in PATH_KEYS:
+    for key in path_keys(cfg):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value and not inside(value, folder):
