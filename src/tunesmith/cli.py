@@ -41,10 +41,31 @@ VERBS = {
 }
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A verb's parser that takes options and positionals in any order.
+
+    Plain argparse stops filling a `nargs="*"` positional at the first option, so
+    `compare CONFIG --run RUN compare.max_examples=0` used to reject the override. A verb's parser
+    has no subparsers, so argparse's own intermixed parse applies; the guard is there because
+    parse_known_intermixed_args calls parse_known_args itself (twice: options, then positionals).
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunesmith", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"tunesmith {__version__}")
-    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=IntermixedParser)
     v = {name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in VERBS.items()}
 
     # --- demo
