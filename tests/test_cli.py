@@ -59,3 +59,12 @@ def test_missing_positional_is_still_an_error(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["import", "-o", "data"])
     assert "required: sources" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_verb_help_renders(verb, capsys):
+    # a stray % in a help string only breaks when argparse formats it
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([verb, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: tunesmith {verb}")
