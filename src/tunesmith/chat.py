@@ -22,7 +22,7 @@ def _load(args):
     from tunesmith.models import load
 
     t0 = time.perf_counter()
-    model, tok = load(args.model, merge_adapter=True)
+    model, tok = load(args.model, merge_adapter=True, revision=args.revision, gguf_file=args.quant)
     return model, tok, time.perf_counter() - t0
 
 

@@ -221,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
     v["generate"].add_argument("--prompt", default=None, help="the user message (default: read stdin)")
     v["generate"].add_argument("--json", action="store_true", help="print text and token counts as JSON")
+    for name in ("chat", "generate"):
+        v[name].add_argument("--revision", default="", help="for a hub model: branch, tag or commit (default main)")
+        v[name].add_argument(
+            "--quant", default="", help="for a hub repository of GGUF files: the file or quantization, e.g. Q4_K_M"
+        )
+
+    # --- every verb: the network
+    for parser in v.values():
+        parser.add_argument(
+            "--offline",
+            action="store_true",
+            help="never use the network: a hub model must already be in the local cache (as HF_HUB_OFFLINE=1)",
+        )
     return p
 
 
@@ -248,6 +261,16 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category)
 
 
+def use_offline() -> None:
+    """--offline: huggingface_hub and transformers read these switches once, when imported, which the
+    verb's own module has not done yet. Only the CLI sets them, and only when asked: a library user's
+    environment is their own."""
+    import os
+
+    for switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[switch] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     parser = build_parser()
@@ -255,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verb:
         parser.print_help()
         return 0
+    if args.offline:
+        use_offline()
     module = importlib.import_module(VERBS[args.verb][0])
     handler = getattr(module, "cli_" + args.verb)
     try:
