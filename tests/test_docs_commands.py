@@ -1,13 +1,14 @@
-"""Every `tunesmith …` command the README and docs/*.md show parses with the real parser, and the cheap
+r"""Every `tunesmith …` command the README and docs/*.md show parses with the real parser, and the cheap
 ones run — so a renamed flag or verb can never leave the docs wrong.
 
 A command is a line of a code block that starts with `tunesmith VERB` (after an optional `$ `, or after
-`&&`, `|` or `;`), or an inline code span that starts with `tunesmith VERB` and says more than the
-verb's name. Bracketed parts of a synopsis (`[--resume]`) are optional and dropped. The cheap verbs —
-those that train nothing: `import`, `check` (with the tiny model's tokenizer, no speed probe), `models`,
-`config`, and any `--help` — run in a scratch directory where `src/` and `tests/` are the repository's,
-imports first so that the data later commands read exists. A command whose shown output says
-`error:` or `NOT OK` must fail; every other one must succeed.
+`&&`, `|` or `;`) or runs `-m tunesmith.cli VERB` (`accelerate launch …`, lines joined at a trailing
+`\`), or an inline code span that does either and says more than the verb's name. Bracketed parts of
+a synopsis (`[--resume]`) are optional and dropped. The cheap verbs — those that train nothing:
+`import`, `check` (with the tiny model's tokenizer, no speed probe), `models`, `config`, and any
+`--help` — run in a scratch directory where `src/` and `tests/` are the repository's, imports first so
+that the data later commands read exists. A command whose shown output says `error:` or `NOT OK` must
+fail; every other one must succeed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHEAP = {"import", "check", "models", "config"}
 _SEPARATORS = {"&&", "||", "|", ";", "(", ")"}
 _OPTIONAL = re.compile(r"\[[^\]]*\]")
-_INLINE = re.compile(r"`(tunesmith [^`]+)`")
+_INLINE = re.compile(r"`((?:tunesmith |[^`]*-m tunesmith\.cli )[^`]+)`")
+_MODULE = "tunesmith.cli"
 
 
 @dataclass
@@ -54,6 +56,8 @@ def _segments(line: str, where: str) -> list[list[str]]:
         if token in _SEPARATORS:
             if len(current) > 1 and current[0] == "tunesmith":
                 segments.append(current[1:])
+            elif _MODULE in current and current.index(_MODULE) > 0 and current[current.index(_MODULE) - 1] == "-m":
+                segments.append(current[current.index(_MODULE) + 1 :])
             current = []
         else:
             current.append(token)
@@ -62,6 +66,8 @@ def _segments(line: str, where: str) -> list[list[str]]:
 
 def _is_command(text: str) -> bool:
     words = text.split()
+    if _MODULE in words[:-1] and words[words.index(_MODULE) + 1] in VERBS:
+        return True
     return len(words) > 1 and words[0] == "tunesmith" and (words[1] in VERBS or words[1].startswith("-"))
 
 
@@ -69,16 +75,18 @@ def collect(path: Path, root: Path = ROOT) -> tuple[list[DocCommand], list[str]]
     """(commands, verb names) in one markdown file: the fenced ones with their shown outcome, then inline."""
     lines = path.read_text().splitlines()
     name = path.relative_to(root)
-    commands, names, fence, prose = [], [], False, []
+    commands, names, fence, prose, joined = [], [], False, [], 0
     for i, raw in enumerate(lines, 1):
         if raw.lstrip().startswith("```"):
             fence = not fence
             prose.append("")
             continue
         prose.append("" if fence else raw)  # one entry per line: inline spans keep their line numbers
-        if not fence:
+        if not fence or i <= joined:
             continue
-        line = raw.strip().removeprefix("$ ")
+        line, joined = raw.strip().removeprefix("$ "), i
+        while line.endswith("\\") and joined < len(lines):  # a command continued on the next line
+            line, joined = line[:-1] + " " + lines[joined].strip(), joined + 1
         if not any(_is_command(part.strip()) for part in re.split(r"&&|\|\|?|;", line)):
             continue
         shown = []  # the output under the command, up to the next command or the fence's end
@@ -93,9 +101,9 @@ def collect(path: Path, root: Path = ROOT) -> tuple[list[DocCommand], list[str]]
     for match in _INLINE.finditer(text):
         span = " ".join(match.group(1).split())
         line_no = text.count("\n", 0, match.start()) + 1
-        if not _is_command(span) and span.split()[1] not in VERBS:
+        if not _is_command(span) and span.split()[0] == "tunesmith" and span.split()[1] not in VERBS:
             names.append(f"{name}:{line_no}: `{span}` names no verb")
-        elif len(span.split()) == 2:
+        elif len(span.split()) == 2 and span.split()[0] == "tunesmith":
             names.append(span.split()[1])  # `tunesmith check`: the verb's name, not a command
         else:
             commands.extend(DocCommand(f"{name}:{line_no}", a, False) for a in _segments(span, f"{name}:{line_no}"))
@@ -127,7 +135,10 @@ def test_the_collector_finds_commands_and_leaves_output_alone(tmp_path):
         "tunesmith train: 498 examples\n"
         "cd out && tunesmith models\n"
         "tunesmith train CONFIG.yaml [section.key=value ...] [--resume]\n"
+        "accelerate launch --num_processes 2 \\\n"
+        "    -m tunesmith.cli train c.yaml lora.r=8\n"
         "```\n"
+        "Or `accelerate launch -m tunesmith.cli compare c.yaml`.\n"
     )
     commands, names = collect(page, root=tmp_path)
     assert [(c.where, c.argv, c.fails) for c in commands] == [
@@ -135,7 +146,9 @@ def test_the_collector_finds_commands_and_leaves_output_alone(tmp_path):
         ("page.md:5", ["generate", "--json"], False),
         ("page.md:7", ["models"], False),
         ("page.md:8", ["train", "CONFIG.yaml"], False),
+        ("page.md:9", ["train", "c.yaml", "lora.r=8"], False),
         ("page.md:1", ["compare", "CONFIG", "--run", "RUN", "compare.max_examples=0"], False),
+        ("page.md:12", ["compare", "c.yaml"], False),
     ]
     assert names == ["check"]
 
