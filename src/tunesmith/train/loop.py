@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import resource
 import signal
 import sys
@@ -196,6 +197,10 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     )
     main, world = accelerator.is_main_process, accelerator.num_processes
     say = accelerator.print
+    engine = accelerator.distributed_type.value  # NO, MULTI_CPU (DDP), MULTI_GPU (DDP), FSDP, DEEPSPEED
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and engine != "FSDP":
+        # accelerate turns FSDP on only for accelerator devices; on CPU it runs DDP (docs/train.md)
+        say(f"note: FSDP was asked for, but accelerate runs {engine} here: every process holds the whole model")
 
     if resume:
         if main:
@@ -247,6 +252,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         train_report=train_report,
         heldout_report=held_report,
         processes=world,
+        distributed=engine,
         global_batch=global_batch,
         steps=total_steps,
     )
