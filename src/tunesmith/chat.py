@@ -3,7 +3,7 @@
 tunesmith chat [MODEL] [--system "You are ..."]
 tunesmith generate [MODEL] --prompt "What is a persona?"
 echo "What is a persona?" | tunesmith generate
-tunesmith models
+tunesmith models [--recommend]
 tunesmith config
 """
 
@@ -114,6 +114,11 @@ def cli_generate(args) -> int:
 
 def cli_models(args) -> int:
     from tunesmith.models import home, list_models
+
+    if args.recommend:
+        from tunesmith.recommend import cli_recommend
+
+        return cli_recommend(args)
 
     rows = list_models()
     width = max(len(r["name"]) for r in rows)

@@ -227,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--quant", default="", help="for a hub repository of GGUF files: the file or quantization, e.g. Q4_K_M"
         )
 
+    # --- models
+    v["models"].add_argument(
+        "--recommend",
+        action="store_true",
+        help="memory and time of LoRA training and generation for popular models, here and on a reference GPU",
+    )
+    v["models"].add_argument("--json", action="store_true", help="with --recommend: print JSON")
+
     # --- every verb: the network
     for parser in v.values():
         parser.add_argument(
