@@ -62,6 +62,10 @@ def main() -> None:
                 model, _ = load(spec, device="cpu")
                 rates[name]["decode"].append(recommend.decode_rate(model, tok)["decode_tokens_per_s"])
                 del model
+                print(
+                    f"{name}: training {rates[name]['train'][-1]} tokens/s, decoding {rates[name]['decode'][-1]}",
+                    flush=True,
+                )
 
     sizes = {name: recommend.count(recommend.shape_config(name)) for name in specs}
     flops = {
