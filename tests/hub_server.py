@@ -12,9 +12,10 @@ What it answers, as huggingface_hub 2.x asks (file_download.py, _snapshot_downlo
                                            to the client) carrying X-Linked-Etag and X-Linked-Size
   GET  the same, or /cdn/SHA256            the bytes; `Range: bytes=N-` answers 206 with Content-Range
 Errors carry the hub's X-Error-Code: RepoNotFound (404), RevisionNotFound (404), GatedRepo (401
-without a token, 403 with one that has no access). `cut` ({file name, or sha256 for the CDN: bytes}) makes
-the next GET of that file stop after so many bytes and close the connection; `claim_size` makes the listing and HEAD
-report another size than the real one; `fail` makes the next GET of a file answer 500. Every request is logged as (method, path, Range) in `requests`.
+without a token, 403 with one that has no access). `cut` ({file name, or sha256 for the CDN: bytes})
+makes the next GET of that file stop after so many bytes and close the connection; `claim_size` makes
+the listing and HEAD report another size than the real one; `fail` makes the next GET of a file answer
+500. Every request is logged as (method, path, Range) in `requests`.
 """
 
 from __future__ import annotations
