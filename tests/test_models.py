@@ -75,26 +75,25 @@ def _fake_hub_cache(root: Path, repo_id: str, model_dir: Path) -> None:
 
 
 def test_cached_hub_id_resolves_without_network(tiny_model_dir, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a request would fail
     _fake_hub_cache(tmp_path, "acme/tiny-llama", tiny_model_dir)
     src = resolve("acme/tiny-llama")
-    assert src.kind == "hub-cache" and (src.path / "config.json").exists()
+    assert src.kind == "hub" and src.revision == "0123abcd" and (src.path / "config.json").exists()
     model, _ = load("acme/tiny-llama", device="cpu")
     assert model.config.hidden_size == 64
 
 
-def test_uncached_hub_id_fails_fast_with_the_fix(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+def test_offline_uncached_hub_id_fails_fast_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     with pytest.raises(UserError) as err:
         resolve("acme/not-downloaded")
     assert time.perf_counter() - t0 < 5  # no network wait
     msg = str(err.value)
-    assert "not in the local Hugging Face cache" in msg and "hf download acme/not-downloaded" in msg
+    assert "not in the local Hugging Face cache" in msg and "offline mode is on" in msg
+    assert "hf download acme/not-downloaded" in msg
     assert str(tmp_path) in msg  # names where it looked
 
 

@@ -2,12 +2,8 @@
 
 import os
 
-# Nothing in tunesmith downloads at run time. These switches make transformers and huggingface_hub
-# fail at once on a missing file instead of trying the network (and hanging on a closed one).
-# Set before transformers is imported anywhere in the package.
-for _switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_switch, "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Whether the network may be used is the user's to say (HF_HUB_OFFLINE, or the CLI's --offline):
+# a hub model downloads on first use (tunesmith.hub); importing the package switches nothing.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # An OpenMP thread that finishes its share of an op spins a little (10,000 turns, some microseconds)
 # before it sleeps: decoding and training run thousands of small ops back to back, and threads that

@@ -3,7 +3,7 @@
 tunesmith chat [MODEL] [--system "You are ..."]
 tunesmith generate [MODEL] --prompt "What is a persona?"
 echo "What is a persona?" | tunesmith generate
-tunesmith models
+tunesmith models [--recommend]
 tunesmith config
 """
 
@@ -22,7 +22,7 @@ def _load(args):
     from tunesmith.models import load
 
     t0 = time.perf_counter()
-    model, tok = load(args.model, merge_adapter=True)
+    model, tok = load(args.model, merge_adapter=True, revision=args.revision, gguf_file=args.quant)
     return model, tok, time.perf_counter() - t0
 
 
@@ -114,6 +114,11 @@ def cli_generate(args) -> int:
 
 def cli_models(args) -> int:
     from tunesmith.models import home, list_models
+
+    if args.recommend:
+        from tunesmith.recommend import cli_recommend
+
+        return cli_recommend(args)
 
     rows = list_models()
     width = max(len(r["name"]) for r in rows)

@@ -41,10 +41,31 @@ VERBS = {
 }
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A verb's parser that takes options and positionals in any order.
+
+    Plain argparse stops filling a `nargs="*"` positional at the first option, so
+    `compare CONFIG --run RUN compare.max_examples=0` used to reject the override. A verb's parser
+    has no subparsers, so argparse's own intermixed parse applies; the guard is there because
+    parse_known_intermixed_args calls parse_known_args itself (twice: options, then positionals).
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunesmith", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"tunesmith {__version__}")
-    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=IntermixedParser)
     v = {name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in VERBS.items()}
 
     # --- demo
@@ -219,6 +240,27 @@ def build_parser() -> argparse.ArgumentParser:
         )
     v["generate"].add_argument("--prompt", default=None, help="the user message (default: read stdin)")
     v["generate"].add_argument("--json", action="store_true", help="print text and token counts as JSON")
+    for name in ("chat", "generate"):
+        v[name].add_argument("--revision", default="", help="for a hub model: branch, tag or commit (default main)")
+        v[name].add_argument(
+            "--quant", default="", help="for a hub repository of GGUF files: the file or quantization, e.g. Q4_K_M"
+        )
+
+    # --- models
+    v["models"].add_argument(
+        "--recommend",
+        action="store_true",
+        help="memory and time of LoRA training and generation for popular models, here and on a reference GPU",
+    )
+    v["models"].add_argument("--json", action="store_true", help="with --recommend: print JSON")
+
+    # --- every verb: the network
+    for parser in v.values():
+        parser.add_argument(
+            "--offline",
+            action="store_true",
+            help="never use the network: a hub model must already be in the local cache (as HF_HUB_OFFLINE=1)",
+        )
     return p
 
 
@@ -246,6 +288,16 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category)
 
 
+def use_offline() -> None:
+    """--offline: huggingface_hub and transformers read these switches once, when imported, which the
+    verb's own module has not done yet. Only the CLI sets them, and only when asked: a library user's
+    environment is their own."""
+    import os
+
+    for switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[switch] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     parser = build_parser()
@@ -253,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verb:
         parser.print_help()
         return 0
+    if args.offline:
+        use_offline()
     module = importlib.import_module(VERBS[args.verb][0])
     handler = getattr(module, "cli_" + args.verb)
     try:

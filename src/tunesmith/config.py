@@ -34,8 +34,10 @@ class ModelConfig:
     """The base model."""
 
     name: str = opt(
-        "smollm2-135m-instruct", "embedded name, HF model directory, .gguf file, or hub id in the local HF cache"
+        "smollm2-135m-instruct", "embedded name, HF model directory, .gguf file, or hub id (downloaded on first use)"
     )
+    revision: str = opt("", "hub id only: branch, tag or commit (empty: main); a run's config.yaml records the commit")
+    gguf_file: str = opt("", "hub id of a GGUF repository only: the .gguf file, or its quantization (e.g. Q4_K_M)")
     dtype: str = opt("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16")
     trust_remote_code: bool = opt(False, "run model code shipped with the weights; only for models you trust")
 

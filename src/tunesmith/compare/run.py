@@ -264,7 +264,10 @@ def load_model(cfg: Config, spec: str, tuned: bool):
 
     if vllm_engine.choose(cfg.generate.engine) == "vllm":
         return vllm_engine.load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
-    return load(spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code, merge_adapter=tuned)
+    pinned = {"revision": cfg.model.revision, "gguf_file": cfg.model.gguf_file} if spec == cfg.model.name else {}
+    return load(
+        spec, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code, merge_adapter=tuned, **pinned
+    )
 
 
 def run_arms(

@@ -28,6 +28,7 @@ from tunesmith.fsutil import check_space, disk_full_error, is_disk_full
 # The loop must match what the checkpoint was made with; these settings decide what a step is.
 RESUME_KEYS = (
     "model.name",
+    "model.revision",
     "train.method",
     "train.batch_size",
     "train.grad_accum",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import resource
 import signal
 import sys
@@ -196,6 +197,10 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     )
     main, world = accelerator.is_main_process, accelerator.num_processes
     say = accelerator.print
+    engine = accelerator.distributed_type.value  # NO, MULTI_CPU (DDP), MULTI_GPU (DDP), FSDP, DEEPSPEED
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and engine != "FSDP":
+        # accelerate turns FSDP on only for accelerator devices; on CPU it runs DDP (docs/train.md)
+        say(f"note: FSDP was asked for, but accelerate runs {engine} here: every process holds the whole model")
 
     if resume:
         if main:
@@ -226,6 +231,8 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         _check_new_run_dir(run_dir)
     accelerator.wait_for_everyone()  # every process has looked before any writes
     train_examples, heldout_examples, data_info = load_split(cfg)
+    with accelerator.main_process_first():  # one process downloads a hub model; the others find it cached
+        _pin_model(cfg)
     if t.replay:
         replayed = _replay(cfg, len(train_examples), accelerator)
         train_examples = train_examples + replayed
@@ -245,6 +252,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         train_report=train_report,
         heldout_report=held_report,
         processes=world,
+        distributed=engine,
         global_batch=global_batch,
         steps=total_steps,
     )
@@ -495,6 +503,8 @@ def build_model(cfg: Config, weight_dtype, accelerator):
             dtype=str(weight_dtype).replace("torch.", ""),
             device="cpu",
             trust_remote_code=cfg.model.trust_remote_code,
+            revision=cfg.model.revision,
+            gguf_file=cfg.model.gguf_file,
         )
     _check_head(model)
     model.config.use_cache = False
@@ -546,7 +556,7 @@ def _load_4bit(cfg: Config, accelerator):
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
     model = AutoModelForCausalLM.from_pretrained(
-        converted_dir(resolve(cfg.model.name)),
+        converted_dir(resolve(cfg.model.name, cfg.model.revision, cfg.model.gguf_file)),
         quantization_config=quant,
         device_map={"": accelerator.local_process_index},
         trust_remote_code=cfg.model.trust_remote_code,
@@ -573,7 +583,17 @@ def _check_head(model) -> None:
 def _tokenizer(cfg: Config):
     from tunesmith.models import load_tokenizer
 
-    return load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    m = cfg.model
+    return load_tokenizer(m.name, trust_remote_code=m.trust_remote_code, revision=m.revision, gguf_file=m.gguf_file)
+
+
+def _pin_model(cfg: Config) -> None:
+    """Resolve the base model once (a hub id downloads here, on first use) and record the commit it came
+    from in cfg.model.revision, so the run's config.yaml names the exact weights it was trained on."""
+    from tunesmith.models import resolve
+
+    source = resolve(cfg.model.name, cfg.model.revision, cfg.model.gguf_file)
+    cfg.model.revision = source.revision or cfg.model.revision
 
 
 # ------------------------------------------------------------------------------------------ held-out
@@ -641,6 +661,7 @@ def save_final(out: Path, model, tok, cfg: Config) -> None:
         if (tmp / "adapter_config.json").exists():
             adapter = json.loads((tmp / "adapter_config.json").read_text())
             adapter["base_model_name_or_path"] = cfg.model.name
+            adapter["revision"] = cfg.model.revision or None  # peft's field for the base's version
             (tmp / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
         tok.save_pretrained(tmp)
 
