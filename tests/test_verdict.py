@@ -274,7 +274,13 @@ def test_bad_decision_metrics_stop_compare_before_it_trains(tmp_path):
     cfg.compare.primary_metric, cfg.compare.decide_on = "auto", "answer,rejected_per_100w"
     with pytest.raises(UserError, match="'rejected_per_100w' cannot decide"):
         compare(cfg)
-    cfg.compare.decide_on, cfg.data.prompt = "", str(tmp_path / "missing-prompt.txt")
+    cfg.compare.decide_on, cfg.compare.margins = "", "glossary=5,templates=5"
+    with pytest.raises(UserError, match="compare.margins: 'templates' is not a metric that can decide. fix: one of"):
+        compare(cfg)
+    cfg.compare.margins = "glossary:5"
+    with pytest.raises(UserError, match="compare.margins: 'glossary:5' is not metric=number"):
+        compare(cfg)
+    cfg.compare.margins, cfg.data.prompt = "", str(tmp_path / "missing-prompt.txt")
     with pytest.raises(UserError, match="data.prompt file not found"):
         compare(cfg)
     assert not (tmp_path / "run").exists()
