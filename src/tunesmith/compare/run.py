@@ -10,8 +10,9 @@
 Steps, top to bottom: check the settings → load the data → pick the held-out examples to score →
 (train) → build each arm's prompts, recording what went in → generate with the base model, then
 with the fine-tuned one (one model in memory at a time) → score every output → flag arms whose
-prompts equal another's → bootstrap the differences → apply the decision rule (on several metrics,
-Holm) → separate the two levers (2x2) → cost → the judge, if any → report.
+prompts equal another's → bootstrap the differences → apply the decision rule (stats.decide: numbers)
+→ separate the two levers (2x2) → cost → say it all in words (compare/verdict.py) → the judge, if
+any → report.
 """
 
 from __future__ import annotations
