@@ -396,7 +396,7 @@ def test_the_report_names_the_metric_that_kept_a_cheaper_arm_out():
     """The issue's case in a report: few-shot-fixed is cheaper and within the margin on chrF, but its
     glossary adherence is surely worse; the verdict keeps it out and says by which metric."""
     from tunesmith.compare.metrics import Term
-    from tunesmith.compare.report import markdown
+    from tunesmith.compare.report import markdown, render_html
     from tunesmith.compare.run import summarise
     from tunesmith.generation.api import Completion
 
@@ -427,3 +427,10 @@ def test_the_report_names_the_metric_that_kept_a_cheaper_arm_out():
     report = markdown(results)
     assert "- glossary adherence: the team supplied a glossary (2 terms); margin 2 percentage points" in report
     assert "| few-shot-fixed | 620 |" in report and "no: kept out by glossary adherence |" in report
+    # report.html: the same sections through markdown-it; text that looks like HTML is shown, never run
+    results["arms"]["few-shot-fixed"]["prompts"] = {"adds": "<script>alert(1)</script>", "mean_added": 1.0}
+    results["arms"]["few-shot-fixed"]["prompts"].update(none_fit=0, none_found=0, prompts=30)
+    page = render_html(results, [], [])
+    assert '<section id="decision"><h2>The decision</h2>' in page
+    assert "<td>no: kept out by glossary adherence</td>" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
