@@ -108,6 +108,9 @@ def test_decision_large_but_noisy_gain_is_not_enough():
     # 10,000 examples x 3 arms x 0.5 s = 4.2 hours
     assert "the held-out split has 10000, and scoring them all takes ~4.2 h here: `compare.max_examples=0`" in text
     assert "the held-out split has only 20: it takes more held-out data" in say(v, heldout_total=20, arms=arms)
+    # compare.tasks leaves 300 of 400 held-out examples to score: those are what scoring all means
+    text = say(v, heldout_total=400, scorable=300, seconds_per_reply=0.5, arms=arms)
+    assert "the held-out split has 300 of the scored tasks, and scoring them all takes ~8 min here" in text
 
 
 def test_decision_prefers_the_cheapest_arm_within_the_margin():

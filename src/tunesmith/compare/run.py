@@ -150,6 +150,7 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
         ctx.prompt_stats,
         scores=scores,
         heldout_total=len(heldout),
+        scorable=len(scored),
         seconds_per_reply=seconds_per_reply,
     )
     if effects:
@@ -403,12 +404,14 @@ def summarise(
     prompt_stats: dict | None = None,
     scores: dict | None = None,
     heldout_total: int | None = None,
+    scorable: int | None = None,
     seconds_per_reply: float | None = None,
 ) -> dict:
     """Everything the report shows, as plain data (this is results.json). Needs no model: `outputs`
     is {arm: [generate.Completion]} aligned with `examples`; `prompt_stats` is what
     arms.build_prompts recorded; `scores` what score_all gives (computed here when not given);
-    `seconds_per_reply` the measured generation time per reply, for what more examples would take."""
+    `scorable` the held-out examples of the scored tasks (compare.tasks), and `seconds_per_reply` the
+    measured generation time per reply: what scoring more examples would give and take."""
     import numpy as np
 
     c = cfg.compare
@@ -486,6 +489,7 @@ def summarise(
     results = {
         "examples": len(examples),
         "heldout_total": heldout_total if heldout_total is not None else len(examples),
+        "scorable": scorable or heldout_total or len(examples),
         "tasks_scored": {t: sum(task_of(ex) == t for ex in examples) for t in sorted({task_of(ex) for ex in examples})},
         "task_fit": {t: sorted(kinds) for t, kinds in fits.items()},
         "primary_metric": primary,

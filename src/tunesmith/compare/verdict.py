@@ -226,15 +226,17 @@ def _diff(key: str, d: list) -> str:
 
 def needed_sentence(results: dict, needed: dict, what: str) -> str:
     """ "About N examples would settle it", with the split's size and what scoring it takes here."""
-    n, have, split = needed["examples"], needed["have"], results.get("heldout_total") or needed["have"]
+    n, have = needed["examples"], needed["have"]
+    split = results.get("scorable") or results.get("heldout_total") or have
+    of_tasks = " of the scored tasks" if split < (results.get("heldout_total") or split) else ""
     bound = "zero" if needed["bound"] == 0 else f"{needed['bound']:+g}"
     text = (
         f"At about {n:,} held-out examples the interval on {label(needed['metric'])} would likely clear {bound}, "
         f"settling {what} ({have} scored here)"
     )
     if n > split:
-        return text + f"; the held-out split has only {split}: it takes more held-out data to settle."
-    text += f"; the held-out split has {split}"
+        return text + f"; the held-out split has only {split}{of_tasks}: it takes more held-out data to settle."
+    text += f"; the held-out split has {split}{of_tasks}"
     per_reply, arms = results.get("seconds_per_reply"), sum(a["status"] == "ok" for a in results["arms"].values())
     if per_reply and split > have:
         text += f", and scoring them all takes {_duration(per_reply * split * arms)} here: `compare.max_examples=0`"
