@@ -431,6 +431,6 @@ def test_the_report_names_the_metric_that_kept_a_cheaper_arm_out():
     results["arms"]["few-shot-fixed"]["prompts"] = {"adds": "<script>alert(1)</script>", "mean_added": 1.0}
     results["arms"]["few-shot-fixed"]["prompts"].update(none_fit=0, none_found=0, prompts=30)
     page = render_html(results, [], [])
-    assert '<section id="decision"><h2>The decision</h2>' in page
+    assert "<h2>The decision</h2>" in page
     assert "<td>no: kept out by glossary adherence</td>" in page
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
