@@ -172,14 +172,24 @@ def test_compare_end_to_end_every_arm(data_dir, tiny_model_dir, tuned_run, tmp_p
     # the adapter is really applied: its outputs differ from the base model's on the same prompts
     assert any(s["outputs"]["fine-tuned"]["text"] != s["outputs"]["zero-shot"]["text"] for s in samples)
 
+    # a glossary and templates were given, so they decide with the task-fit metric, each for its reason
+    assert results["decide_on"] == ["chrf", "glossary", "template"]
+    assert results["decide_why"] == {"chrf": "task-fit", "glossary": "glossary", "template": "templates"}
+    assert results["seconds_per_reply"] > 0 and results["heldout_total"] == results["scorable"] == 6
+
     page = (out / "report.html").read_text()
-    # a bar chart per metric that applies (exact match and token F1: the short references), quality vs cost, the loss curve
-    assert page.count("<svg") == 8 + 2
+    # a bar chart per metric that fits a scored task (token F1 for the short references; exact match
+    # fits none, so it is left out with its reason but kept in results.json), quality vs cost, the loss curve
+    assert page.count("<svg") == 7 + 2
+    assert results["arms"]["zero-shot"]["metrics"]["exact_match"]["n"] == 4
+    assert "exact match, which fits none of the scored tasks: definition, insight, insight-title" in page
+    assert "<h2>The decision</h2>" in page and "the team supplied a glossary (2 terms)" in page
     assert all(name in page for name in A.ARMS)
     assert not any(ref in page for ref in ("src=", "href=", "<link", "<script"))  # self-contained
     assert "Verdict:" in (out / "report.md").read_text()
     printed = capsys.readouterr().out
     assert "few-shot-retrieved" in printed and "Δ" in printed
+    assert "(exact match left out: it fits none of the scored tasks" in printed and "  EM  " not in printed
 
 
 def test_compare_skips_arms_that_cannot_run(data_dir, tiny_model_dir, tmp_path):
@@ -196,6 +206,7 @@ def test_compare_skips_arms_that_cannot_run(data_dir, tiny_model_dir, tmp_path):
     assert arms["engineered-prompt"]["status"] == "skipped" and "data.style" in arms["engineered-prompt"]["reason"]
     assert arms["fine-tuned"]["status"] == "skipped" and "RUN/final" in arms["fine-tuned"]["reason"]
     assert results["verdict"]["recommend"] == "zero-shot"
+    assert results["decide_on"] == ["chrf"]  # no glossary, no templates: the task-fit metric alone
 
 
 def test_prompt_budget_limits_shots(data_dir, tiny_model_dir):

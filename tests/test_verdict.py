@@ -169,6 +169,7 @@ def test_exact_match_and_token_f1_squad_style():
 
 def test_the_primary_metric_fits_the_task():
     from tunesmith.compare.run import primary_metric
+    from tunesmith.compare.verdict import primary_why
 
     facts = fact_examples()
     assert primary_metric("auto", facts)[0] == "answer"
@@ -180,9 +181,33 @@ def test_the_primary_metric_fits_the_task():
             "meta": {"task": "insight"},
         }
     ]
-    metric, why = primary_metric("auto", facts + long_text)
+    metric, fits = primary_metric("auto", facts + long_text)
+    why = primary_why("auto", metric, fits, 17)
     assert metric == "chrf" and "retention: answer accuracy" in why and "insight: chrF" in why
-    assert primary_metric("rougeL", facts) == ("rougeL", "set in the config (compare.primary_metric)")
+    assert primary_metric("rougeL", facts)[0] == "rougeL"
+    assert primary_why("rougeL", "rougeL", {}, 16) == "set in the config (compare.primary_metric)"
+
+
+def test_data_without_a_task_is_not_called_a_task():
+    """Examples without meta.task are described by what they are, never as 'the scored tasks (no task: ...)'."""
+    from tunesmith.compare.run import primary_metric
+    from tunesmith.compare.verdict import primary_why
+
+    untasked = [{**ex, "meta": {"answer": ex["meta"]["answer"]}} for ex in fact_examples()]
+    essays = [
+        {"messages": [{"role": "user", "content": "Write."}, {"role": "assistant", "content": "word " * 40}]}
+        for _ in range(3)
+    ]
+    metric, fits = primary_metric("auto", untasked + essays)
+    why = primary_why("auto", metric, fits, 19)
+    assert metric == "chrf" and "task" not in why.replace("compare.tasks", "")
+    assert why.startswith(
+        "the scored examples call for different metrics (16 give key facts (meta.answer); 3 have long"
+    )
+    metric, fits = primary_metric("auto", fact_examples() + essays)  # tasks for some, none for others
+    why = primary_why("auto", metric, fits, 19)
+    assert "retention: answer accuracy; examples without meta.task: 3 have long references" in why
+    assert "no task" not in why
 
 
 def test_scripted_fact_lookup_ranks_retrieval_by_the_facts(tmp_path):
@@ -200,7 +225,7 @@ def test_scripted_fact_lookup_ranks_retrieval_by_the_facts(tmp_path):
     assert results["verdict"]["recommend"] == "rag" and not results["verdict"]["fine_tune"]
     # decided on both metrics (Holm): the fine-tune wins on wording and loses on the facts, so no
     several = summarise_scripted(examples, outputs, ctx, decide_on="answer,token_f1")["verdict"]
-    assert several["several"]["wins"] == ["token_f1"] and several["several"]["losses"] == ["answer"]
+    assert several["wins"] == ["token_f1"] and several["losses"] == ["answer"]
     assert several["fine_tune"] is False and several["recommend"] == "rag"
     assert "fine-tuning wins on token F1" in several["paragraph"]
     assert "loses on answer accuracy (-100.0 points against rag)" in several["paragraph"]
@@ -230,7 +255,7 @@ def test_the_2x2_names_retrieval_as_the_lever_that_supplies_the_facts(tmp_path):
     assert "## The two levers apart: retrieval and fine-tuning" in report
     assert "| answer accuracy | 0.0 | 100.0 | 0.0 | 100.0 | +100.0" in report
     # two decision metrics, Holm-corrected: fine-tuned+rag has the facts and the wording
-    several = results["verdict"]["several"]
+    several = results["verdict"]
     assert several["wins"] == ["token_f1"] and several["losses"] == []
     assert results["verdict"]["fine_tune"] is True and results["verdict"]["recommend"] == "fine-tuned+rag"
 
@@ -249,7 +274,13 @@ def test_bad_decision_metrics_stop_compare_before_it_trains(tmp_path):
     cfg.compare.primary_metric, cfg.compare.decide_on = "auto", "answer,rejected_per_100w"
     with pytest.raises(UserError, match="'rejected_per_100w' cannot decide"):
         compare(cfg)
-    cfg.compare.decide_on, cfg.data.prompt = "", str(tmp_path / "missing-prompt.txt")
+    cfg.compare.decide_on, cfg.compare.margins = "", "glossary=5,templates=5"
+    with pytest.raises(UserError, match="compare.margins: 'templates' is not a metric that can decide. fix: one of"):
+        compare(cfg)
+    cfg.compare.margins = "glossary:5"
+    with pytest.raises(UserError, match="compare.margins: 'glossary:5' is not metric=number"):
+        compare(cfg)
+    cfg.compare.margins, cfg.data.prompt = "", str(tmp_path / "missing-prompt.txt")
     with pytest.raises(UserError, match="data.prompt file not found"):
         compare(cfg)
     assert not (tmp_path / "run").exists()
@@ -289,3 +320,117 @@ def test_extra_top_level_keys_load_into_meta_with_one_warning_each(tmp_path, cap
     )
     train, held = split_heldout(examples, 0.25, seed=0)
     assert {ex["meta"]["group"] for ex in train}.isdisjoint({ex["meta"]["group"] for ex in held})  # whole groups
+
+
+# ------------------------------------------------------------------------------ the decision
+
+
+def test_decision_metrics_follow_what_the_team_supplied():
+    from tunesmith.compare.run import decision_metrics
+
+    row = {"chrf": 40.0, "glossary": 0.5, "template": 1.0}
+    scores = {"zero-shot": [row, {**row, "glossary": None, "template": None}]}
+    glossary, templates = [object()], {"insight": ["We saw", "Because"]}
+    assert decision_metrics("", "chrf", [], {}, scores) == (["chrf"], {"chrf": "task-fit"})
+    assert decision_metrics("", "chrf", glossary, {}, scores)[0] == ["chrf", "glossary"]
+    assert decision_metrics("", "chrf", [], templates, scores)[0] == ["chrf", "template"]
+    assert decision_metrics("", "chrf", glossary, templates, scores) == (
+        ["chrf", "glossary", "template"],
+        {"chrf": "task-fit", "glossary": "glossary", "template": "templates"},
+    )
+    # given, but applying to no scored example (no template-bound output): not a decision metric
+    untemplated = {"zero-shot": [{**row, "template": None}]}
+    assert decision_metrics("", "chrf", glossary, templates, untemplated)[0] == ["chrf", "glossary"]
+    # compare.decide_on still overrides
+    assert decision_metrics("answer,chrf", "chrf", glossary, templates, scores) == (
+        ["answer", "chrf"],
+        {"answer": "decide_on", "chrf": "decide_on"},
+    )
+
+
+def test_the_cost_sentence_speaks_of_the_recommended_fine_tuned_arm():
+    """fine-tuned+rag pays for RAG's prompt: its cost sentence must not quote fine-tuned's savings."""
+    from tunesmith.compare.run import _break_even
+    from tunesmith.compare.verdict import cost_sentence
+
+    cost = lambda prompt: {"prompt_tokens": prompt, "completion_tokens": 20}  # noqa: E731
+    arms = {
+        "zero-shot": {"status": "ok", "tuned": False, "cost": cost(40)},
+        "rag": {"status": "ok", "tuned": False, "cost": cost(330)},
+        "fine-tuned": {"status": "ok", "tuned": True, "cost": cost(40)},
+        "fine-tuned+rag": {"status": "ok", "tuned": True, "cost": cost(330)},
+    }
+    assumptions = {"price_per_1k_tokens": 0.0002, "train_cost_per_hour": 1.0, "requests_per_month": 10000}
+    training = {"train_seconds": 96.0, "train_cost": 96 / 3600}
+    c = Config().compare
+    results = {
+        "verdict": {
+            "recommend": "fine-tuned+rag",
+            "fine_tune": True,
+            "best_tuned": "fine-tuned+rag",
+            "reference": "rag",
+            "primary": "answer",
+            "margins": {"answer": 2.0},
+            "diffs": {"fine-tuned": [-30.0, -60.0, -5.0], "fine-tuned+rag": [31.0, -6.0, 62.0]},
+        },
+        "training": training,
+        "assumptions": assumptions,
+        "break_even": [r for n in ("fine-tuned", "fine-tuned+rag") for r in _break_even(arms, n, training, c)],
+    }
+    text = cost_sentence(results)
+    assert text.startswith("Training took 1.6 minutes ($0.03 at $1/hour)")
+    assert "fine-tuned+rag does not use fewer tokens per request than rag" in text
+    assert "fine-tuned's" not in text
+    results["verdict"].update(recommend="zero-shot", fine_tune=False, reference="zero-shot")  # a cheaper arm wins
+    results["verdict"]["diffs"] = {"fine-tuned": [1.0, -2.0, 4.0], "fine-tuned+rag": [1.0, -2.0, 4.0]}
+    assert "fine-tuned does not use fewer tokens per request than zero-shot" in cost_sentence(results)
+
+
+_FILLER = (
+    "The weekly plan felt long and fixed to most of the people we spoke with, so they came back to it only when a "
+    "delivery window was about to close, and several said a sample plan for the first week would have helped."
+)
+
+
+def test_the_report_names_the_metric_that_kept_a_cheaper_arm_out():
+    """The issue's case in a report: few-shot-fixed is cheaper and within the margin on chrF, but its
+    glossary adherence is surely worse; the verdict keeps it out and says by which metric."""
+    from tunesmith.compare.metrics import Term
+    from tunesmith.compare.report import markdown, render_html
+    from tunesmith.compare.run import summarise
+    from tunesmith.generation.api import Completion
+
+    examples = [
+        {
+            "messages": [{"role": "user", "content": f"Write insight {i}."}, {"role": "assistant", "content": ref}],
+            "meta": {"task": "insight"},
+        }
+        for i, ref in enumerate(
+            f"On day {i} of the study the planner left the basket open. " + _FILLER + " " + _FILLER for i in range(30)
+        )
+    ]
+    good = [ex["messages"][1]["content"] for ex in examples]
+    worse = [t.replace("basket", "cart") for t in good]  # the retired variant, all else the same
+    outputs = {
+        "few-shot-fixed": [Completion(t, 600, 20, 0.1, "stop") for t in worse],
+        "few-shot-retrieved": [Completion(t, 620, 20, 0.1, "stop") for t in good],
+    }
+    glossary = [Term("basket", ["cart"], "groceries"), Term("planner", ["user"], "the one who plans")]
+    cfg = Config()
+    cfg.compare.bootstrap = 500
+    results = summarise(cfg, examples, outputs, {}, list(outputs), glossary, {}, None, {}, heldout_total=90)
+    v = results["verdict"]
+    assert results["decide_on"] == ["chrf", "glossary"]
+    assert v["reference"] == "few-shot-retrieved" and v["recommend"] == "few-shot-retrieved"
+    assert v["cheaper"][0]["arm"] == "few-shot-fixed" and v["cheaper"][0]["kept_out_by"] == ["glossary"]
+    assert "few-shot-fixed could be more than the margin behind (glossary adherence -50.0 points" in v["paragraph"]
+    report = markdown(results)
+    assert "- glossary adherence: the team supplied a glossary (2 terms); margin 2 percentage points" in report
+    assert "| few-shot-fixed | 620 |" in report and "no: kept out by glossary adherence |" in report
+    # report.html: the same sections through markdown-it; text that looks like HTML is shown, never run
+    results["arms"]["few-shot-fixed"]["prompts"] = {"adds": "<script>alert(1)</script>", "mean_added": 1.0}
+    results["arms"]["few-shot-fixed"]["prompts"].update(none_fit=0, none_found=0, prompts=30)
+    page = render_html(results, [], [])
+    assert "<h2>The decision</h2>" in page
+    assert "<td>no: kept out by glossary adherence</td>" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -150,9 +150,15 @@ class CompareConfig:
     )
     decide_on: str = opt(
         "",
-        "comma-separated metrics the decision rule is applied to, Holm-corrected (e.g. answer,chrf); empty: the primary metric",
+        "comma-separated metrics the decision rule is applied to, Holm-corrected (e.g. answer,chrf); empty: the "
+        "primary metric, plus glossary adherence with a glossary and template conformance with templates",
     )
-    margin: float = opt(2.0, "how much better (in primary-metric points) fine-tuning must be to be recommended")
+    margin: float = opt(
+        2.0,
+        "how much better fine-tuning must be to be recommended, and how far behind the best a cheaper arm may be, "
+        "in each decision metric's own points (percentage points for shares)",
+    )
+    margins: str = opt("", "per-metric margins overriding compare.margin, e.g. glossary=5,template=5; empty: none")
     bootstrap: int = opt(2000, "paired bootstrap resamples")
     learning_curve: bool = opt(False, "also train on 25 / 50 % of the data to see whether more data helps")
     requests_per_month: int = opt(10000, "request volume used for the cost comparison")

@@ -4,7 +4,11 @@ samples.jsonl, and a summary table in the terminal.
     from tunesmith.compare.report import write_report, print_summary
     write_report(out_dir, results, samples, run_dir)
 
-`results` is what compare.run.summarise returns; nothing here computes a statistic, it only shows.
+`results` is what compare.run.summarise returns; nothing here computes a statistic or writes the
+verdict's sentences (compare/verdict.py does), it only shows. The pages are Jinja2 templates in
+compare/templates: report.md.j2 and report.html.j2 frame a list of sections (SECTIONS, one
+template each under templates/sections/), and report.html renders each section's markdown with
+markdown-it, raw HTML escaped.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.compare import side_effects
@@ -99,8 +104,31 @@ def _ok(results: dict) -> list[str]:
 
 
 def shown(results: dict) -> list[str]:
-    """The metrics that apply to some arm here, in METRICS order (no column of dashes)."""
-    return [k for k in METRICS if any(results["arms"][n]["metrics"][k]["n"] for n in _ok(results))]
+    """The metrics the report draws, in METRICS order: those with a score for some arm, less those
+    that fit none of the scored tasks (see left_out)."""
+    out = left_out(results)
+    return [k for k in METRICS if k not in out and any(results["arms"][n]["metrics"][k]["n"] for n in _ok(results))]
+
+
+# Metrics that fit some kinds of example only (compare.run.primary_metric says which fits each task);
+# the others apply to any reply.
+TASK_FIT = ("answer", "exact_match", "token_f1")
+
+
+def left_out(results: dict) -> dict[str, str]:
+    """{metric: why}: scored somewhere, yet it fits none of the scored tasks and decides nothing — a
+    row of near-zero bars on long text would read as a result. results.json keeps them."""
+    fit = {k for kinds in results.get("task_fit", {}).values() for k in kinds}
+    fit |= set(results.get("decide_on") or []) | {results["primary_metric"]}
+    out = {}
+    for k in TASK_FIT:
+        scored = sum(results["arms"][n]["metrics"][k]["n"] for n in _ok(results))
+        if scored and k not in fit:
+            named = sorted(t for t in results.get("task_fit", {}) if t)
+            out[k] = (
+                f"fits none of the scored tasks: {', '.join(named)}" if named else "fits none of the scored examples"
+            )
+    return out
 
 
 def went_in(arm: dict) -> str:
@@ -194,6 +222,8 @@ def summary_table(results: dict) -> str:
         f"separate evidence; Δ is the paired difference from {ref}, the best arm that needs no training; "
         f"primary metric {METRICS[key].label}: {results.get('primary_why', '')})"
     )
+    for k, why in left_out(results).items():
+        lines.append(f"({METRICS[k].label} left out: it {why}; its numbers are in results.json)")
     return "\n".join(lines)
 
 
@@ -234,167 +264,156 @@ def _wrap(text: str, width: int = 100) -> str:
     return textwrap.fill(text, width)
 
 
-# -------------------------------------------------------------------------------------- markdown
+# ------------------------------------------------------------------------------ the report's sections
+
+
+@dataclass
+class Section:
+    """One part of the report: a heading, its markdown, and (report.html only) a figure after the heading."""
+
+    key: str
+    title: str
+    markdown: str
+    figure: str = ""
+
+
+# The report's sections, in order: each is templates/sections/KEY.md.j2, which sets `title` and
+# renders nothing when its data is absent (no judge, no learning curve). A new section is a template
+# here and a name in this tuple.
+SECTIONS = ("decision", "quality", "prompts", "levers", "side_effects", "judge", "cost", "learning_curve", "settings")
+
+
+def sections(results: dict) -> list[Section]:
+    ctx = _context(results)
+    out = []
+    for key in SECTIONS:
+        module = _env().get_template(f"sections/{key}.md.j2").make_module(ctx)
+        text = str(module).strip()
+        if text:
+            figure = _bars_grid(results) if key == "quality" else ""
+            out.append(Section(key, module.title, text, figure))
+    return out
 
 
 def markdown(results: dict) -> str:
-    v, a = results["verdict"], results["assumptions"]
+    """report.md: the verdict, the rule, then every section."""
+    return _env().get_template("report.md.j2").render(_context(results), sections=sections(results))
+
+
+def render_html(results: dict, samples: list[dict], losses: list[dict]) -> str:
+    """One file, no external assets: the sections' markdown as HTML, inline SVG plots, and sample outputs."""
     key = results["primary_metric"]
-    ref = v["reference"]
+    shown_samples = [
+        {
+            **row,
+            "meta": {
+                "id": (row.get("meta") or {}).get("id", row["index"]),
+                "task": (row.get("meta") or {}).get("task"),
+            },
+            "user": "\n\n".join(m["content"] for m in row["prompt"] if m["role"] == "user"),
+        }
+        for row in samples[:6]
+    ]
+    return (
+        _env()
+        .get_template("report.html.j2")
+        .render(
+            _context(results),
+            sections=sections(results),
+            scatter=scatter_svg(results, key),
+            loss=loss_svg(losses) if losses else "",
+            samples=shown_samples,
+        )
+    )
+
+
+def _bars_grid(results: dict) -> str:
+    figures = "".join(
+        f"<figure><figcaption>{html.escape(METRICS[k].label)}</figcaption>{bars_svg(results, k)}</figure>"
+        for k in shown(results)
+    )
+    return (
+        "<p>Bars are means; whiskers are 95 % bootstrap intervals. Orange arms are fine-tuned; the "
+        f"recommended arm is green.</p><div class=grid>{figures}</div>"
+    )
+
+
+def _context(results: dict) -> dict:
+    """What every template sees: the results and the helpers that format them."""
+    v, key = results["verdict"], results["primary_metric"]
     keys = shown(results)
-    out = [f"# Verdict: {v['recommend']}", "", v["paragraph"], ""]
-    out += [f"> **Warning.** {line}" for line in same_as_lines(results)] + ([""] if same_as_lines(results) else [])
-    out += [
-        f"> **Decision rule.** {v['rule']} Primary score: {METRICS[key].label} ({results.get('primary_why', '')}); "
-        f"margin: {results['margin']:g} points"
-        + (" (percentage points for shares)" if METRICS[key].percent else "")
-        + ".",
-        "",
-    ]
-    several = v.get("several")
-    if several and several["rows"]:
-        out += [
-            "## The decision on each metric (Holm-corrected)",
-            "",
-            "Per metric, the best fine-tuned arm against the best arm that needs no training. It *wins* when ahead by more "
-            "than the margin with the one-sided test surviving Holm's correction at 2.5 %; it *loses* when the test of "
-            "being behind survives. Fine-tuning is recommended when it wins at least one and loses none.",
-            "",
-            "| metric | fine-tuned arm | against | difference (points) | 95 % interval | Holm p (ahead) | Holm p (behind) | outcome |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in several["rows"]:
-            out.append(
-                f"| {r['label']} | {r['tuned']} | {r['reference']} | {r['diff']:+.1f} | {r['lo']:+.1f} to {r['hi']:+.1f} "
-                f"| {r['holm_ahead']:.3f} | {r['holm_behind']:.3f} | **{r['outcome']}** |"
-            )
-        out.append("")
-    tasks = ", ".join(f"{t or 'no task'} {n}" for t, n in results.get("tasks_scored", {}).items())
-    out += [
-        f"## Quality on {results['examples']} held-out examples",
-        "",
-        (
-            f"A fixed subset of the {results['heldout_total']} held-out examples"
-            if results.get("heldout_total", 0) > results["examples"]
-            else "Every held-out example"
+    tasks = results.get("tasks_scored", {})
+    if any(tasks):
+        scope = ", by task: " + ", ".join(f"{t or 'without meta.task'} {n}" for t, n in tasks.items()) + "."
+    else:
+        scope = "."
+    every = results.get("heldout_total", 0) <= results["examples"]
+    margins = results.get("margins") or {key: results["margin"]}
+    return {
+        "results": results,
+        "v": v,
+        "a": results["assumptions"],
+        "key": key,
+        "keys": keys,
+        "ok": _ok(results),
+        "levers": results.get("levers"),
+        "j": results.get("judge"),
+        "warnings": same_as_lines(results),
+        "scope": (
+            "Every held-out example" if every else f"A fixed subset of the {results['heldout_total']} held-out examples"
         )
-        + f", by task: {tasks}. Mean with 95 % bootstrap interval. "
-        + _metric_notes(keys),
-        "",
-        "| arm | " + " | ".join(METRICS[k].label for k in keys) + f" | Δ {METRICS[key].label} vs {ref} |",
-        "|" + "---|" * (len(keys) + 2),
-    ]
-    for name, arm in results["arms"].items():
-        if arm["status"] != "ok":
-            out.append(f"| {name} | skipped: {arm['reason']} |" + " |" * len(keys))
-            continue
-        label = (
-            f"**{name}**" if name == v["recommend"] else f"{name} (= {arm['same_as']})" if arm.get("same_as") else name
+        + scope,
+        "metric_notes": _metric_notes(keys),
+        "left_out": [f"{METRICS[k].label}, which {why}" for k, why in left_out(results).items()],
+        "margin_words": "; ".join(
+            f"{m:g} " + ("percentage points" if METRICS[k].percent else "points") + f" of {METRICS[k].label}"
+            for k, m in margins.items()
+        ),
+    }
+
+
+def _env():
+    global _ENV
+    if _ENV is None:
+        from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+        _ENV = Environment(
+            loader=PackageLoader("tunesmith.compare", "templates"),
+            autoescape=select_autoescape(["html.j2"]),  # the .md templates write markdown, escaped when rendered
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
         )
-        out.append(
-            f"| {label} | "
-            + " | ".join(fmt_ci(k, arm["metrics"][k]) for k in keys)
-            + f" | {fmt_diff(key, arm['diff'].get(key))} |"
+        _ENV.filters.update(markdown=_md_to_html, label=lambda k: METRICS[k].label)
+        _ENV.globals.update(
+            label=lambda k: METRICS[k].label,
+            fmt=fmt,
+            fmt_ci=fmt_ci,
+            fmt_diff=fmt_diff,
+            went_in=went_in,
+            judge_summary=judge_summary,
+            side_effects_body=lambda s: "\n".join(side_effects.markdown(s)[2:]).strip(),  # its own "##" dropped
+            judge_problems=lambda j: [(n, p) for n, a in j["arms"].items() for p in a["problems"]],
+            effect=lambda e: f"{e[0]:+.1f} [{e[1]:+.1f}, {e[2]:+.1f}]",
+            points_ci=lambda d: "–" if math.isnan(d[0]) else f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]",
         )
-    out += [
-        "",
-        f"### Differences from {ref} on every metric (paired, 95 % interval)",
-        "",
-        "| arm | " + " | ".join(METRICS[k].label for k in keys) + " |",
-        "|" + "---|" * (len(keys) + 1),
-    ]
-    for name in _ok(results):
-        out.append(f"| {name} | " + " | ".join(fmt_diff(k, results["arms"][name]["diff"].get(k)) for k in keys) + " |")
-    out += [
-        "",
-        "## What went into the prompts",
-        "",
-        f"Few-shot examples and passages are added, best first, while the prompt fits {a['max_prompt_tokens']} tokens "
-        f"(passages: at most {a.get('passage_words', '?')} words each). An arm that added nothing is its base arm under "
-        "another name.",
-        "",
-        "| arm | prompt tokens (mean) | what went in |",
-        "|---|---|---|",
-    ]
-    for name in _ok(results):
-        arm = results["arms"][name]
-        out.append(
-            f"| {name} | {arm['cost']['prompt_tokens']:.0f} | {went_in(arm)}"
-            + (f" — **same prompts as {arm['same_as']}**" if arm.get("same_as") else "")
-            + " |"
-        )
-    out += _levers_md(results.get("levers"))
-    out += side_effects.markdown(results.get("side_effects"))
-    out += _judge_md(results.get("judge"))
-    out += [
-        "",
-        "## Cost",
-        "",
-        f"Per request, measured on this machine (up to {a['generation_batch_size']} replies generated together; latency is a "
-        f"reply's own, from the start of its prefill to its last token). Serving price assumed: ${a['price_per_1k_tokens']:g} per 1,000 tokens; "
-        f"volume assumed: {a['requests_per_month']:,} requests a month.",
-        "",
-        "| arm | prompt tokens | completion tokens | replies cut at max tokens | replies stopped looping | p50 latency (s) "
-        "| p95 latency (s) | $ per 1k requests | $ per month |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in _ok(results):
-        c = results["arms"][name]["cost"]
-        out.append(
-            f"| {name} | {c['prompt_tokens']:.0f} | {c['completion_tokens']:.0f} | {c['cut_at_limit']:.0%} | "
-            f"{c['stopped_looping']:.0%} | "
-            f"{c['latency_p50_s']:.2f} | {c['latency_p95_s']:.2f} | {c['cost_per_1k_requests']:.3f} | {c['cost_per_month']:.2f} |"
-        )
-    t = results.get("training")
-    if t:
-        out += [
-            "",
-            f"**Training (one-off):** {t.get('steps', '?')} steps, {t.get('train_seconds', 0) / 60:.1f} minutes on "
-            f"{t.get('device', 'this machine')}, {t.get('tokens', 0):,} tokens; at an assumed "
-            f"${a['train_cost_per_hour']:g}/hour that is ${t['train_cost']:.3f}.",
-        ]
-    if results.get("break_even"):
-        out += [
-            "",
-            f"**Break-even.** Requests after which the tokens {results['break_even'][0]['tuned']} saves per request "
-            f"repay the one-off training (at ${a['price_per_1k_tokens']:g} per 1,000 tokens):",
-            "",
-            "| against | tokens saved per request | break-even requests | months at the assumed volume |",
-            "|---|---|---|---|",
-        ]
-        for r in results["break_even"]:
-            if r["requests"] is None:
-                out.append(f"| {r['against']} | {r['tokens_saved_per_request']:.0f} | never (no saving) | – |")
-            else:
-                out.append(
-                    f"| {r['against']} | {r['tokens_saved_per_request']:.0f} | {r['requests']:,.0f} | {r['months']:.2f} |"
-                )
-    if results.get("learning_curve"):
-        out += [
-            "",
-            "## Learning curve",
-            "",
-            "Would more data help? The fine-tuned arm trained on part of the data:",
-            "",
-            f"| share of training data | examples | {METRICS[key].label} |",
-            "|---|---|---|",
-        ]
-        for p in results["learning_curve"]:
-            out.append(f"| {p['fraction']:.0%} | {p['examples']} | {fmt(key, p[key])} |")
-    out += ["", "## Assumptions and settings", ""]
-    out += [f"- {k.replace('_', ' ')}: {val}" for k, val in a.items()]
-    out += [
-        f"- base model: {results['base_model']}",
-        f"- run: {results['run']}",
-        f"- templates checked: {', '.join(results['templates']) or 'none found'}; glossary terms: {results['glossary_terms']}",
-        f"- compare took {results.get('seconds', 0):.0f} s",
-        "",
-    ]
-    return "\n".join(out)
+    return _ENV
+
+
+_ENV = None
+
+
+def _md_to_html(text: str):
+    """Markdown (tables included) as HTML; raw HTML in it is shown as text, never passed through."""
+    from markdown_it import MarkdownIt
+    from markupsafe import Markup
+
+    return Markup(MarkdownIt("commonmark", {"html": False}).enable("table").render(text))
 
 
 _NOTES = {
-    "answer": "answer accuracy is the share of replies containing every key fact of meta.answer (normalised, whole words)",
+    "answer": "answer accuracy is the share of replies containing every key fact of meta.answer "
+    "(normalised, whole words)",
     "exact_match": "exact match and token F1 compare SQuAD-normalised words, for references of up to 12 words",
     "chrf": "chrF and ROUGE-L are 0–100 against the team's own text",
     "glossary": "glossary adherence is the share of the reference's preferred terms the output uses",
@@ -410,157 +429,7 @@ def _metric_notes(keys: list[str]) -> str:
     return text[:1].upper() + text[1:] + "." if notes else ""
 
 
-def _levers_md(levers: dict | None) -> list[str]:
-    if not levers:
-        return []
-    out = ["", "## The two levers apart: retrieval and fine-tuning", "", levers["paragraph"], ""]
-    if not levers["metrics"]:
-        return out
-    out += [
-        "Means of the four arms on the same examples, and each lever's effect averaged over the other lever's two "
-        "settings (paired, 95 % bootstrap interval; points are percentage points for shares). The interaction is how "
-        "much more retrieval adds on the fine-tuned model than on the base model.",
-        "",
-        "| metric | zero-shot | rag | fine-tuned | fine-tuned+rag | effect of retrieval | effect of fine-tuning | interaction |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for t in levers["metrics"]:
-        m = t["means"]
-        eff = lambda e: f"{e[0]:+.1f} [{e[1]:+.1f}, {e[2]:+.1f}]"  # noqa: E731
-        out.append(
-            f"| {t['label']} | {m['zero-shot']:.1f} | {m['rag']:.1f} | {m['fine-tuned']:.1f} | {m['fine-tuned+rag']:.1f} "
-            f"| {eff(t['retrieval'])} | {eff(t['fine-tuning'])} | {eff(t['interaction'])} |"
-        )
-    return out
-
-
-def _judge_md(j: dict | None) -> list[str]:
-    if not j:
-        return []
-    out = ["", "## The judge", "", judge_summary(j), ""]
-    if j["status"] == "skipped" or not j["arms"]:
-        return out
-    out += [
-        "Each pair was judged blind (the judge sees Reply A and Reply B, never the arm names), in both orders; a pair "
-        "scores the mean of its two verdicts (win 1, tie 0.5, loss 0), so a judge that favours the first reply cannot "
-        "tilt the result. Pairs whose answers were off-format or failed are left out of the win rate and listed below.",
-        "",
-        f"| arm vs {j['reference']} | pairs | judged | win rate [95 % CI] | won both orders | lost both | tie or split "
-        "| orders disagree | identical replies | off-format | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, a in j["arms"].items():
-        rate = "–" if a["win_rate"] is None else f"{100 * a['win_rate']:.0f}% [{100 * a['lo']:.0f}–{100 * a['hi']:.0f}]"
-        disagree = "–" if a["disagree_share"] is None else f"{100 * a['disagree_share']:.0f}%"
-        out.append(
-            f"| {name} | {a['pairs']} | {a['judged']} | {rate} | {a['wins']} | {a['losses']} | {a['ties']} | {disagree} "
-            f"| {a['identical']} | {a['off_format']} | {a['failed']} |"
-        )
-    problems = [(name, p) for name, a in j["arms"].items() for p in a["problems"]]
-    if problems:
-        out += ["", "Pairs without a verdict (never guessed):", ""]
-        out += [f"- {name}, example {p['index']}: {p['status']} — {p['detail']}" for name, p in problems[:30]]
-        if len(problems) > 30:
-            out.append(f"- … and {len(problems) - 30} more in results.json")
-    return out
-
-
-# ------------------------------------------------------------------------------------------ html
-
-
-def render_html(results: dict, samples: list[dict], losses: list[dict]) -> str:
-    """One file, no external assets: tables, three inline SVG plots, and sample outputs."""
-    v, key = results["verdict"], results["primary_metric"]
-    e = html.escape
-    parts = [
-        f"<h1>Verdict: {e(str(v['recommend']))}</h1>",
-        f"<p class=verdict>{e(v['paragraph'])}</p>",
-        *(f"<p class=warn><b>Warning.</b> {e(line)}</p>" for line in same_as_lines(results)),
-        f"<p class=rule><b>Decision rule.</b> {e(v['rule'])} Primary score: {e(METRICS[key].label)} "
-        f"({e(results.get('primary_why', ''))}); margin: {results['margin']:g} points.</p>",
-    ]
-    parts.append(f"<h2>Quality on {results['examples']} held-out examples</h2>")
-    parts.append(
-        "<p>Bars are means; whiskers are 95 % bootstrap intervals. Orange arms are fine-tuned; the "
-        "recommended arm is green.</p><div class=grid>"
-    )
-    for k in shown(results):
-        parts.append(f"<figure><figcaption>{e(METRICS[k].label)}</figcaption>{bars_svg(results, k)}</figure>")
-    parts.append("</div>")
-    md = markdown(results).split("\n")
-    parts.append(_md_tables_to_html(md))
-    parts.append("<h2>Quality against cost</h2><figure>" + scatter_svg(results, key) + "</figure>")
-    if losses:
-        parts.append("<h2>Training loss</h2><figure>" + loss_svg(losses) + "</figure>")
-    parts.append("<h2>Sample outputs</h2>")
-    for row in samples[:6]:
-        meta = row.get("meta") or {}
-        user = "\n\n".join(m["content"] for m in row["prompt"] if m["role"] == "user")
-        parts.append(
-            f"<details><summary>{e(str(meta.get('id', row['index'])))} · {e(str(meta.get('task', '')))}</summary>"
-            f"<h4>prompt</h4><pre>{e(user)}</pre><h4>reference (the team's text)</h4><pre>{e(row['reference'])}</pre>"
-        )
-        for name, o in row["outputs"].items():
-            parts.append(
-                f"<h4>{e(name)} · {METRICS[key].label} {fmt(key, o['metrics'][key])}</h4><pre>{e(o['text'])}</pre>"
-            )
-        parts.append("</details>")
-    parts.append("<p class=small>Every output is in samples.jsonl; every number in results.json.</p>")
-    return (
-        f"<!doctype html><html><head><meta charset=utf-8><title>tunesmith verdict: {e(str(v['recommend']))}</title>"
-        f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n"
-    )
-
-
-_CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1080px;margin:2em auto;padding:0 1em;color:#222}
-h1{margin-bottom:.2em}.verdict{font-size:1.1em;background:#f3f7f4;border-left:4px solid #2e8b57;padding:.6em 1em}
-.rule{color:#555}.warn{background:#fff4e5;border-left:4px solid #d9822b;padding:.4em 1em}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}
-th{background:#f5f5f5}.grid{display:grid;grid-template-columns:1fr 1fr;gap:8px}figure{margin:0}figcaption{font-weight:600}
-pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:.5em}.small{color:#777;font-size:12px}
-svg text{font:11px system-ui,sans-serif}"""
-
-
-def _md_tables_to_html(lines: list[str]) -> str:
-    """The markdown report from its first table on, as HTML: headings, paragraphs, tables, lists."""
-    import re
-
-    e = html.escape
-    start = next(i for i, l in enumerate(lines) if l.startswith("| "))
-    start = max(i for i in range(start) if lines[i].startswith("## "))
-    out, table, para = [], [], []
-
-    def inline(text):
-        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(text))
-
-    def flush():
-        if table:
-            rows = [r.strip("|").split(" | ") for r in table if not set(r) <= set("|-")]
-            out.append(
-                "<table><tr>"
-                + "".join(f"<th>{inline(c.strip())}</th>" for c in rows[0])
-                + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{inline(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
-                + "</table>"
-            )
-            table.clear()
-        if para:
-            out.append(f"<p>{inline(' '.join(para))}</p>")
-            para.clear()
-
-    for line in lines[start:]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{inline(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("- "):
-            out.append(f"<li>{inline(line[2:])}</li>")
-        elif line.strip():
-            para.append(line)
-    flush()
-    return "\n".join(out)
+# ------------------------------------------------------------------------------------------ plots
 
 
 def _colour(results: dict, name: str) -> str:
@@ -594,10 +463,12 @@ def bars_svg(results: dict, key: str, width: int = 520) -> str:
             out.append(f'<text x="{left + 4}" y="{y + 14}" fill="#999">does not apply</text>')
             continue
         out.append(
-            f'<rect x="{left}" y="{y + 3}" width="{x(m["mean"]) - left:.1f}" height="{row - 8}" fill="{_colour(results, name)}"/>'
+            f'<rect x="{left}" y="{y + 3}" width="{x(m["mean"]) - left:.1f}" height="{row - 8}" '
+            f'fill="{_colour(results, name)}"/>'
         )
         out.append(
-            f'<line x1="{x(m["lo"]):.1f}" x2="{x(m["hi"]):.1f}" y1="{y + row / 2:.1f}" y2="{y + row / 2:.1f}" stroke="#222"/>'
+            f'<line x1="{x(m["lo"]):.1f}" x2="{x(m["hi"]):.1f}" y1="{y + row / 2:.1f}" y2="{y + row / 2:.1f}" '
+            'stroke="#222"/>'
         )
         for end in (m["lo"], m["hi"]):
             out.append(f'<line x1="{x(end):.1f}" x2="{x(end):.1f}" y1="{y + 6}" y2="{y + row - 6}" stroke="#222"/>')
@@ -628,9 +499,10 @@ def scatter_svg(results: dict, key: str, width: int = 680, height: int = 340) ->
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#888"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
-        f'<text x="{(width - right + left) / 2}" y="{height - 6}" text-anchor="middle">tokens per request (prompt + completion)</text>',
-        f'<text x="14" y="{(height - bottom) / 2}" transform="rotate(-90 14 {(height - bottom) / 2})" text-anchor="middle">'
-        f"{html.escape(METRICS[key].label)}</text>",
+        f'<text x="{(width - right + left) / 2}" y="{height - 6}" text-anchor="middle">'
+        "tokens per request (prompt + completion)</text>",
+        f'<text x="14" y="{(height - bottom) / 2}" transform="rotate(-90 14 {(height - bottom) / 2})" '
+        f'text-anchor="middle">{html.escape(METRICS[key].label)}</text>',
     ]
     for t in xticks:
         out.append(f'<text x="{X(t):.0f}" y="{height - bottom + 14}" text-anchor="middle">{t:g}</text>')

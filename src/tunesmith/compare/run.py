@@ -10,8 +10,9 @@
 Steps, top to bottom: check the settings → load the data → pick the held-out examples to score →
 (train) → build each arm's prompts, recording what went in → generate with the base model, then
 with the fine-tuned one (one model in memory at a time) → score every output → flag arms whose
-prompts equal another's → bootstrap the differences → apply the decision rule (on several metrics,
-Holm) → separate the two levers (2x2) → cost → the judge, if any → report.
+prompts equal another's → bootstrap the differences → apply the decision rule (stats.decide: numbers)
+→ separate the two levers (2x2) → cost → say it all in words (compare/verdict.py) → the judge, if
+any → report.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from tunesmith import UserError, cpu
 from tunesmith.compare import stats
+from tunesmith.compare import verdict as verdict_prose
 from tunesmith.compare.arms import ARMS, TUNED, Context, Skipped, build_prompts, prompt_of, reference_of
 from tunesmith.compare.metrics import METRICS, load_glossary, load_templates, points, score
 from tunesmith.config import Config, load_config, to_dict
@@ -53,7 +55,8 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     examples = select_examples(scored, c.max_examples, cfg.data.seed)
     if not examples:
         raise UserError(
-            "no held-out examples with an assistant reply to score. fix: set data.heldout to a non-empty chat JSONL file."
+            "no held-out examples with an assistant reply to score. "
+            "fix: set data.heldout to a non-empty chat JSONL file."
         )
     log(
         f"compare: {len(examples)} of {len(heldout)} held-out examples"
@@ -104,6 +107,7 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
 
     # ---- generate: every base arm with the base model, then the fine-tuned arms with the tuned one
     outputs: dict[str, list] = {}  # arm -> [Completion] aligned with examples
+    t_generate = time.time()  # model loads included: what scoring more examples would take here
     groups = [
         (base_spec, [n for n in names if n not in TUNED]),
         (str(run) if run else None, [n for n in tuned_wanted if n not in skipped]),
@@ -129,8 +133,26 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
         )
     extras = {k: outputs.pop(k) for k in list(outputs) if k.startswith("side-effects:")}
 
+    replies = sum(len(outs) for outs in [*outputs.values(), *extras.values()])
+    seconds_per_reply = (time.time() - t_generate) / replies if replies else None
+
     # ---- score, compare, cost
-    results = summarise(cfg, examples, outputs, skipped, names, glossary, templates, run, ctx.prompt_stats)
+    scores = score_all(examples, outputs, glossary, templates)
+    results = summarise(
+        cfg,
+        examples,
+        outputs,
+        skipped,
+        names,
+        glossary,
+        templates,
+        run,
+        ctx.prompt_stats,
+        scores=scores,
+        heldout_total=len(heldout),
+        scorable=len(scored),
+        seconds_per_reply=seconds_per_reply,
+    )
     if effects:
         results["side_effects"] = side_effects.section(cfg, effects, run, extras, log)
         if "instructions" in _split(c.decide_on):
@@ -142,15 +164,11 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
         results["learning_curve"] = learning_curve(
             cfg, train_examples, heldout, examples, results, out_dir, log, glossary, templates
         )
-    results["heldout_total"] = len(heldout)
-    results["tasks_scored"] = {
-        t: sum(task_of(ex) == t for ex in examples) for t in sorted({task_of(ex) for ex in examples})
-    }
     results["seconds"] = round(time.time() - t_start, 1)
 
     from tunesmith.compare.report import print_summary, write_report
 
-    write_report(out_dir, results, _samples(examples, outputs, results), run)
+    write_report(out_dir, results, _samples(examples, outputs, scores), run)
     print_summary(results)
     return out_dir
 
@@ -183,6 +201,11 @@ def check_settings(cfg: Config, names: list[str]) -> None:
                 f"compare.{key}: '{value}' {why}. fix: "
                 + ("auto or " if key == "primary_metric" else "")
                 + f"one of {', '.join(decidable)}."
+            )
+    for key in _margins(c.margins):
+        if key not in decidable:
+            raise UserError(
+                f"compare.margins: '{key}' is not a metric that can decide. fix: one of {', '.join(decidable)}."
             )
     if cfg.data.prompt:
         _read_prompt(cfg.data.prompt)
@@ -220,7 +243,8 @@ def arm_names(spec: str) -> list[str]:
     unknown = [n for n in names if n not in ARMS]
     if unknown:
         raise UserError(
-            f"compare.arms: unknown arm(s) {', '.join(unknown)}. fix: 'all' or a comma-separated list of {', '.join(ARMS)}."
+            f"compare.arms: unknown arm(s) {', '.join(unknown)}. "
+            f"fix: 'all' or a comma-separated list of {', '.join(ARMS)}."
         )
     return names
 
@@ -359,6 +383,18 @@ class _Ticker:
 # -------------------------------------------------------------------------------------- results
 
 
+def score_all(examples: list[dict], outputs: dict, glossary: list, templates: dict) -> dict[str, list[dict]]:
+    """{arm: [every metric's score for each example]} aligned with `examples`."""
+    refs = [reference_of(ex) for ex in examples]
+    return {
+        name: [
+            score(o.text, ref, task_of(ex), glossary, templates, answer=(ex.get("meta") or {}).get("answer"))
+            for o, ref, ex in zip(outs, refs, examples)
+        ]
+        for name, outs in outputs.items()
+    }
+
+
 def summarise(
     cfg: Config,
     examples: list[dict],
@@ -369,24 +405,22 @@ def summarise(
     templates: dict,
     run: Path | None,
     prompt_stats: dict | None = None,
+    scores: dict | None = None,
+    heldout_total: int | None = None,
+    scorable: int | None = None,
+    seconds_per_reply: float | None = None,
 ) -> dict:
     """Everything the report shows, as plain data (this is results.json). Needs no model: `outputs`
     is {arm: [generate.Completion]} aligned with `examples`; `prompt_stats` is what
-    arms.build_prompts recorded."""
+    arms.build_prompts recorded; `scores` what score_all gives (computed here when not given);
+    `scorable` the held-out examples of the scored tasks (compare.tasks), and `seconds_per_reply` the
+    measured generation time per reply: what scoring more examples would give and take."""
     import numpy as np
 
     c = cfg.compare
     prompt_stats = prompt_stats or {}
-    primary, why = primary_metric(c.primary_metric, examples)
-    deciding = [k for k in _split(c.decide_on) if k != "instructions"] or [primary]
-    refs = [reference_of(ex) for ex in examples]
-    scores: dict[str, list[dict]] = {
-        name: [
-            score(o.text, ref, task_of(ex), glossary, templates, answer=(ex.get("meta") or {}).get("answer"))
-            for o, ref, ex in zip(outs, refs, examples)
-        ]
-        for name, outs in outputs.items()
-    }
+    primary, fits = primary_metric(c.primary_metric, examples)
+    scores = scores if scores is not None else score_all(examples, outputs, glossary, templates)
     training = _training(run, c)
     arms = {}
     for name in names:
@@ -423,24 +457,25 @@ def summarise(
     for n, (twin, why_same) in same_prompts(ran, prompt_stats, c.max_prompt_tokens).items():
         arms[n]["same_as"], arms[n]["same_why"] = twin, why_same
     evidence = [n for n in ran if "same_as" not in arms[n]]  # an arm equal to another is not separate evidence
-    in_points = lambda n, key: {
-        str(i): None if s[key] is None else points(key, s[key])  # noqa: E731
-        for i, s in enumerate(scores[n])
-    }
+    deciding, decide_why = decision_metrics(c.decide_on, primary, glossary, templates, scores)
+    margins = {k: margin_of(c, k) for k in deciding}
+
+    def in_points(n: str, key: str) -> dict:
+        return {str(i): None if s[key] is None else points(key, s[key]) for i, s in enumerate(scores[n])}
+
     verdict = stats.decide(
         {
             n: {
-                "scores": in_points(n, primary),
                 "tuned": n in TUNED,
                 "cost": arms[n]["cost"]["prompt_tokens"] + arms[n]["cost"]["completion_tokens"],
+                "scores": {k: in_points(n, k) for k in deciding},
             }
             for n in evidence
         },
-        primary,
-        c.margin,
+        deciding,
+        margins,
         c.bootstrap,
         cfg.data.seed,
-        METRICS[primary].label,
     )
     ref = verdict["reference"]
     for n in ran:  # every metric's paired difference from the best cheaper arm
@@ -451,37 +486,29 @@ def summarise(
             a = {str(i): s[key] for i, s in enumerate(scores[n])}
             b = {str(i): s[key] for i, s in enumerate(scores[ref])}
             arms[n]["diff"][key] = list(stats.paired_bootstrap(*stats.paired(a, b), c.bootstrap, cfg.data.seed))
-    if deciding != [primary]:
-        several = stats.decide_many(
-            {n: {"tuned": n in TUNED, "scores": {k: in_points(n, k) for k in deciding}} for n in evidence},
-            deciding,
-            c.margin,
-            c.bootstrap,
-            cfg.data.seed,
-            {k: METRICS[k].label for k in deciding},
-        )
-        verdict["several"] = several
-        if several["rows"]:
-            _decide_on_several(verdict, several, arms)
     levers = None
     if all(n in outputs for n in stats.LEVER_ARMS):
         levers = _levers(arms, scores, primary, deciding, c, cfg.data.seed)
-    # break-even is about the plain fine-tuned arm's short prompts; its +rag twin pays for passages
-    break_even = _break_even(arms, "fine-tuned" if "fine-tuned" in outputs else verdict.get("best_tuned"), training, c)
-    verdict["paragraph"] += _cost_sentence(verdict, arms, training, break_even, c)
-    return {
+    results = {
         "examples": len(examples),
+        "heldout_total": heldout_total if heldout_total is not None else len(examples),
+        "scorable": scorable or heldout_total or len(examples),
+        "tasks_scored": {t: sum(task_of(ex) == t for ex in examples) for t in sorted({task_of(ex) for ex in examples})},
+        "task_fit": {t: sorted(kinds) for t, kinds in fits.items()},
         "primary_metric": primary,
-        "primary_why": why,
+        "primary_why": verdict_prose.primary_why(c.primary_metric, primary, fits, len(examples)),
         "decide_on": deciding,
+        "decide_why": decide_why,
         "margin": c.margin,
+        "margins": margins,
+        "seconds_per_reply": seconds_per_reply,
         "base_model": _base_model(cfg, run, lambda *_: None),
         "run": str(run) if run else None,
         "arms": arms,
         "verdict": verdict,
         "levers": levers,
         "training": training,
-        "break_even": break_even,
+        "break_even": [row for n in ran if n in TUNED for row in _break_even(arms, n, training, c)],
         "assumptions": {
             "price_per_1k_tokens": c.price_per_1k_tokens,
             "train_cost_per_hour": c.train_cost_per_hour,
@@ -499,43 +526,68 @@ def summarise(
         "templates": templates,
         "glossary_terms": len(glossary),
         "config": to_dict(cfg),
-        "_scores": scores,
     }
+    verdict_prose.write(results)
+    return results
 
 
-def primary_metric(setting: str, examples: list[dict]) -> tuple[str, str]:
-    """(metric, why) — the setting, or for `auto` the metric that fits the scored examples: answer
+def primary_metric(setting: str, examples: list[dict]) -> tuple[str, dict]:
+    """(metric, fits) — the setting, or for `auto` the metric that fits the scored examples: answer
     accuracy when every one gives key facts (meta.answer), token F1 when every reference is a short
-    answer, chrF (long text) otherwise. Tasks that would each pick another are named."""
-    from tunesmith.compare.metrics import SHORT_ANSWER_WORDS, answer_facts, is_short
+    answer, chrF (long text) otherwise. fits: {task or "": {metric: examples}}, what each task's
+    examples alone would get (compare.verdict says why in words)."""
+    from tunesmith.compare.metrics import answer_facts, is_short
 
-    if setting != "auto":
-        return setting, "set in the config (compare.primary_metric)"
-    fits = {}  # task -> the metric its examples alone would get
+    fits: dict[str, dict[str, int]] = {}
     for ex in examples:
         has = bool(answer_facts((ex.get("meta") or {}).get("answer")))
         kind = "answer" if has else "token_f1" if is_short(reference_of(ex)) else "chrf"
-        fits.setdefault(task_of(ex) or "no task", set()).add(kind)
-    kinds = set().union(*fits.values())
-    n = len(examples)
+        per_task = fits.setdefault(task_of(ex) or "", {})
+        per_task[kind] = per_task.get(kind, 0) + 1
+    if setting != "auto":
+        return setting, fits
+    kinds = {k for per_task in fits.values() for k in per_task}
     if kinds == {"answer"}:
-        return (
-            "answer",
-            f"every one of the {n} scored examples gives its key facts (meta.answer), and a right answer is what counts",
-        )
+        return "answer", fits
     if kinds <= {"answer", "token_f1"} and "token_f1" in kinds:
-        return "token_f1", (
-            f"every reference is a short answer (at most {SHORT_ANSWER_WORDS} words) but not every example gives "
-            f"key facts (meta.answer): token F1 credits the right words without demanding the exact string"
-        )
-    by_task = "; ".join(f"{t}: {', '.join(METRICS[k].label for k in sorted(ks))}" for t, ks in sorted(fits.items()))
-    text = "the references are long text, scored against the team's own wording"
-    if len(kinds) > 1:
-        text = (
-            f"the scored tasks call for different metrics ({by_task}), and chrF is the one that applies to all; "
-            "to decide on the others, set compare.decide_on (e.g. answer,chrf) or compare.tasks"
-        )
-    return "chrf", text
+        return "token_f1", fits
+    return "chrf", fits
+
+
+def decision_metrics(
+    spec: str, primary: str, glossary: list, templates: dict, scores: dict
+) -> tuple[list[str], dict[str, str]]:
+    """(metrics, {metric: why}): compare.decide_on when set; else the task-fit metric, plus glossary
+    adherence when the team gave a glossary and template conformance when it gave templates — each
+    only where it applies to some scored example."""
+    named = [k for k in _split(spec) if k != "instructions"]  # instructions: the side effects' veto, not a metric
+    if named:
+        return named, {k: "decide_on" for k in named}
+    applies = lambda key: any(s[key] is not None for rows in scores.values() for s in rows)  # noqa: E731
+    keys, why = [primary], {primary: "task-fit"}
+    for key, given, source in (("glossary", glossary, "glossary"), ("template", templates, "templates")):
+        if given and key != primary and applies(key):
+            keys.append(key)
+            why[key] = source
+    return keys, why
+
+
+def margin_of(c, key: str) -> float:
+    """The margin for one metric, in its own points: compare.margins' entry, else compare.margin."""
+    return _margins(c.margins).get(key, c.margin)
+
+
+def _margins(spec: str) -> dict[str, float]:
+    out = {}
+    for part in _split(spec):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise UserError(
+                f"compare.margins: '{part}' is not metric=number. fix: e.g. compare.margins=glossary=5,template=5."
+            ) from None
+    return out
 
 
 def same_prompts(ran: list[str], prompt_stats: dict, budget: int) -> dict[str, tuple[str, str]]:
@@ -563,35 +615,18 @@ def same_prompts(ran: list[str], prompt_stats: dict, budget: int) -> dict[str, t
     return out
 
 
-def _decide_on_several(verdict: dict, several: dict, arms: dict) -> None:
-    """Several decision metrics: fine-tune when it wins one and loses none (Holm-corrected)."""
-    verdict["fine_tune"] = several["fine_tune"]
-    verdict["recommend"] = (
-        (verdict.get("best_tuned") or several["rows"][0]["tuned"]) if several["fine_tune"] else verdict["cheapest"]
-    )
-    then = f"{verdict['recommend']} is the fine-tuned arm to use." if several["fine_tune"] else verdict["choice"]
-    verdict["paragraph"] = (
-        f"Recommendation: {verdict['recommend']}. {several['sentence']} The rule across several "
-        f"metrics: fine-tune only when it wins at least one and loses none. {then}"
-    )
-
-
 def _levers(arms: dict, scores: dict, primary: str, deciding: list[str], c, seed: int) -> dict:
     """Retrieval and fine-tuning apart (the 2x2 of zero-shot, rag, fine-tuned, fine-tuned+rag)."""
     degenerate = [n for n in ("rag", "fine-tuned+rag") if "same_as" in arms[n]]
     if degenerate:
         n = degenerate[0]
-        return {
-            "metrics": [],
-            "paragraph": f"Retrieval and fine-tuning cannot be told apart here: {n} equals "
-            f"{arms[n]['same_as']} ({arms[n]['same_why']}). fix: raise compare.max_prompt_tokens or lower compare.passage_words.",
-        }
+        return {"metrics": [], "same_as": [n, arms[n]["same_as"], arms[n]["same_why"]]}
     wanted = list(dict.fromkeys([primary, *deciding, "answer", "chrf", "template", "glossary"]))
     keys = [k for k in wanted if all(arms[n]["metrics"][k]["n"] for n in stats.LEVER_ARMS)][:5]
     table = {
         k: {n: [None if s[k] is None else points(k, s[k]) for s in scores[n]] for n in stats.LEVER_ARMS} for k in keys
     }
-    return stats.two_by_two(table, keys, c.bootstrap, seed, {k: METRICS[k].label for k in keys})
+    return {"metrics": stats.two_by_two(table, keys, c.bootstrap, seed)}
 
 
 def run_judge(
@@ -655,32 +690,7 @@ def _break_even(arms: dict, tuned: str | None, training: dict | None, c) -> list
     return rows
 
 
-def _cost_sentence(verdict: dict, arms: dict, training: dict | None, break_even: list, c) -> str:
-    if training is None or verdict.get("best_tuned") is None:
-        return ""
-    minutes = training.get("train_seconds", 0) / 60
-    text = f" Training took {minutes:.1f} minutes (${training['train_cost']:.2f} at ${c.train_cost_per_hour:g}/hour)"
-    row = next((r for r in break_even if r["against"] == verdict["recommend"]), None) or next(
-        (r for r in break_even if r["against"] == verdict["reference"]), None
-    )
-    if row and verdict["diffs"][row["tuned"]][0] <= -c.margin:
-        return text + "."  # serving savings of an arm that scores clearly worse are beside the point
-    if row and row["requests"] is not None:
-        text += (
-            f"; {row['tuned']}'s shorter prompts save {row['tokens_saved_per_request']:.0f} tokens per request against "
-            f"{row['against']}, which repays training after {row['requests']:,.0f} requests "
-            f"(at ${c.price_per_1k_tokens:g} per 1,000 tokens)"
-        )
-    elif row:
-        text += (
-            f"; {row['tuned']} does not use fewer tokens per request than {row['against']}, so serving "
-            f"savings never pay the training back"
-        )
-    return text + "."
-
-
-def _samples(examples: list[dict], outputs: dict, results: dict) -> list[dict]:
-    scores = results.pop("_scores")
+def _samples(examples: list[dict], outputs: dict, scores: dict) -> list[dict]:
     rows = []
     for i, ex in enumerate(examples):
         rows.append(

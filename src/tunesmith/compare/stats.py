@@ -1,26 +1,27 @@
 """Statistics for the verdict: paired bootstrap intervals and the decision rule.
 
-    from tunesmith.compare.stats import paired_bootstrap, decide, decide_many, two_by_two
+    from tunesmith.compare.stats import paired_bootstrap, decide, two_by_two
     diff, lo, hi = paired_bootstrap(tuned_scores, fewshot_scores)       # mean(a - b) and its 95 % CI
-    verdict = decide(arms, primary="chrf", margin=2.0)                   # arms: see `decide`
-    several = decide_many(arms, ["answer", "chrf"], margin=2.0)         # Holm across metrics
+    verdict = decide(arms, ["chrf", "glossary"], {"chrf": 2.0, "glossary": 2.0})   # arms: see `decide`
     levers = two_by_two(scores, ["answer", "chrf"])                      # retrieval and fine-tuning apart
 
-The rule, stated once here and printed in every report: recommend fine-tuning only if the best
-fine-tuned arm beats the best arm that needs no training (the "best cheaper arm") on the primary
-score by more than the margin, with the 95 % interval of the difference above zero. Otherwise
-recommend the cheapest arm that needs no training and scores within the margin of the best such arm.
+The rule, stated once here and printed in every report. Fine-tuning: on one decision metric,
+recommend it only if the best fine-tuned arm beats the best arm that needs no training (the "best
+cheaper arm", chosen on the first decision metric) by more than the margin, with the 95 % interval
+of the difference above zero; on several, only if it wins at least one and loses none (Holm's
+correction). Otherwise: a cheaper arm counts as "as good as the best" only if, on every decision
+metric, the lower end of its paired 95 % interval against the best is above -margin (it is at most
+the margin behind, with 95 % confidence); the cheapest such arm is recommended, else the best one
+itself. Numbers only: compare/verdict.py says them in words.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
-RULE = (
-    "Recommend fine-tuning only if the best fine-tuned arm beats the best arm that needs no training "
-    "on the primary score by more than the margin, with the 95 % interval of the difference above zero; "
-    "otherwise recommend the cheapest arm that needs no training within the margin of the best such arm."
-)
+ALPHA = 0.025  # one-sided: the same evidence as "the 95 % interval lies above zero"
+POWER = 0.8  # "would likely settle it": the chance the interval clears its bound at the estimated size
 
 
 def paired_bootstrap(
@@ -61,104 +62,124 @@ def paired(scores_a: dict, scores_b: dict) -> tuple[list[float], list[float]]:
     return [scores_a[i] for i in ids], [scores_b[i] for i in ids]
 
 
+def examples_needed(diffs: list[float], bound: float = 0.0, alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """Held-out examples at which the one-sided (1 - alpha) interval of mean(diffs) would, with
+    probability `power`, lie wholly above `bound`, if the differences go on as observed: the normal
+    sample-size formula n = ((z_(1-alpha) + z_power) * sd / (mean - bound))^2. None when the
+    observed mean is not above the bound (no number of examples would lift it there)."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=float)
+    if d.size < 2 or d.mean() <= bound:
+        return None
+    z = NormalDist().inv_cdf(1 - alpha) + NormalDist().inv_cdf(power)
+    return max(2, math.ceil((z * d.std(ddof=1) / (d.mean() - bound)) ** 2))
+
+
 def decide(
     arms: dict[str, dict],
-    primary: str,
-    margin: float,
+    metrics: list[str],
+    margins: dict[str, float],
     resamples: int = 2000,
     seed: int = 0,
-    metric_label: str | None = None,
 ) -> dict:
-    """Apply the decision rule.
+    """Apply the decision rule (the module docstring) and return its numbers.
 
-    arms: {name: {"scores": {example id: primary score}, "tuned": bool, "cost": per-request cost}}
-    (arms that were skipped are simply absent). Returns {"recommend", "reference", "diffs": {arm:
-    [diff, lo, hi]}, "fine_tune": bool, "paragraph", "rule"}.
+    arms: {name: {"tuned": bool, "cost": tokens per request, "scores": {metric: {example id: points
+    or None}}}} for every metric in `metrics` (arms that were skipped are simply absent). The first
+    metric is the primary one: it names the best arms. margins: {metric: margin in its points}.
+
+    Returns {"primary", "metrics", "margins", "n", "means": {arm: primary mean}, "reference",
+    "best_tuned", "diffs": {arm: [diff, lo, hi] on the primary}, "rows": the per-metric test of the
+    fine-tune (Holm, several metrics only), "wins", "losses", "fine_tune", "cheaper": [{"arm",
+    "cost", "checks": {metric: [diff, lo, hi]}, "kept_out_by": [metric]}] for the arms that cost
+    less than the reference, cheapest first, "cheapest", "recommend", "needed": examples at which
+    the fine-tune's interval would likely clear zero, "cheaper_needed": the same for the cheapest
+    arm kept out to clear -margin}.
     """
-    label = metric_label or primary
-    means = {n: _mean(list(a["scores"].values())) for n, a in arms.items()}
+    primary = metrics[0]
+    means = {n: _mean(list(a["scores"][primary].values())) for n, a in arms.items()}
     cheap = [n for n, a in arms.items() if not a["tuned"] and not math.isnan(means[n])]
     tuned = [n for n, a in arms.items() if a["tuned"] and not math.isnan(means[n])]
-    if not cheap:
-        return {
-            "recommend": tuned[0] if tuned else None,
-            "reference": None,
-            "diffs": {},
-            "fine_tune": bool(tuned),
-            "rule": RULE,
-            "paragraph": "No arm that needs no training ran, so there is nothing to weigh fine-tuning against.",
-        }
-    reference = max(cheap, key=lambda n: (means[n], -arms[n]["cost"]))
-    diffs = {
-        n: list(paired_bootstrap(*paired(arms[n]["scores"], arms[reference]["scores"]), resamples, seed)) for n in arms
-    }
-    best_tuned = max(tuned, key=lambda n: means[n]) if tuned else None
-    fine_tune = bool(best_tuned) and diffs[best_tuned][0] > margin and diffs[best_tuned][1] > 0
-    within = [n for n in cheap if means[n] >= means[reference] - margin]
-    cheapest = min(within, key=lambda n: (arms[n]["cost"], -means[n]))
-    recommend = best_tuned if fine_tune else cheapest
-
-    n_examples = len(arms[reference]["scores"])
-    say = [f"Recommendation: {recommend}."]
-    if best_tuned is None:
-        say.append(
-            f"No fine-tuned arm ran, so the choice is among the arms that need no training: "
-            f"the best is {reference} ({label} {means[reference]:.1f} on {n_examples} held-out examples)."
-        )
-    else:
-        d, lo, hi = diffs[best_tuned]
-        say.append(
-            f"On {n_examples} held-out examples, {best_tuned} scored {label} {means[best_tuned]:.1f} against "
-            f"{means[reference]:.1f} for {reference}, the best arm that needs no training: a difference of "
-            f"{d:+.1f} points (95 % interval {lo:+.1f} to {hi:+.1f})."
-        )
-        if fine_tune:
-            say.append(
-                f"That is more than the {margin:g}-point margin with the whole interval above zero, "
-                f"so the gain is real and large enough to be worth training for."
-            )
-        elif d > margin:
-            say.append(
-                f"That is more than the {margin:g}-point margin, but the interval reaches below zero, so "
-                f"these examples cannot rule out that it is noise; more held-out examples would settle it."
-            )
-        elif d > 0:
-            say.append(
-                f"That gain is within the {margin:g}-point margin, too small to pay for training and "
-                f"maintaining a fine-tuned model."
-            )
-        else:
-            say.append("Fine-tuning did not beat it.")
-    if cheapest == reference:
-        choice = f"{cheapest} is the best arm that needs no training" + (
-            " and no cheaper arm comes within the margin."
-            if len(within) == 1
-            else ", and the cheapest of those within the margin."
-        )
-    else:
-        choice = (
-            f"{cheapest} costs less per request than {reference} and scores "
-            f"{means[cheapest]:.1f}, within {margin:g} points of it, so it is the one to use."
-        )
-    if not fine_tune:
-        say.append(choice)
-    return {
-        "recommend": recommend,
-        "reference": reference,
-        "diffs": diffs,
-        "fine_tune": fine_tune,
-        "best_tuned": best_tuned,
-        "cheapest": cheapest,
-        "choice": choice,
+    out = {
+        "primary": primary,
+        "metrics": list(metrics),
+        "margins": {k: margins[k] for k in metrics},
         "means": means,
-        "rule": RULE,
-        "paragraph": " ".join(say),
+        "reference": None,
+        "best_tuned": max(tuned, key=lambda n: means[n]) if tuned else None,
+        "diffs": {},
+        "rows": [],
+        "wins": [],
+        "losses": [],
+        "cheaper": [],
+        "needed": None,
+        "cheaper_needed": None,
     }
+    if not cheap:
+        out.update(n=0, fine_tune=bool(tuned), cheapest=None, recommend=out["best_tuned"])
+        return out
+    ref = out["reference"] = max(cheap, key=lambda n: (means[n], -arms[n]["cost"]))
+    out["n"] = sum(v is not None for v in arms[ref]["scores"][primary].values())
+    against = lambda n, k: paired(arms[n]["scores"][k], arms[ref]["scores"][k])  # noqa: E731
+    out["diffs"] = {n: list(paired_bootstrap(*against(n, primary), resamples, seed)) for n in arms}
+
+    best = out["best_tuned"]
+    if best is not None and len(metrics) == 1:
+        d, lo, _ = out["diffs"][best]
+        out["fine_tune"] = d > margins[primary] and lo > 0
+        if not out["fine_tune"] and d > margins[primary]:
+            a, b = against(best, primary)
+            out["needed"] = _needed(primary, [x - y for x, y in zip(a, b)], 0.0, ALPHA)
+    elif best is not None:
+        several = decide_many(arms, metrics, margins, resamples, seed)
+        out.update(rows=several["rows"], wins=several["wins"], losses=several["losses"])
+        out["fine_tune"] = several["fine_tune"]
+        unsettled = [r for r in several["rows"] if r["outcome"] == "no clear difference" and r["diff"] > r["margin"]]
+        if not out["fine_tune"] and not several["losses"] and unsettled:
+            # Holm's first step tests at alpha / (number of metrics): the size that settles it there
+            estimates = []
+            for r in unsettled:
+                a, b = paired(arms[r["tuned"]]["scores"][r["metric"]], arms[r["reference"]]["scores"][r["metric"]])
+                estimates.append(_needed(r["metric"], [x - y for x, y in zip(a, b)], 0.0, ALPHA / len(several["rows"])))
+            estimates = [e for e in estimates if e]
+            out["needed"] = min(estimates, key=lambda e: e["examples"]) if estimates else None
+    else:
+        out["fine_tune"] = False
+
+    # among the arms that need no training: as good as the best on every decision metric, and cheaper
+    as_good = [ref]
+    for n in sorted((n for n in cheap if n != ref), key=lambda n: (arms[n]["cost"], -means[n])):
+        checks = {k: list(paired_bootstrap(*against(n, k), resamples, seed)) for k in metrics}
+        kept_out_by = [k for k, (_, lo, _) in checks.items() if not math.isnan(lo) and lo <= -margins[k]]
+        if not kept_out_by:
+            as_good.append(n)
+        if arms[n]["cost"] < arms[ref]["cost"]:
+            out["cheaper"].append({"arm": n, "cost": arms[n]["cost"], "checks": checks, "kept_out_by": kept_out_by})
+    out["cheapest"] = min(as_good, key=lambda n: (arms[n]["cost"], -means[n]))
+    out["recommend"] = best if out["fine_tune"] else out["cheapest"]
+
+    # the cheapest arm kept out only for want of examples: its every point estimate within the margin
+    for row in out["cheaper"]:
+        if arms[row["arm"]]["cost"] >= arms[out["cheapest"]]["cost"] or not row["kept_out_by"]:
+            continue
+        if all(row["checks"][k][0] > -margins[k] for k in row["kept_out_by"]):
+            estimates = []
+            for k in row["kept_out_by"]:
+                a, b = against(row["arm"], k)
+                estimates.append(_needed(k, [x - y for x, y in zip(a, b)], -margins[k], ALPHA))
+            if all(estimates):
+                out["cheaper_needed"] = {**max(estimates, key=lambda e: e["examples"]), "arm": row["arm"]}
+        break
+    return out
+
+
+def _needed(metric: str, diffs: list[float], bound: float, alpha: float) -> dict | None:
+    n = examples_needed(diffs, bound, alpha)
+    return None if n is None else {"metric": metric, "examples": n, "have": len(diffs), "bound": bound}
 
 
 # ------------------------------------------------------------------ several metrics (Holm)
-
-ALPHA = 0.025  # one-sided: the same evidence as "the 95 % interval lies above zero"
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -174,12 +195,11 @@ def holm(pvalues: list[float]) -> list[float]:
 def decide_many(
     arms: dict[str, dict],
     metrics: list[str],
-    margin: float,
+    margins: dict[str, float] | float,
     resamples: int = 2000,
     seed: int = 0,
-    labels: dict[str, str] | None = None,
 ) -> dict:
-    """The decision rule on each of several metrics, with Holm's correction across them.
+    """The fine-tune's test on each of several metrics, with Holm's correction across them.
 
     arms: {name: {"tuned": bool, "scores": {metric: {example id: score in points}}}}. Per metric
     the best fine-tuned arm meets the best arm that needs no training (both chosen on that metric).
@@ -190,7 +210,8 @@ def decide_many(
     """
     import numpy as np
 
-    labels = labels or {}
+    if not isinstance(margins, dict):
+        margins = {k: float(margins) for k in metrics}
     rows = []
     for key in metrics:
         means = {n: _mean(list(a["scores"][key].values())) for n, a in arms.items()}
@@ -206,12 +227,12 @@ def decide_many(
         rows.append(
             {
                 "metric": key,
-                "label": labels.get(key, key),
                 "tuned": best,
                 "reference": ref,
                 "diff": diff,
                 "lo": lo,
                 "hi": hi,
+                "margin": margins[key],
                 "n": int(d.size),
                 "p_ahead": float((np.sum(boot <= 0) + 1) / (boot.size + 1)),
                 "p_behind": float((np.sum(boot >= 0) + 1) / (boot.size + 1)),
@@ -223,50 +244,19 @@ def decide_many(
     for r in rows:
         r["outcome"] = (
             "wins"
-            if r["diff"] > margin and r["holm_ahead"] < ALPHA
+            if r["diff"] > r["margin"] and r["holm_ahead"] < ALPHA
             else "loses"
             if r["holm_behind"] < ALPHA
             else "no clear difference"
         )
     wins = [r["metric"] for r in rows if r["outcome"] == "wins"]
     losses = [r["metric"] for r in rows if r["outcome"] == "loses"]
-    say = []
-    for word, keys in (("wins on", wins), ("loses on", losses)):
-        if keys:
-            say.append(
-                f"{word} "
-                + ", ".join(
-                    f"{labels.get(k, k)} ({_row(rows, k)['diff']:+.1f} points against {_row(rows, k)['reference']})"
-                    for k in keys
-                )
-            )
-    rest = [r["label"] for r in rows if r["outcome"] == "no clear difference"]
-    if rest:
-        say.append("shows no clear difference on " + ", ".join(rest))
-    sentence = (
-        f"On the {len(rows)} decision metrics (Holm-corrected), fine-tuning " + "; ".join(say) + "."
-        if rows
-        else "No decision metric had both a fine-tuned arm and an arm that needs no training."
-    )
-    return {"rows": rows, "wins": wins, "losses": losses, "fine_tune": bool(wins) and not losses, "sentence": sentence}
-
-
-def _row(rows: list[dict], key: str) -> dict:
-    return next(r for r in rows if r["metric"] == key)
+    return {"rows": rows, "wins": wins, "losses": losses, "fine_tune": bool(wins) and not losses}
 
 
 # ------------------------------------------------------------------------- the two levers (2x2)
 
 LEVER_ARMS = ("zero-shot", "rag", "fine-tuned", "fine-tuned+rag")
-SUPPLIES = {
-    "answer": "the facts",
-    "exact_match": "the exact answers",
-    "token_f1": "the answer words",
-    "template": "the format",
-    "glossary": "the house terms",
-    "chrf": "the wording",
-    "rougeL": "the wording",
-}
 
 
 def two_by_two(
@@ -274,23 +264,25 @@ def two_by_two(
     metrics: list[str],
     resamples: int = 2000,
     seed: int = 0,
-    labels: dict[str, str] | None = None,
-) -> dict:
+) -> list[dict]:
     """The effect of retrieval and the effect of fine-tuning, apart, from the four arms of a 2x2.
 
     scores: {metric: {arm: [score in points per example]}} for the arms of LEVER_ARMS, aligned by
     example (None where a metric does not apply). Per example, retrieval's effect is the mean of
     (rag - zero-shot) and (fine-tuned+rag - fine-tuned); fine-tuning's is the mean of (fine-tuned -
     zero-shot) and (fine-tuned+rag - rag); the interaction is how much retrieval's effect differs
-    on the fine-tuned model. Each has a bootstrap interval over examples (paired by construction).
+    on the fine-tuned model. "alone" is each lever's effect without the other (rag - zero-shot,
+    fine-tuned - zero-shot), "with_other" its effect on top of the other (fine-tuned+rag minus
+    fine-tuned or rag): a lever may work only through the other. Each has a bootstrap interval over
+    examples (paired by construction).
     """
-    labels = labels or {}
     table = []
     for key in metrics:
         z, r, f, fr = (scores[key][n] for n in LEVER_ARMS)
         rows = [(z[i], r[i], f[i], fr[i]) for i in range(len(z)) if None not in (z[i], r[i], f[i], fr[i])]
         if not rows:
             continue
+        boot = lambda values: list(bootstrap_mean(values, resamples, seed))  # noqa: E731
         effects = {
             "retrieval": [((b - a) + (d - c)) / 2 for a, b, c, d in rows],
             "fine-tuning": [((c - a) + (d - b)) / 2 for a, b, c, d in rows],
@@ -299,66 +291,20 @@ def two_by_two(
         table.append(
             {
                 "metric": key,
-                "label": labels.get(key, key),
                 "n": len(rows),
                 "means": {n: sum(row[j] for row in rows) / len(rows) for j, n in enumerate(LEVER_ARMS)},
-                **{k: list(bootstrap_mean(v, resamples, seed)) for k, v in effects.items()},
+                **{k: boot(v) for k, v in effects.items()},
+                "alone": {
+                    "retrieval": boot([b - a for a, b, c, d in rows]),
+                    "fine-tuning": boot([c - a for a, b, c, d in rows]),
+                },
+                "with_other": {
+                    "retrieval": boot([d - c for a, b, c, d in rows]),
+                    "fine-tuning": boot([d - b for a, b, c, d in rows]),
+                },
             }
         )
-    return {"metrics": table, "paragraph": _levers_paragraph(table)}
-
-
-def _levers_paragraph(table: list[dict]) -> str:
-    if not table:
-        return ""
-    say = []
-    for lever, name in (("retrieval", "Retrieval"), ("fine-tuning", "The fine-tune")):
-        up = [t for t in table if t[lever][1] > 0]
-        down = [t for t in table if t[lever][2] < 0]
-        if up:
-            what = list(dict.fromkeys(SUPPLIES.get(t["metric"], t["label"]) for t in up))
-            say.append(f"{name} supplies {_and(what)} (" + "; ".join(_effect(t, lever) for t in up) + ")")
-        if down:
-            say.append(
-                f"{name} works against "
-                + _and([t["label"] for t in down])
-                + " ("
-                + "; ".join(_effect(t, lever) for t in down)
-                + ")"
-            )
-        if not up and not down:
-            say.append(f"{name} makes no clear difference (" + "; ".join(_effect(t, lever) for t in table) + ")")
-    text = ". ".join(s[0].upper() + s[1:] for s in say) + "."
-    facts = next((t for t in table if t["metric"] == "answer"), None)
-    if facts:
-        r, f = facts["retrieval"], facts["fine-tuning"]
-        winner = "retrieval" if r[1] > 0 and r[0] > f[0] else "fine-tuning" if f[1] > 0 and f[0] > r[0] else None
-        if winner:
-            text = (
-                f"{winner.capitalize()} is the lever that supplies the facts: it moves answer accuracy "
-                f"{(r if winner == 'retrieval' else f)[0]:+.1f} points, the other lever "
-                f"{(f if winner == 'retrieval' else r)[0]:+.1f}. "
-            ) + text
-    mixed = [t for t in table if t["interaction"][1] > 0 or t["interaction"][2] < 0]
-    if mixed:
-        text += (
-            " The levers interact on "
-            + ", ".join(
-                f"{t['label']} (retrieval's effect is {t['interaction'][0]:+.1f} points different on the fine-tuned model)"
-                for t in mixed
-            )
-            + "."
-        )
-    return text
-
-
-def _effect(t: dict, lever: str) -> str:
-    d, lo, hi = t[lever]
-    return f"{d:+.1f} points of {t['label']}, 95 % interval {lo:+.1f} to {hi:+.1f}"
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return table
 
 
 def _mean(values: list) -> float:
