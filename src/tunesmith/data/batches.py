@@ -109,11 +109,11 @@ def encode_examples(
         try:
             ids, targets = encode(tok, ex["messages"], train_on_prompt)
         except UserError as exc:
-            raise UserError(f"{_name(ex, index, where)}: {exc}") from None
+            raise UserError(f"{example_name(ex, index, where)}: {exc}") from None
         if len(ids) > max_len:
             if too_long == "error":
                 raise UserError(
-                    f"{_name(ex, index, where)}: {len(ids)} tokens, longer than data.max_len={max_len}. "
+                    f"{example_name(ex, index, where)}: {len(ids)} tokens, longer than data.max_len={max_len}. "
                     f"fix: raise data.max_len, shorten the example, or set data.too_long=truncate|drop."
                 )
             if too_long == "drop":
@@ -131,7 +131,8 @@ def encode_examples(
     return out, report
 
 
-def _name(ex: dict, index: int, where: str) -> str:
+def example_name(ex: dict, index: int, where: str) -> str:
+    """Where an example comes from, for errors: source:line example N (id)."""
     meta = ex.get("meta") or {}
     line = f":{meta['line']}" if meta.get("line") else ""
     ident = f" ({meta['id']})" if meta.get("id") else ""
@@ -147,6 +148,8 @@ def examples_hash(examples: list[dict]) -> str:
     h = hashlib.sha256()
     for ex in examples:
         h.update(json.dumps(ex["messages"], sort_keys=True, ensure_ascii=False).encode())
+        if "rejected" in ex:  # a preference pair: the other reply is data too
+            h.update(json.dumps(ex["rejected"], sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
 
@@ -234,3 +237,8 @@ def collate(examples: list[dict], packing: bool = True, pad_id: int = 0) -> dict
         labels[b, : len(lab)] = torch.tensor(lab)
     pos = torch.arange(width).expand(len(rows), width)
     return {"input_ids": input_ids, "position_ids": pos, "labels": labels, "cu_seqlens": None}
+
+
+def to_device(batch: dict, device) -> dict:
+    """A collated batch's tensors on `device` (cu_seqlens stays a list)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

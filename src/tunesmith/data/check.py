@@ -361,20 +361,36 @@ def run_check(
         keep = [k for k, line in enumerate(ds.lines) if (ds.path, line) not in dropped]
         examples = [ds.examples[k] for k in keep]
         totals, trainable = token_lengths(tok, examples)
-        over = [k for k, n in enumerate(totals) if n > max_len]
+        longest = totals
+        pairs = [{"messages": [*ex["messages"][:-1], ex["rejected"]]} for ex in examples if "rejected" in ex]
+        if pairs:  # preference pairs: both sides go through the model, and the longer one must fit
+            other, other_trainable = token_lengths(tok, pairs)
+            longest = [max(a, b) for a, b in zip(totals, other)]
+        over = [k for k, n in enumerate(longest) if n > max_len]
         level = "error" if too_long == "error" else "warning"
         action = {"drop": "dropped", "truncate": "truncated to max length", "error": "not allowed"}[too_long]
         issues += [
-            Issue(ds.path, ds.lines[keep[k]], "too-long", f"{totals[k]} tokens > max length {max_len}; {action}", level)
+            Issue(
+                ds.path, ds.lines[keep[k]], "too-long", f"{longest[k]} tokens > max length {max_len}; {action}", level
+            )
             for k in over
         ]
         if too_long == "drop":
-            kept = [k for k in range(len(totals)) if totals[k] <= max_len]
+            kept = [k for k in range(len(totals)) if longest[k] <= max_len]
             totals, trainable = [totals[k] for k in kept], [trainable[k] for k in kept]
+            if pairs:
+                other, other_trainable = [other[k] for k in kept], [other_trainable[k] for k in kept]
         elif too_long == "truncate":
             # The tail is cut: assistant tokens go first when the reply is last.
-            trainable = [max(0, min(tr, max_len - (n - tr))) for n, tr in zip(totals, trainable)]
-            totals = [min(n, max_len) for n in totals]
+            def cut(ns, trs):  # (trainable, totals) of each side after truncation
+                return [max(0, min(tr, max_len - (n - tr))) for n, tr in zip(ns, trs)], [min(n, max_len) for n in ns]
+
+            trainable, totals = cut(totals, trainable)
+            if pairs:
+                other_trainable, other = cut(other, other_trainable)
+        if pairs:
+            totals = [a + b for a, b in zip(totals, other)]
+            trainable = [a + b for a, b in zip(trainable, other_trainable)]
         files.append(
             {
                 "path": ds.path,

@@ -17,6 +17,13 @@ a top-level `group` is the split group.
   alpaca             {"instruction", "input"?, "output", "system"?}
   sharegpt           {"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}
   csv                columns mapped to system / user / assistant (`csv:user=Question,assistant=Answer`)
+  preference         a reply preferred over another, for train.objective=dpo|orpo:
+                     TRL's {"prompt"?, "chosen", "rejected"} (strings, or lists of messages; without a
+                     prompt it is what chosen and rejected share), LLaMA-Factory's ranking records
+                     ({"instruction", "input"?, "chosen", "rejected"} or {"conversations", "chosen":
+                     {"from", "value"}, "rejected": {...}}), and the workbench's DPO export (TRL's).
+                     The example is the prompt and the chosen reply as `messages`, and `rejected`,
+                     the other reply as one assistant message.
 Plain text and markdown files are the retrieval corpus (tunesmith.compare.retrieval), not training examples.
 Files are UTF-8 with or without a BOM, LF or CRLF.
 """
@@ -209,12 +216,91 @@ def from_sharegpt(rec: dict):
     return _example(rec, out), problems
 
 
+def from_preference(rec: dict):
+    """A preference pair -> {"messages": prompt + [chosen], "rejected": rejected, "meta"}, both replies
+    one assistant message. Which of the formats in the module doc it is follows from its keys."""
+    problems = _extra_keys(
+        rec, ("prompt", "chosen", "rejected", "instruction", "input", "conversations", "system", "meta", "id")
+    )
+    missing = [k for k in ("chosen", "rejected") if k not in rec]
+    if missing:
+        return None, problems + [("missing-field", f"no {' or '.join(repr(k) for k in missing)}")]
+    if "conversations" in rec:  # LLaMA-Factory, sharegpt style: the replies are {"from", "value"} turns
+        chat, more = from_sharegpt({k: rec[k] for k in ("conversations", "system") if k in rec})
+        sides = [
+            from_sharegpt({"conversations": [rec[k]]})[0] if isinstance(rec[k], dict) else rec[k]
+            for k in ("chosen", "rejected")
+        ]
+        sides = [s["messages"] if isinstance(s, dict) else s for s in sides]
+        prompt, problems = (chat or {"messages": []})["messages"], problems + more
+    elif "instruction" in rec:  # LLaMA-Factory, alpaca style
+        chat, more = from_alpaca({**{k: rec[k] for k in ("instruction", "input", "system") if k in rec}, "output": ""})
+        prompt, problems = (chat or {"messages": [{}]})["messages"][:-1], problems + more
+        sides = [rec["chosen"], rec["rejected"]]
+    elif "prompt" in rec:  # TRL, explicit prompt
+        prompt = _system(rec, problems) + _turns(rec["prompt"], "user", "'prompt'", problems)
+        sides = [rec["chosen"], rec["rejected"]]
+    else:  # TRL, implicit prompt: what the two share
+        prompt, sides = _shared_prompt(rec["chosen"], rec["rejected"], problems)
+        prompt = _system(rec, problems) + prompt
+    replies = []
+    for key, side in zip(("chosen", "rejected"), sides):
+        msgs = _turns(side, "assistant", f"'{key}'", problems)
+        if len(msgs) > 1 and all(isinstance(m, dict) for m in msgs):  # the conversation repeated before the reply
+            if _strip_weights(msgs[:-1]) != _strip_weights(prompt[-len(msgs) + 1 :]):
+                problems.append(("prompts-disagree", f"'{key}' repeats a conversation that is not the prompt's"))
+            msgs = msgs[-1:]
+        if len(msgs) != 1 or not isinstance(msgs[0], dict) or msgs[0].get("role") != "assistant":
+            problems.append(("pair-shape", f"'{key}' must be one assistant reply (a string, or a list ending in one)"))
+            return None, problems
+        replies.append(msgs[0])
+    example = _example(rec, [*prompt, replies[0]])
+    example["rejected"] = replies[1]
+    return example, problems
+
+
+def _turns(value, role: str, where: str, problems: list) -> list:
+    """A string -> one message of `role`; a list of messages as it is (shape problems reported)."""
+    if isinstance(value, list):
+        chat, more = from_chat({"messages": value})
+        problems += [(code, f"{where}: {text}") for code, text in more]
+        return (chat or {"messages": []})["messages"]
+    if not isinstance(value, str):
+        problems.append(("wrong-type", f"{where} must be a string or a list of messages, got {_kind(value)}"))
+        return []
+    return [{"role": role, "content": value}]
+
+
+def _shared_prompt(chosen, rejected, problems: list) -> tuple[list, list]:
+    """TRL's implicit prompt: (the messages or text both sides start with, [chosen reply, rejected reply])."""
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        cut = (
+            max(chosen.rfind(" ", 0, n), chosen.rfind("\n", 0, n)) + 1
+        )  # a word the two share only in part is a reply's
+        return [{"role": "user", "content": chosen[:cut].rstrip()}], [chosen[cut:], rejected[cut:]]
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        if _strip_weights(chosen[:-1]) != _strip_weights(rejected[:-1]):
+            problems.append(("prompts-disagree", "'chosen' and 'rejected' differ before their last message"))
+        prompt = _turns(chosen[:-1], "user", "'chosen'", problems)
+        return prompt, [chosen[-1:], rejected[-1:]]
+    problems.append(("wrong-type", "'chosen' and 'rejected' must both be strings or both lists of messages"))
+    return [], [[], []]
+
+
+def _strip_weights(msgs: list) -> list:
+    return [(m.get("role"), m.get("content")) if isinstance(m, dict) else m for m in msgs]
+
+
 # format name -> reader of one parsed record: (example or None, [(code, text)])
 FORMATS = {
     "chat": from_chat,
     "prompt-completion": from_prompt_completion,
     "alpaca": from_alpaca,
     "sharegpt": from_sharegpt,
+    "preference": from_preference,
 }
 
 
@@ -225,6 +311,7 @@ def detect_format(records: list) -> str | None:
         if not isinstance(rec, dict):
             continue
         for fmt, keys in (
+            ("preference", {"chosen", "rejected"}),
             ("chat", {"messages"}),
             ("sharegpt", {"conversations"}),
             ("alpaca", {"instruction"}),
@@ -246,7 +333,20 @@ def _system(rec: dict, problems: list) -> list[dict]:
     return [{"role": "system", "content": rec["system"]}]
 
 
-KNOWN = ("messages", "conversations", "prompt", "completion", "instruction", "input", "output", "system", "meta", "id")
+KNOWN = (
+    "messages",
+    "conversations",
+    "prompt",
+    "completion",
+    "instruction",
+    "input",
+    "output",
+    "chosen",
+    "rejected",
+    "system",
+    "meta",
+    "id",
+)
 
 
 def _example(rec: dict, messages: list[dict]) -> dict:

@@ -41,6 +41,9 @@ CODES = {
     "overlap": ("error", "remove the example from one side: held-out results are only honest on unseen data"),
     "too-few": ("error", "collect at least 10 examples; 100s make a fine-tune worth measuring"),
     "no-trainable": ("warning", "set weight 1 on at least one assistant message, or drop the example"),
+    "same-reply": ("error", "a pair teaches only where its replies differ: fix the rejected reply, or drop the pair"),
+    "prompts-disagree": ("error", "both replies answer one prompt: give the pair a single 'prompt', or fix the copy"),
+    "pair-shape": ("error", "'chosen' and 'rejected' are each one assistant reply: a string, or [{role, content}]"),
 }
 
 ROLES = ("system", "user", "assistant")
@@ -117,6 +120,21 @@ def check_messages(messages: list[dict]) -> list[tuple[str, str]]:
         problems.append(("no-assistant", "no assistant message"))
     if not messages:
         problems.append(("no-assistant", "the conversation is empty"))
+    return problems
+
+
+def check_pair(example: dict) -> list[tuple[str, str]]:
+    """What is wrong with a preference pair beyond its chosen conversation: the rejected reply."""
+    if "rejected" not in example:
+        return []
+    rejected, chosen = example["rejected"], example["messages"][-1]
+    # the prompt was checked with the chosen reply: here the rejected reply alone
+    problems = [(code, text.replace("message 1", "the rejected reply")) for code, text in check_messages([rejected])]
+    if "weight" in rejected:
+        problems.append(("bad-weight", "the rejected reply has a weight; a pair trains on both replies"))
+    same = isinstance(rejected.get("content"), str) and isinstance(chosen.get("content"), str)
+    if same and " ".join(rejected["content"].split()) == " ".join(chosen["content"].split()) and chosen["content"]:
+        problems.append(("same-reply", "the chosen and the rejected reply are the same text"))
     return problems
 
 
@@ -206,7 +224,7 @@ def _add(ds: Dataset, line: int, example: dict | None, problems: list) -> None:
     # A message the reader could not take apart would make the conversation checks report
     # knock-on errors (an apparent missing reply); an extra key does not.
     if example is not None and all(code == "unknown-key" for code, _ in problems):
-        problems = problems + check_messages(example["messages"])
+        problems = problems + check_messages(example["messages"]) + check_pair(example)
     if problems:
         ds.issues += [Issue(ds.path, line, code, text) for code, text in problems]
         return
