@@ -49,7 +49,7 @@ class DataConfig:
     train: str = opt("", "training examples: chat JSONL (or any format `tunesmith check` reads)")
     heldout: str = opt("", "held-out examples for evaluation and compare; empty: split off heldout_fraction of train")
     heldout_fraction: float = opt(0.1, "share of train held out when no heldout file is given (split by group)")
-    format: str = opt("auto", "auto, chat, prompt-completion, alpaca, sharegpt or csv")
+    format: str = opt("auto", "auto, chat, prompt-completion, alpaca, sharegpt, preference or csv")
     max_len: int = opt(1024, "maximum tokens per example under the chat template")
     too_long: str = opt("drop", "what to do with longer examples: drop, truncate or error (never silent)")
     corpus: str = opt("", "directory of text/markdown files for retrieval (RAG arms)")
@@ -113,6 +113,11 @@ class TrainConfig:
         "share of the training examples that are the base model's own replies to general prompts (self-distillation "
         "replay, keeps general behaviour); 0: none",
     )
+    objective: str = opt("sft", "sft, or dpo / orpo on preference pairs (data.format=preference; see docs/train.md)")
+    init_from: str = opt("", "a run directory to start from (its final model or adapter); for dpo also the reference")
+    beta: float = opt(0.1, "dpo: how far the model may move from the reference; orpo: weight of the odds-ratio term")
+    dpo_loss: str = opt("sigmoid", "dpo's loss: sigmoid (DPO), ipo or hinge")
+    label_smoothing: float = opt(0.0, "dpo sigmoid: the share of pairs assumed flipped (conservative DPO), below 0.5")
 
 
 @dataclass

@@ -36,6 +36,11 @@ RESUME_KEYS = (
     "data.max_len",
     "data.too_long",
     "train.train_on_prompt",
+    "train.objective",
+    "train.init_from",
+    "train.beta",
+    "train.dpo_loss",
+    "train.label_smoothing",
 )
 
 

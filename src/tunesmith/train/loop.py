@@ -28,14 +28,24 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 
 from tunesmith import UserError, cpu
 from tunesmith.config import Config, load_config, save_config, to_dict
-from tunesmith.data.batches import collate, encode_examples, examples_hash, micro_batches, n_targets, step_indices
+from tunesmith.data.batches import (
+    collate,
+    encode_examples,
+    examples_hash,
+    micro_batches,
+    n_targets,
+    step_indices,
+    to_device,
+)
 from tunesmith.data.split import load_split
 from tunesmith.fsutil import atomic_dir
+from tunesmith.train import preference
 from tunesmith.train.checkpoints import (
     check_resumable,
     latest_checkpoint,
@@ -103,6 +113,7 @@ class Run:
     state: LoopState = field(default_factory=LoopState)
     best: dict | None = None  # trainable weights at the best held-out loss, when early stopping is on
     last: dict = field(default_factory=dict)  # the latest metrics record, for the summary
+    reference: dict | None = None  # full fine-tuning with DPO: the reference's log-probs (preference.reference_table)
 
 
 def lr_at(step: int, lr: float, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -230,6 +241,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     else:
         _check_new_run_dir(run_dir)
     accelerator.wait_for_everyone()  # every process has looked before any writes
+    starting_point(cfg)
     train_examples, heldout_examples, data_info = load_split(cfg)
     with accelerator.main_process_first():  # one process downloads a hub model; the others find it cached
         _pin_model(cfg)
@@ -238,10 +250,11 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         train_examples = train_examples + replayed
         data_info["replay"] = {"fraction": t.replay, "examples": len(replayed), "hash": examples_hash(replayed)}
     tok = _tokenizer(cfg)
-    encoded, train_report = encode_examples(
+    encode = OBJECTIVES[t.objective].encode
+    encoded, train_report = encode(
         tok, train_examples, cfg.data.max_len, cfg.data.too_long, t.train_on_prompt, where=cfg.data.train
     )
-    held, held_report = encode_examples(
+    held, held_report = encode(
         tok, heldout_examples, cfg.data.max_len, "truncate", t.train_on_prompt, where=cfg.data.heldout or cfg.data.train
     )
     if not encoded:
@@ -305,6 +318,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
             remove_unfinished(run_dir / "checkpoints")
         say(f"resumed from {ckpt} at step {run.state.step}")
     accelerator.wait_for_everyone()
+    run.reference = preference.reference_table(run, resume)
     if t.trackers:
         accelerator.init_trackers(run_dir.name, config=_flat(to_dict(cfg)))
     return run
@@ -316,29 +330,18 @@ def setup(cfg: Config, resume: bool = False) -> Run:
 def optimizer_step(run: Run, ids: list[int]) -> dict:
     """One optimizer step on the examples `ids`; returns its metrics record.
 
-    Backward runs per micro-batch, gradients are synced on the last one only. Each micro-batch's
-    loss is its sum of token losses over the global number of loss tokens in the step
-    (x processes, since DDP averages): the step's gradient is that of the mean token loss, however
-    the examples are split into micro-batches or processes.
+    The objective's backward runs per micro-batch, gradients synced on the last one only
+    (sft_backward here, preference.backward for dpo and orpo); then clipping, the NaN guard and
+    the optimizer.
     """
     t, acc, state = run.cfg.train, run.accelerator, run.state
     t0 = time.perf_counter()
-    step_targets = sum(n_targets(run.encoded[i]) for i in ids)  # every process computes the global count
     step_tokens = sum(len(run.encoded[i]["ids"]) for i in ids)
     lr = lr_at(state.step, t.lr, t.warmup_steps, run.total_steps, t.schedule)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
 
-    loss_sum = torch.zeros((), device=acc.device)
-    mbs = micro_batches(run.encoded, ids, acc.process_index, acc.num_processes, t.grad_accum)
-    for k, mb in enumerate(mbs):
-        batch = _to(collate(mb, t.packing, run.tok.pad_token_id), acc.device)
-        sync = contextlib.nullcontext() if k == len(mbs) - 1 else acc.no_sync(run.loss_model)
-        with sync:
-            mb_loss = run.loss_model(**batch)
-            acc.backward(mb_loss * (acc.num_processes / step_targets))
-        loss_sum += mb_loss.detach().float()
-    loss = (acc.reduce(loss_sum, "sum") / step_targets).item()
+    loss, extra = OBJECTIVES[t.objective].backward(run, ids)
     grad_norm = acc.clip_grad_norm_(run.trainable, t.max_grad_norm or float("inf"))
     grad_norm = float(grad_norm) if grad_norm is not None else None  # DeepSpeed clips inside its step
 
@@ -370,18 +373,57 @@ def optimizer_step(run: Run, ids: list[int]) -> dict:
         "grad_norm": grad_norm if finite else None,
         "tokens_per_s": round(step_tokens / dt, 1),
         "tokens": state.tokens,
+        **(extra if finite else {}),
     }
     if not finite:
         record["skipped"] = True
     return record
 
 
+def sft_backward(run: Run, ids: list[int]) -> tuple[float, dict]:
+    """Backward of one SFT step on the examples `ids`: (the step's mean token loss, no other metrics).
+
+    Each micro-batch's loss is its sum of token losses over the global number of loss tokens in
+    the step (x processes, since DDP averages): the step's gradient is that of the mean token loss,
+    however the examples are split into micro-batches or processes.
+    """
+    t, acc = run.cfg.train, run.accelerator
+    step_targets = sum(n_targets(run.encoded[i]) for i in ids)  # every process computes the global count
+    loss_sum = torch.zeros((), device=acc.device)
+    mbs = micro_batches(run.encoded, ids, acc.process_index, acc.num_processes, t.grad_accum)
+    for k, mb in enumerate(mbs):
+        batch = to_device(collate(mb, t.packing, run.tok.pad_token_id), acc.device)
+        sync = contextlib.nullcontext() if k == len(mbs) - 1 else acc.no_sync(run.loss_model)
+        with sync:
+            mb_loss = run.loss_model(**batch)
+            acc.backward(mb_loss * (acc.num_processes / step_targets))
+        loss_sum += mb_loss.detach().float()
+    return (acc.reduce(loss_sum, "sum") / step_targets).item(), {}
+
+
+def sft_heldout(run: Run) -> tuple[float, dict]:
+    """Mean token loss on the held-out examples, and its perplexity."""
+    t = run.cfg.train
+    loss = mean_loss(run.loss_model, run.held, t.batch_size, t.packing, run.tok.pad_token_id, run.accelerator)
+    return loss, {"eval_ppl": round(math.exp(min(loss, 50)), 4)}
+
+
+class Objective(NamedTuple):
+    """What differs between objectives: encoding the data, a step's backward, the held-out loss."""
+
+    encode: Callable  # (tok, examples, max_len, too_long, train_on_prompt, where) -> (encoded, report)
+    backward: Callable  # (run, ids) -> (the step's loss, other metrics); gradients accumulated
+    heldout: Callable  # (run) -> (held-out loss, other metrics prefixed eval_)
+
+
+PAIRS = Objective(preference.encode_pairs, preference.backward, preference.heldout)
+OBJECTIVES = {"sft": Objective(encode_examples, sft_backward, sft_heldout), "dpo": PAIRS, "orpo": PAIRS}
+
+
 def evaluate(run: Run) -> dict:
     """Held-out loss now; tracks the best one (and its weights, for early stopping)."""
     state = run.state
-    loss = mean_loss(
-        run.loss_model, run.held, run.cfg.train.batch_size, run.cfg.train.packing, run.tok.pad_token_id, run.accelerator
-    )
+    loss, extra = OBJECTIVES[run.cfg.train.objective].heldout(run)
     if state.best_eval is None or loss < state.best_eval:
         state.best_eval, state.best_step, state.evals_without_improvement = loss, state.step, 0
         if run.cfg.train.early_stopping_patience:
@@ -389,7 +431,7 @@ def evaluate(run: Run) -> dict:
     else:
         state.evals_without_improvement += 1
     run.loss_model.train()
-    return {"eval_loss": round(loss, 6), "eval_ppl": round(math.exp(min(loss, 50)), 4)}
+    return {"eval_loss": round(loss, 6), **extra}
 
 
 def log_step(run: Run, record: dict, ids: list[int], logs: dict, bar) -> None:
@@ -423,6 +465,7 @@ def finish(run: Run) -> Path:
     inner = acc.unwrap_model(run.loss_model)
     if run.best is not None:
         inner.load_state_dict(run.best, strict=False)
+    preference.drop_reference(inner.model)
     acc.wait_for_everyone()
     if acc.is_main_process:
         save_final(run.dir / "final", inner.model, run.tok, run.cfg)
@@ -441,6 +484,7 @@ def finish(run: Run) -> Path:
             "device": _describe_device(acc.device),
             "processes": acc.num_processes,
             "method": t.method,
+            "objective": t.objective,
             "trainable_params": sum(p.numel() for p in run.trainable),
             "peak_memory_mb": _peak_memory_mb(acc.device),
         }
@@ -495,6 +539,8 @@ def build_model(cfg: Config, weight_dtype, accelerator):
     from tunesmith.models import load
 
     t = cfg.train
+    start = starting_point(cfg)
+    adapter = start is not None and (start / "adapter_config.json").exists()
     if t.method == "qlora":
         model = _load_4bit(cfg, accelerator)
     else:
@@ -512,9 +558,19 @@ def build_model(cfg: Config, weight_dtype, accelerator):
         use_varlen(model)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if adapter:
+        from peft import PeftModel
+
+        # the starting adapter: trained on (LoRA) or merged into the weights (full); for DPO with
+        # LoRA it is loaded once more, frozen, as the reference (tunesmith.train.preference)
+        model = PeftModel.from_pretrained(model, start, is_trainable=t.method != "full")
+        if t.method == "full":
+            model = model.merge_and_unload()
+        elif t.objective == "dpo":
+            model.load_adapter(start, adapter_name=preference.REFERENCE, is_trainable=False)
     if t.method == "full":
         model.requires_grad_(True)
-    else:
+    elif not adapter:
         from peft import LoraConfig, get_peft_model
 
         targets = cfg.lora.target_modules
@@ -573,6 +629,29 @@ def _replay(cfg: Config, n_task: int, accelerator) -> list[dict]:
         replay_examples(cfg, n_task, accelerator.print)
     accelerator.wait_for_everyone()
     return replay_examples(cfg, n_task, accelerator.print)
+
+
+def starting_point(cfg: Config) -> Path | None:
+    """RUN/final of train.init_from, checked; None without one. An adapter there must sit on
+    model.name; a full model there becomes model.name (the base any new adapter is saved against)."""
+    if not cfg.train.init_from:
+        return None
+    final = Path(cfg.train.init_from).expanduser().resolve() / "final"
+    if (final / "adapter_config.json").exists():
+        base = json.loads((final / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if base != cfg.model.name:
+            raise UserError(
+                f"train.init_from={cfg.train.init_from} is an adapter on {base}, but model.name={cfg.model.name}. "
+                f"fix: model.name={base}"
+            )
+    elif (final / "config.json").exists():
+        cfg.model.name = str(final)
+    else:
+        raise UserError(
+            f"train.init_from={cfg.train.init_from}: no finished run there ({final} holds no adapter or model). "
+            f"fix: point it at a run directory that `tunesmith train` completed, or leave it empty."
+        )
+    return final
 
 
 def _check_head(model) -> None:
@@ -634,7 +713,7 @@ def mean_loss(loss_model, encoded: list[dict], batch_size: int, packing: bool, p
     total = torch.zeros((), device=device)
     with torch.no_grad(), accelerator.autocast() if accelerator else contextlib.nullcontext():
         for a in range(0, len(mine), batch_size):
-            total += inner(**_to(collate(mine[a : a + batch_size], packing, pad_id), device)).float()
+            total += inner(**to_device(collate(mine[a : a + batch_size], packing, pad_id), device)).float()
     if accelerator:
         total = accelerator.reduce(total, "sum")
     return total.item() / sum(n_targets(e) for e in encoded)
@@ -688,6 +767,7 @@ def _check_options(cfg: Config) -> None:
     for key in ("batch_size", "grad_accum", "log_every", "keep_last"):
         if getattr(t, key) < 1:
             raise UserError(f"train.{key} must be at least 1, got {getattr(t, key)}.")
+    preference.check_options(t)
 
 
 # What a run directory holds; a directory with anything else in it is someone's, not a run.
@@ -700,6 +780,7 @@ RUN_ENTRIES = {
     "final",
     "summary.json",
     "compare",
+    "reference",
 }
 
 
@@ -749,10 +830,6 @@ def _trackers(names: str) -> list[str] | None:
         if importlib.util.find_spec(name) is None:
             raise UserError(f"train.trackers={name} needs its package. fix: pip install {name}")
     return chosen or None
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -244,6 +244,41 @@ def linear_cross_entropy(
     return total
 
 
+def token_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk: int | None = None,
+    scale: float = 1.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """log p(target) at each position, (N,) float32, under logits hidden @ weight.T (+ bias), in chunks.
+
+    What preference losses need: a sequence's log-probability is the sum of its tokens', and the
+    loss is not a sum over tokens, so the gradient cannot be folded in on the way forward as
+    linear_cross_entropy does. Each chunk runs under activation checkpointing instead: its
+    (chunk, V) logits are dropped after the forward and recomputed in backward, one chunk at a time.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    if chunk is None:
+        chunk = max(1, (1 << (26 if hidden.is_cuda else 22)) // weight.shape[0])
+
+    def piece(h, t):
+        logits, _ = _head(F.linear(h, weight, bias), scale, softcap)  # (chunk, V), at least float32
+        return logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+    if hidden.shape[0] == 0:  # still in the graph: DDP expects a gradient for every parameter
+        return hidden.new_zeros(0, dtype=torch.float32) + (hidden.sum() * 0.0 + weight.sum() * 0.0)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    parts = [
+        checkpoint(piece, h, t, use_reentrant=False) if grad else piece(h, t)
+        for h, t in zip(hidden.split(chunk), targets.split(chunk))
+    ]
+    return torch.cat(parts)
+
+
 def _head(raw: torch.Tensor, scale: float, softcap: float | None):
     """(logits at least float32, tanh(logits / softcap) or None) from lm_head's output."""
     logits = _wide(raw)
@@ -311,9 +346,11 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 class CausalLMLoss(torch.nn.Module):
     """A causal LM and its loss in one forward, so DDP/FSDP see one call that uses every parameter.
 
-    forward returns the SUM of token losses: the caller decides what to divide by. The LM head runs
-    only on the hidden states whose next token carries loss (linear_cross_entropy), and its logits
-    are scaled and capped as the model's own forward does (logit_transform).
+    forward returns the SUM of token losses: the caller decides what to divide by; with
+    reduce=False, the log-probability of each loss token instead, (N,) in the order of
+    labels[labels != IGNORE] (token_log_probs: preference losses sum them per sequence). The LM
+    head runs only on the hidden states whose next token carries loss, and its logits are scaled
+    and capped as the model's own forward does (logit_transform).
     """
 
     def __init__(self, model):
@@ -321,13 +358,12 @@ class CausalLMLoss(torch.nn.Module):
         self.model = model
         self.scale, self.softcap = logit_transform(model.config)
 
-    def forward(self, input_ids, position_ids, labels, cu_seqlens=None):
+    def forward(self, input_ids, position_ids, labels, cu_seqlens=None, reduce=True):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         hidden = base.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, use_cache=False
         ).last_hidden_state  # (B, T, d)
         keep = labels != IGNORE  # (B, T): the only positions that reach the LM head
         head = base.get_output_embeddings()
-        return linear_cross_entropy(
-            hidden[keep], head.weight, labels[keep], head.bias, scale=self.scale, softcap=self.softcap
-        )
+        kernel = linear_cross_entropy if reduce else token_log_probs
+        return kernel(hidden[keep], head.weight, labels[keep], head.bias, scale=self.scale, softcap=self.softcap)
