@@ -5,14 +5,19 @@
     from tunesmith.train import train; run_dir = train(cfg)
 
 Read it top to bottom: setup (run directory, data, model, optimizer), the loop, the final model.
+The objective is SFT on chat examples here, or DPO / ORPO on preference pairs (train.objective;
+tunesmith.train.preference): each is an Objective, how its data is encoded, a step's backward and
+its held-out loss, and the rest of the loop is the same for all.
 accelerate owns devices and processes; peft owns adapters; transformers owns the architectures.
 What is ours is the data path (tunesmith.data.batches: loss masks, packing; tunesmith.train.loss:
-attention that never crosses a packed example, the LM head only where there is loss) and the bookkeeping that makes a run exact and crash-proof.
+attention that never crosses a packed example, the LM head only where there is loss) and the
+bookkeeping that makes a run exact and crash-proof.
 
 The run directory:
   config.yaml  the resolved config          data.json     data hashes, split sizes, what was dropped
   metrics.jsonl one line per logged step    checkpoints/  step-NNNNNN/ (COMPLETE marks a finished save)
   final/       the adapter or the model     summary.json  steps, time, tokens/s, losses, device
+  reference/   full fine-tuning with DPO: the reference log-probabilities of every pair
 """
 
 from __future__ import annotations
