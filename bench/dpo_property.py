@@ -8,7 +8,8 @@ the team wrote it, rejected the same reply with one preferred term (e.g. "signal
 rejected variant ("data point"); nothing else differs. The held-out pairs come from the held-out
 studies, so their prompts were never trained on, by SFT or DPO.
 
-1. SFT: LoRA on the repository's training split (as `tunesmith demo` trains).
+1. SFT: LoRA on the repository's training split (as `tunesmith demo` trains), or --sft RUN, such a
+   run made before (`tunesmith demo`'s run/).
 2. DPO from that run (train.init_from): the reference is the SFT adapter, held frozen beside the
    trained one.
 3. Both runs on the held-out pairs, paired per prompt, with 95 % paired-bootstrap intervals
@@ -53,22 +54,12 @@ def train_runs(args, root: Path) -> tuple[Path, Path, Path]:
         f"lora.r={args.rank}",
         f"lora.alpha={2 * args.rank}",
     ]
-    sft = root / "sft"
+    sft = Path(args.sft) if args.sft else root / "sft"
     t0 = time.time()
-    train(
-        load_config(
-            None,
-            [
-                *common,
-                f"data.train={sft_train}",
-                f"data.heldout={sft_held}",
-                f"train.max_steps={args.sft_steps}",
-                "train.lr=2e-4",
-                f"train.output_dir={sft}",
-            ],
-        )
-    )
-    print(f"SFT: {args.sft_steps} steps in {time.time() - t0:.0f} s", flush=True)
+    if not args.sft:
+        overrides = [f"data.train={sft_train}", f"data.heldout={sft_held}", f"train.max_steps={args.sft_steps}"]
+        train(load_config(None, [*common, *overrides, "train.lr=2e-4", f"train.output_dir={sft}"]))
+        print(f"SFT: {args.sft_steps} steps in {time.time() - t0:.0f} s", flush=True)
     dpo = root / "dpo"
     t0 = time.time()
     train(
@@ -144,7 +135,8 @@ def replies(run: Path, pairs: list[dict], max_new_tokens: int) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--sft-steps", type=int, default=30)
+    p.add_argument("--sft", default="", help="an SFT run of this model on the Pantry training split to start from")
+    p.add_argument("--sft-steps", type=int, default=30, help="without --sft: the SFT run's steps")
     p.add_argument("--dpo-steps", type=int, default=30)
     p.add_argument("--dpo-lr", type=float, default=1e-4)
     p.add_argument("--beta", type=float, default=0.1)

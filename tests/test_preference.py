@@ -329,22 +329,32 @@ def test_dpo_without_a_start_uses_the_base_and_orpo_trains(tmp_path, tiny_model_
     assert logged[-1]["reward_margin"] > logged[0]["reward_margin"]
 
 
-def test_full_dpo_resumes_exactly_with_its_stored_reference(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_dpo_resumes_exactly(tmp_path, tiny_model_dir, tokenizer, method):
+    """Full: the reference log-probs come back from RUN/reference/ (the model has moved since).
+    LoRA from an SFT run: the frozen reference adapter is loaded again from that run."""
     from safetensors.torch import load_file
 
-    common = ["train.objective=dpo", "train.method=full", "train.save_every=2", "train.lr=1e-3"]
+    from tunesmith.testing import make_tiny_lora_run
+
+    common = ["train.objective=dpo", f"train.method={method}", "train.save_every=2", "train.lr=1e-3"]
+    if method == "lora":
+        common.append(f"train.init_from={make_tiny_lora_run(tmp_path / 'sft', tiny_model_dir, tokenizer)}")
     whole = train(load_config(None, _overrides(tmp_path, tiny_model_dir, tmp_path / "whole", *common)))
-    table = load_file(whole / "reference" / "logps.safetensors")
-    assert table["train"].shape[1] == 2 and (table["train"][:, 0] != 0).all()
+    if method == "full":
+        table = load_file(whole / "reference" / "logps.safetensors")
+        assert table["train"].shape[1] == 2 and (table["train"][:, 0] != 0).all()
     cut = tmp_path / "cut"
     shutil.copytree(whole, cut)
     for name in ("final", "summary.json", "checkpoints/step-000004"):
         shutil.rmtree(cut / name, ignore_errors=True) if (cut / name).is_dir() else (cut / name).unlink()
-    cfg = load_config(None, _overrides(tmp_path, tiny_model_dir, cut, *common))
-    train(cfg, resume=True)
-    ref, got = (load_file(r / "final" / "model.safetensors") for r in (whole, cut))
+    train(load_config(None, _overrides(tmp_path, tiny_model_dir, cut, *common)), resume=True)
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    ref, got = (load_file(r / "final" / weights) for r in (whole, cut))
+    assert ref.keys() == got.keys()
     assert max((ref[k] - got[k]).abs().max().item() for k in ref) <= 1e-6
     assert [x["loss"] for x in _metrics(cut)] == pytest.approx([x["loss"] for x in _metrics(whole)], abs=1e-6)
+    assert _metrics(cut)[-1]["reward_margin"] != 0  # the run moved: the weights compared are not the start
 
 
 def test_preference_objective_on_chat_data_says_what_to_give(tmp_path, tiny_model_dir):
