@@ -368,5 +368,50 @@ def test_preference_objective_on_chat_data_says_what_to_give(tmp_path, tiny_mode
         train(cfg)
     with pytest.raises(UserError, match="train.objective='ppo' is not one of sft, dpo, orpo"):
         train(load_config(None, _overrides(tmp_path, tiny_model_dir, tmp_path / "y", "train.objective=ppo")))
+    with pytest.raises(UserError, match="train.replay=0.2 mixes chat examples.*fix: train.replay=0"):
+        train(
+            load_config(
+                None, _overrides(tmp_path, tiny_model_dir, tmp_path / "r", "train.objective=orpo", "train.replay=0.2")
+            )
+        )
     with pytest.raises(UserError, match="train.init_from=.*no finished run there"):
         train(load_config(None, _overrides(tmp_path, tiny_model_dir, tmp_path / "z", f"train.init_from={tmp_path}")))
+
+
+def _margins(spec, pairs_path, max_len=256) -> list[float]:
+    """log p(chosen) - log p(rejected) of each pair in a file under a model or run."""
+    from tunesmith.data import load_examples
+    from tunesmith.models import load
+    from tunesmith.train.loss import CausalLMLoss
+    from tunesmith.train.preference import encode_pairs, pair_batch, sequence_logps
+
+    model, tok = load(str(spec), device="cpu")
+    encoded, _ = encode_pairs(tok, load_examples(pairs_path), max_len)
+    batch = pair_batch(encoded, packing=False, pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        lp = sequence_logps(CausalLMLoss(model).eval()(**batch, reduce=False), batch, len(encoded))
+    return (lp.chosen - lp.rejected).tolist()
+
+
+def test_dpo_moves_the_property_its_pairs_teach_on_held_out_prompts(tmp_path, tiny_model_dir):
+    """Chosen and rejected differ in one property (the house term against its rejected variant);
+    after DPO, on prompts it never trained on, the model prefers the house term by more than it did
+    at the start, and the paired 95 % interval of the change lies above zero."""
+    from tunesmith.compare.stats import paired_bootstrap
+
+    def pairs(path, questions):
+        records = [
+            {"prompt": q, "chosen": "That is the pantry audit.", "rejected": "That is the larder check."}
+            for q in questions
+        ]
+        return _write(path, records)
+
+    trained = pairs(tmp_path / "train.jsonl", [f"{q} (case {i})" for i in range(6) for q, _, _ in PAIRS])
+    held = pairs(tmp_path / "held.jsonl", [f"Tell me, for household {i}, what the weekly count is." for i in range(12)])
+    out = tmp_path / "dpo"
+    overrides = _overrides(tmp_path, tiny_model_dir, out, "train.objective=dpo", "train.max_steps=8")
+    run = train(load_config(None, [*overrides, f"data.train={trained}", f"data.heldout={held}"]))
+    before, after = _margins(tiny_model_dir, held), _margins(run, held)
+    diff, low, high = paired_bootstrap(after, before)
+    assert low > 0, (diff, low, high)
+    assert _metrics(run)[-1]["eval_reward_accuracy"] == 1.0

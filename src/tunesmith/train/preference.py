@@ -324,5 +324,11 @@ def check_options(t) -> None:
         raise UserError(f"train.dpo_loss={t.dpo_loss!r} is not one of {', '.join(DPO_LOSSES)}.")
     if t.objective != "sft" and not t.beta > 0:
         raise UserError(f"train.beta must be above 0, got {t.beta}. fix: e.g. train.beta=0.1")
+    if t.objective != "sft" and t.replay:
+        raise UserError(
+            f"train.replay={t.replay} mixes chat examples into training, and train.objective={t.objective} "
+            f"trains on preference pairs only. fix: train.replay=0, or keep general behaviour with a pair set "
+            f"that includes general prompts."
+        )
     if not 0 <= t.label_smoothing < 0.5:
         raise UserError(f"train.label_smoothing must be in [0, 0.5), got {t.label_smoothing}.")
