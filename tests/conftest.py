@@ -4,7 +4,13 @@ The embedded model is converted once per machine (about 30 s, cached under ~/.ca
 everything else here takes well under a second.
 """
 
+import os
+
 import pytest
+
+# No test may reach the internet: one that asks the hub by mistake fails at once on a closed local
+# port. The hub tests point HF_ENDPOINT at their own server (tests/hub_server.py).
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 
 
 @pytest.fixture(scope="session")

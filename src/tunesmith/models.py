@@ -97,7 +97,7 @@ def resolve(spec: str | os.PathLike | None = None, revision: str = "", gguf_file
         return _resolve_path(spec, path)
     tried.append(f"a local path ({path.resolve()} does not exist)")
 
-    if _HUB_ID.match(spec):
+    if _HUB_ID.match(spec) and _valid_hub_id(spec):
         from tunesmith import hub
 
         kind, path, commit = hub.fetch(spec, revision, gguf_file, tried)
@@ -110,6 +110,18 @@ def resolve(spec: str | os.PathLike | None = None, revision: str = "", gguf_file
         f"  fix: {hint}use an embedded name ({', '.join(EMBEDDED)}), a model directory, a .gguf file, "
         f"or a hub id (org/name). `tunesmith models` lists what is available here."
     )
+
+
+def _valid_hub_id(spec: str) -> bool:
+    """The hub's own rules for a repository id (no '..', no '--', length): a name it would refuse is
+    an unknown model here, answered without a request."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _resolve_path(spec: str, path: Path) -> ModelSource:
