@@ -92,7 +92,8 @@ def main() -> None:
             f = report["files"][0]
             here = report["estimate"]["here"]
             print(
-                f"tunesmith check {label}: {wall:.1f} s wall, {cpu:.1f} s CPU ({report['seconds']['validate_and_count']:.1f} s wall reading, "
+                f"tunesmith check {label}: {wall:.1f} s wall, {cpu:.1f} s CPU "
+                f"({report['seconds']['validate_and_count']:.1f} s wall reading, "
                 f"validating and counting {f['tokens']['sum']:,} tokens); {report['errors']} errors, "
                 f"{report['warnings']} warnings"
                 + (f"; probe {here['tokens_per_s']:,.0f} tokens/s on {here['device']}" if here else "")

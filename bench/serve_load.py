@@ -225,7 +225,8 @@ def main() -> int:
         f"first token p50 {result['ttft_p50_s']:.2f} s  p99 {result['ttft_p99_s']:.2f} s"
     )
     print(
-        f"{result['completion_tokens']} completion tokens in {result['wall_s']} s = {result['tokens_per_s']:.1f} tokens/s"
+        f"{result['completion_tokens']} completion tokens in {result['wall_s']} s "
+        f"= {result['tokens_per_s']:.1f} tokens/s"
     )
     print(f"wrote {args.out}")
     return 0 if result["responses_5xx"] == 0 and result["truncated_streams"] == 0 else 1

@@ -238,7 +238,8 @@ def main() -> None:
                 res = json.loads(line[7:])
                 results[s].append(res)
                 print(
-                    f"round {r + 1} {s:11s} {res['tokens_per_s']:6.1f} real tok/s {res['tokens_per_cpu_s']:6.1f} per CPU-s"
+                    f"round {r + 1} {s:11s} {res['tokens_per_s']:6.1f} real tok/s "
+                    f"{res['tokens_per_cpu_s']:6.1f} per CPU-s"
                     f"  peak {res['peak_memory_mb']:5.0f} MB  ({res['tokens']} tokens, {res['steps']} steps, "
                     f"{res['seconds']:.0f} s, {res['threads']} threads; run {time.time() - t0:.0f} s; "
                     f"load {os.getloadavg()[0]:.1f})",

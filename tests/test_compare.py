@@ -14,7 +14,10 @@ from tunesmith.config import Config
 
 PANTRY = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry"
 
-INSIGHT = "**We saw** {n} planners left the basket open on day two.\n**Because** the weekly plan felt {w}.\n**So** the first-week experience should {s}.\n**Signal:** moderate — {n} of 9 participants"
+INSIGHT = (
+    "**We saw** {n} planners left the basket open on day two.\n**Because** the weekly plan felt {w}.\n"
+    "**So** the first-week experience should {s}.\n**Signal:** moderate — {n} of 9 participants"
+)
 
 
 def _ex(task, user, reply, i, group):
@@ -167,7 +170,7 @@ def test_compare_end_to_end_every_arm(data_dir, tiny_model_dir, tuned_run, tmp_p
     assert results["arms"][verdict["recommend"]]["tuned"] == verdict["fine_tune"]
     assert results["arms"]["zero-shot"]["metrics"]["template"]["n"] == 2  # the two insights of six held-out examples
 
-    samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and all(set(s["outputs"]) == set(A.ARMS) for s in samples)
     # the adapter is really applied: its outputs differ from the base model's on the same prompts
     assert any(s["outputs"]["fine-tuned"]["text"] != s["outputs"]["zero-shot"]["text"] for s in samples)

@@ -295,9 +295,11 @@ def test_bad_parameters_are_400_in_openai_shape(server, change, param):
 
 
 def test_bad_bodies_and_routes_never_500(server):
-    post = lambda content: httpx.post(
-        f"{server}/v1/chat/completions", content=content, headers={"content-type": "application/json"}
-    )
+    def post(content):
+        return httpx.post(
+            f"{server}/v1/chat/completions", content=content, headers={"content-type": "application/json"}
+        )
+
     assert post(b"{not json").status_code == 400
     assert post(b"[1, 2]").status_code == 400
     assert post(b"\xff\xfe").status_code == 400

@@ -312,7 +312,7 @@ def test_extra_top_level_keys_load_into_meta_with_one_warning_each(tmp_path, cap
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     examples = load_examples(path)
     assert len(examples) == 8 and examples[3]["meta"] == {"group": "g1", "source": "wiki", "category": "y"}
-    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 3  # group, source, category: once each, not once per record
     assert (
         f"{path}:1: extra-key: top-level key 'group' (in 8 of 8 records)" in warnings[0]

@@ -67,7 +67,8 @@ def fake_finished_run(root: Path, samples: list[dict], results: dict, pid: str =
     (run / "compare" / "report.html").write_text("<html><body><h1>Verdict</h1><h2>Quality</h2></body></html>")
     (run / "compare" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     con.execute(
-        "INSERT INTO projects (id, name, kind, source, model, created) VALUES (?, 'demo', 'dataset', 'x.jsonl', 'm', 0)",
+        "INSERT INTO projects (id, name, kind, source, model, created) "
+        "VALUES (?, 'demo', 'dataset', 'x.jsonl', 'm', 0)",
         (pid,),
     )
     cur = con.execute(

@@ -91,7 +91,8 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables")
     packing: bool = opt(
         True,
-        "a micro-batch is one row of examples back to back, no padding, no attention between them; false: length-bucketed padding",
+        "a micro-batch is one row of examples back to back, no padding, no attention between them; "
+        "false: length-bucketed padding",
     )
     train_on_prompt: bool = opt(False, "also put loss on system/user tokens")
     eval_every: int = opt(0, "held-out loss every N steps; 0: only at the end")
@@ -135,7 +136,8 @@ class GenerateConfig:
     )
     engine: str = opt(
         "auto",
-        "tunesmith (this package's engine, CPU or GPU), vllm (CUDA with vllm installed), or auto: vllm where both are there",
+        "tunesmith (this package's engine, CPU or GPU), vllm (CUDA with vllm installed), "
+        "or auto: vllm where both are there",
     )
 
 
@@ -151,7 +153,8 @@ class CompareConfig:
     tasks: str = opt("", "comma-separated meta.task values to score (e.g. insight,recommendation); empty: all")
     primary_metric: str = opt(
         "auto",
-        "metric the decision is made on; auto: answer accuracy where meta.answer gives key facts, token F1 for short references, else chrF",
+        "metric the decision is made on; auto: answer accuracy where meta.answer gives key facts, "
+        "token F1 for short references, else chrF",
     )
     decide_on: str = opt(
         "",
@@ -190,7 +193,8 @@ class CompareConfig:
 
 @dataclass
 class JudgeConfig:
-    """An LLM judge on any OpenAI-compatible endpoint (hosted, vLLM, Ollama, `tunesmith serve`): pairwise, blind, both orders."""
+    """An LLM judge on any OpenAI-compatible endpoint (hosted, vLLM, Ollama, `tunesmith serve`): pairwise, blind,
+    both orders."""
 
     url: str = opt("", "base URL of the endpoint, e.g. http://127.0.0.1:8000/v1; empty: no judge")
     model: str = opt("", "model name the endpoint serves")
@@ -206,7 +210,8 @@ class JudgeConfig:
     concurrency: int = opt(4, "pairs judged at once (requests in flight)")
     retries: int = opt(
         3,
-        "retries of a failed request (connection error, 429, 5xx), with exponential backoff or the server's Retry-After",
+        "retries of a failed request (connection error, 429, 5xx), "
+        "with exponential backoff or the server's Retry-After",
     )
     backoff_s: float = opt(1.0, "first retry waits this long; each later one twice as long")
     timeout_s: float = opt(120.0, "seconds to wait for one answer")

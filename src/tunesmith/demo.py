@@ -82,7 +82,8 @@ def cli_demo(args) -> int:
     )
     if cli(["check", str(data / "config.yaml"), "--no-probe"]) not in (0,):
         raise UserError(
-            "`tunesmith check` found errors in the bundled example (see above). This is a tunesmith bug; please report it."
+            "`tunesmith check` found errors in the bundled example (see above). "
+            "This is a tunesmith bug; please report it."
         )
 
     import copy
@@ -124,7 +125,8 @@ def cli_demo(args) -> int:
     print(f"  report:  {report / 'report.html'}   (and report.md, results.json, samples.jsonl)")
     print(f"  model:   {run / 'final'}")
     print(
-        f"  config:  {out / 'demo-config.yaml'}   (rerun any stage with it, e.g. tunesmith compare {out / 'demo-config.yaml'} --run {run})"
+        f"  config:  {out / 'demo-config.yaml'}   "
+        f"(rerun any stage with it, e.g. tunesmith compare {out / 'demo-config.yaml'} --run {run})"
     )
     print(f"  serve:   tunesmith serve {run}      (OpenAI-compatible API and web UI on http://127.0.0.1:8000)")
     print(f"  chat:    tunesmith chat {run}")

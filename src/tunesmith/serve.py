@@ -545,7 +545,13 @@ async def _sse(gen: _Generation, rid: str, created: int, name: str, req: ChatReq
         async for piece in gen.pieces():
             yield event(choice({"content": piece}))
     except Exception as exc:  # headers are sent: report in-band, and end without [DONE]
-        yield f"data: {json.dumps({'error': {'message': f'generation failed ({type(exc).__name__})', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        error = {
+            "message": f"generation failed ({type(exc).__name__})",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+        yield f"data: {json.dumps({'error': error})}\n\n"
         return
     yield event(choice({}, gen.finish))
     if req.include_usage:
@@ -655,7 +661,8 @@ def cli_serve(args) -> int:
     api_key = web.api_key_from(args) or s.api_key or None  # --api-key-file, the env, --api-key, serve.api_key
     if s.max_concurrency < 1:
         raise UserError(
-            f"max_concurrency {s.max_concurrency}: must be at least 1. fix: --max-concurrency N or serve.max_concurrency."
+            f"max_concurrency {s.max_concurrency}: must be at least 1. "
+            "fix: --max-concurrency N or serve.max_concurrency."
         )
     if s.max_queue < 0:
         raise UserError(f"max_queue {s.max_queue}: must be 0 or more. fix: --max-queue N or serve.max_queue.")

@@ -160,7 +160,8 @@ def rag(example: dict, ctx: Context) -> list[dict]:
     """The k corpus passages BM25 ranks closest to the prompt, as background in the system prompt."""
     if not ctx.passages:
         raise Skipped(
-            "no retrieval corpus. fix: set data.corpus to a directory of .md/.txt files (tunesmith import writes OUT/corpus)."
+            "no retrieval corpus. fix: set data.corpus to a directory of .md/.txt files "
+            "(tunesmith import writes OUT/corpus)."
         )
     from tunesmith.compare.retrieval import BM25Index
 

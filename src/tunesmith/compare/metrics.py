@@ -160,7 +160,8 @@ def load_glossary(path: str | Path) -> list[Term]:
     path = Path(path)
     if not path.exists():
         raise UserError(
-            f"{path}: glossary not found. fix: set data.glossary to the glossary.yaml `tunesmith import` wrote, or leave it empty."
+            f"{path}: glossary not found. fix: set data.glossary to the glossary.yaml `tunesmith import` wrote, "
+            "or leave it empty."
         )
     data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     terms = data.get("terms") if isinstance(data, dict) else None

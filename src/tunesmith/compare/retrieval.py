@@ -73,11 +73,13 @@ def read_corpus(directory: str | Path, max_words: int = 120) -> list[Passage]:
     root = Path(directory)
     if not root.is_dir():
         raise UserError(
-            f"{root}: corpus directory not found. fix: set data.corpus to the directory `tunesmith import` wrote (OUT/corpus)."
+            f"{root}: corpus directory not found. fix: set data.corpus to the directory `tunesmith import` wrote "
+            "(OUT/corpus)."
         )
     if max_words < 10:
         raise UserError(
-            f"compare.passage_words={max_words} is too small for a passage to say anything. fix: 40 or more (default 120)."
+            f"compare.passage_words={max_words} is too small for a passage to say anything. "
+            "fix: 40 or more (default 120)."
         )
     passages = []
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".md", ".txt") and p.is_file()):
@@ -113,7 +115,7 @@ def windows(paragraph: str, max_words: int) -> list[str]:
     (one record per line), else at sentence ends, else between words. Each window repeats the last
     unit of the one before (more, up to a fifth of max_words, when they are short), so a fact that
     spans a boundary is whole in one of them."""
-    lines = [l.strip() for l in paragraph.split("\n") if l.strip()]
+    lines = [line.strip() for line in paragraph.split("\n") if line.strip()]
     units = lines if len(lines) > 1 else [s for s in _SENTENCE_END.split(paragraph.strip()) if s]
     pieces: list[str] = []  # units, with any unit still too long cut between words
     for u in units:
