@@ -91,7 +91,6 @@ class Request:
     _grams: dict | None = None  # draft lookup: n-gram of the prompt and reply -> where it last ended (Engine._draft)
     _draft_len: int = 0  # how many tokens its next draft may have (0: not drafted yet)
     _printed: int = 0  # characters of the reply already streamed
-    _shown: int = 0  # tokens whose text is settled
 
     def cancel(self) -> None:
         """Stop at the next step (a client went away); finish_reason "cancelled"."""
