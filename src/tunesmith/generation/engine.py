@@ -81,7 +81,6 @@ class Request:
     spent: int = 0  # tokens generated, the repeat included, the stop id not
     finish_reason: str | None = None  # stop | length | repeat | cancelled | error
     error: BaseException | None = None
-    t_submit: float = 0.0
     t_admit: float = 0.0  # prefill began
     t_first: float = 0.0  # first token
     t_done: float = 0.0
@@ -168,7 +167,6 @@ class Engine:
                 f"{req.max_new_tokens} new ones is longer. fix: shorter prompts or max_new_tokens, or "
                 f"generate.engine=vllm on a GPU."
             )
-        req.t_submit = time.perf_counter()
         with self.cond:
             self.waiting.append(req)
             self.cond.notify()
