@@ -268,7 +268,7 @@ def test_demo_profiles_are_valid_config_overrides():
 def test_reused_prefix_gives_the_same_replies(tiny_model):
     """The engineered arm's long shared system prompt is computed once; nothing else changes."""
     from tunesmith.generation.api import encode_prompts, generate
-    from tunesmith.generation.engine import Engine, Request
+    from tunesmith.generation.engine import Engine, EngineConfig, Request
 
     model, tok = tiny_model
     guide = (PANTRY / "style.md").read_text()
@@ -280,7 +280,7 @@ def test_reused_prefix_gives_the_same_replies(tiny_model):
     assert [c.text for c in reused] == [c.text for c in plain]
     assert [c.prompt_tokens for c in reused] == [c.prompt_tokens for c in plain]
     prompts = encode_prompts(tok, convs)
-    engine = Engine(model, tok, max_rows=2)
+    engine = Engine(model, tok, EngineConfig(max_rows=2))
     engine.run([Request(p, max_new_tokens=2) for p in prompts])
     common = next(j for j in range(len(prompts[0])) if any(p[j] != prompts[0][j] for p in prompts))
     assert common > 500 and engine.stats["reused_tokens"] >= 4 * common  # the whole guide, computed once

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tunesmith.generation.api import encode_prompts
-from tunesmith.generation.engine import Engine, Request
+from tunesmith.generation.draft import PromptLookup
+from tunesmith.generation.engine import Engine, EngineConfig, Request
 from tunesmith.generation.stopping import stop_ids
 
 STYLE = (Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "examples" / "pantry" / "style.md").read_text()
@@ -58,9 +59,10 @@ def lively(tiny_model_dir):
 
 def check_exact(model, tok, lengths: list[int], max_rows: int, prefill_tokens: int, shared_attention: int = 256):
     prompts = encode_prompts(tok, conversations())
-    engine = Engine(
-        model, tok, max_rows=max_rows, prefill_tokens=prefill_tokens, min_prefix=32, shared_attention=shared_attention
+    config = EngineConfig(
+        max_rows=max_rows, prefill_tokens=prefill_tokens, min_prefix=32, shared_attention=shared_attention
     )
+    engine = Engine(model, tok, config)
     reqs = engine.run([Request(p, max_new_tokens=n, stop_on_repeat=False) for p, n in zip(prompts, lengths)])
     for req, prompt, n in zip(reqs, prompts, lengths):
         assert req.tokens == alone(model, tok, prompt, n), f"prompt of {len(prompt)} tokens"
@@ -105,7 +107,7 @@ def test_a_row_that_ends_at_eos_leaves_while_others_run(lively):
     )
     post = model.lm_head.register_forward_hook(hook)
     try:
-        engine = Engine(model, tok, max_rows=3)
+        engine = Engine(model, tok, EngineConfig(max_rows=3))
         reqs = engine.run([Request(p, max_new_tokens=8, stop_on_repeat=False) for p in prompts])
         for req, prompt in zip(reqs, prompts):
             assert req.tokens == alone(model, tok, prompt, 8)
@@ -153,7 +155,7 @@ def count_along(model, tok, words: str, draft_tokens: int, lengths: list[int]) -
     `generate`'s."""
     convs = [[{"role": "user", "content": "Count with me:" + words * 3 + q}] for q in QUESTIONS]
     prompts = encode_prompts(tok, convs)
-    engine = Engine(model, tok, max_rows=3, draft_tokens=draft_tokens)
+    engine = Engine(model, tok, EngineConfig(max_rows=3, draft_tokens=draft_tokens))
     reqs = engine.run([Request(p, max_new_tokens=n, stop_on_repeat=False) for p, n in zip(prompts, lengths)])
     for req, prompt in zip(reqs, prompts):
         assert req.tokens == alone(model, tok, prompt, len(req.tokens))
@@ -182,11 +184,11 @@ def test_a_draft_kept_whole_grows_and_one_dropped_shrinks(lively):
         engine, _ = count_along(model, tok, words, draft_tokens=8, lengths=[40, 33, 40, 25, 40])
     # the first draft of a row is 4 tokens; more than 4 kept per row and step means drafts grew
     assert engine.stats["accepted"] > 4 * engine.stats["decode_rows"]
-    req = Request([1, 2, 3])
-    req._draft_len = 4
+    lookup = PromptLookup(engine.draft_tokens)
+    assert lookup.length == 4
     for kept, expected in [(4, 8), (8, 8), (3, 8), (0, 4), (0, 2), (0, 1), (0, 1), (1, 2)]:
-        engine._next_draft_len(req, drafted=kept if kept else 5, kept=kept)
-        assert req._draft_len == expected
+        lookup.adapt(drafted=kept if kept else 5, kept=kept)
+        assert lookup.length == expected
 
 
 @pytest.mark.slow
@@ -202,7 +204,7 @@ def test_embedded_model_replies_equal_generate_alone():
 def test_cancel_frees_the_row_for_the_next_prompt(lively):
     model, tok = lively
     prompts = encode_prompts(tok, conversations())
-    engine = Engine(model, tok, max_rows=1)
+    engine = Engine(model, tok, EngineConfig(max_rows=1))
     first = engine.submit(Request(prompts[3], max_new_tokens=1000, stop_on_repeat=False))
     second = engine.submit(Request(prompts[4], max_new_tokens=5, stop_on_repeat=False))
     queued_then_cancelled = engine.submit(Request(prompts[0], max_new_tokens=5))
@@ -235,7 +237,7 @@ def test_sampling_follows_its_seed(lively):
 def test_the_serving_thread_streams_concurrent_requests(lively):
     model, tok = lively
     prompts = encode_prompts(tok, conversations())
-    engine = Engine(model, tok, max_rows=4, prefill_tokens=16)
+    engine = Engine(model, tok, EngineConfig(max_rows=4, prefill_tokens=16))
     engine.start()
     pieces = {i: [] for i in range(len(prompts))}
     reqs = [

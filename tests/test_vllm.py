@@ -5,7 +5,8 @@ import importlib.util
 import pytest
 
 from tunesmith import UserError
-from tunesmith.generation.vllm import choose, guard_cut
+from tunesmith.generation.stopping import guard_cut
+from tunesmith.generation.vllm import choose
 
 
 def test_auto_picks_vllm_only_with_cuda_and_the_package():

@@ -381,12 +381,9 @@ class _EngineBackend:
     """The tunesmith engine, stepping in its own thread; every request is one row of its batch."""
 
     def __init__(self, model, tok, max_rows: int):
-        from tunesmith.generation.engine import Engine
+        from tunesmith.generation.engine import Engine, EngineConfig
 
-        # 256 prompt tokens per step: a newcomer's prefill delays the running replies by about as
-        # much as a few decode steps, not by its whole prompt. A shared prefix from 16 tokens is
-        # reused: even the chat template's default system prompt is cheaper copied than recomputed.
-        self.engine = Engine(model, tok, max_rows=max_rows, prefill_tokens=256, min_prefix=16)
+        self.engine = Engine(model, tok, EngineConfig.serving(max_rows))
         self.engine.start()
 
     @property

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
+from tunesmith.generation.stopping import guard_cut, newline_ids, repeat_start, stop_ids
 from tunesmith.models import render
 
 
@@ -44,7 +44,6 @@ def generate(
     progress=None,
     reuse_prefix: bool = True,
     stop_on_repeat: bool = True,
-    prefill_tokens: int = 2048,
 ) -> list[Completion]:
     """Reply to each conversation, `batch_size` replies in flight at once (continuous batching: a
     finished reply's row goes to the next prompt at the next step). `model` may also be a
@@ -57,7 +56,7 @@ def generate(
     Prompts are taken shortest first, so the rows running together have similar lengths (a row's
     padding up to the longest one costs attention at every step); shared prefixes are found in any order.
     """
-    from tunesmith.generation.engine import Engine, Request
+    from tunesmith.generation.engine import Engine, EngineConfig, Request
     from tunesmith.generation.vllm import VllmModel
 
     prompts = encode_prompts(tok, conversations)
@@ -71,9 +70,7 @@ def generate(
         if progress is not None:
             progress(len(outs))
         return outs
-    engine = Engine(
-        model, tok, max_rows=batch_size, prefill_tokens=prefill_tokens, min_prefix=64 if reuse_prefix else 1 << 30
-    )
+    engine = Engine(model, tok, EngineConfig.batch(batch_size, reuse_prefix))
     results: list[Completion | None] = [None] * len(prompts)
     # The engine's batch attends over every cached token; a model with sliding-window layers agrees
     # with it only while a sequence fits the window. Longer ones go through transformers' own
@@ -139,13 +136,9 @@ def _one_by_transformers(
     end = next((j for j, t in enumerate(out) if t in stops), None)
     new, finish = (out[:end], "stop") if end is not None else (out, "length")
     spent = len(new)
-    if stop_on_repeat:
-        newlines = newline_ids(tok)
-        for k in range(1, len(new) + 1):
-            cut = repeat_start(new[:k], newlines)
-            if cut is not None:
-                new, spent, finish = new[:cut], k, "repeat"
-                break
+    n = guard_cut(new, newline_ids(tok)) if stop_on_repeat else None
+    if n is not None:
+        new, spent, finish = new[: repeat_start(new[:n], newline_ids(tok))], n, "repeat"
     return Completion(
         tok.decode(new, skip_special_tokens=True).strip(), len(prompt), spent, time.perf_counter() - t0, finish
     )
@@ -170,7 +163,7 @@ def stream(
     as in `generate`) and finish_reason: "stop" (EOS), "length" (max_new_tokens), "repeat" (a loop
     began; what was already streamed stays sent) or "cancelled".
     """
-    from tunesmith.generation.engine import Engine, Request
+    from tunesmith.generation.engine import Engine, EngineConfig, Request
 
     pieces: list[str] = []
     req = Request(
@@ -182,7 +175,7 @@ def stream(
         stop_on_repeat=stop_on_repeat,
         on_text=pieces.append,
     )
-    engine = Engine(model, tok, max_rows=1)
+    engine = Engine(model, tok, EngineConfig(max_rows=1))
     engine.submit(req)
     while not req.done.is_set():
         if stop_event is not None and stop_event.is_set():

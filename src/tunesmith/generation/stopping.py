@@ -1,8 +1,9 @@
 """When a reply ends: the stop ids of a vocabulary, and the loop guard's test for a reply that has
 started to repeat itself. Shared by the engine, vLLM's path and the exports.
 
-    from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
+    from tunesmith.generation.stopping import guard_cut, newline_ids, repeat_start, stop_ids
     cut = repeat_start(reply_ids, newline_ids(tok))   # None, or where the repeat begins
+    n = guard_cut(finished_ids, newline_ids(tok))     # a reply made without the guard: where it would have stopped
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def repeat_start(new: list[int], newlines: set[int], min_line: int = 5, min_span
             while k * p + p <= n and new[n - (k + 1) * p : n - k * p] == unit:
                 k += 1
             return n - (k - 1) * p
+    return None
+
+
+def guard_cut(ids: list[int], newlines: set[int]) -> int | None:
+    """The loop guard applied after the fact, to a reply generated without it (vLLM's, transformers'
+    `generate`): the tokens generated when the engine, checking after every token, would have
+    stopped it, or None. `repeat_start(ids[:n], newlines)` is then where the kept reply ends."""
+    for n in range(1, len(ids) + 1):
+        if repeat_start(ids[:n], newlines) is not None:
+            return n
     return None
 
 

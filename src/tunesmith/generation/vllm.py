@@ -112,16 +112,6 @@ def _params(tok, max_new_tokens: int, temperature: float, top_p: float, seed: in
     )
 
 
-def guard_cut(ids: list[int], newlines: set[int]) -> int | None:
-    """Where the loop guard would have stopped this reply: (tokens generated at that point) or None."""
-    from tunesmith.generation.stopping import repeat_start
-
-    for n in range(1, len(ids) + 1):
-        if repeat_start(ids[:n], newlines) is not None:
-            return n
-    return None
-
-
 def generate(
     vm: VllmModel,
     tok,
@@ -136,7 +126,7 @@ def generate(
     vLLM reports no per-request time here: each reply's latency is the batch's wall time."""
     from vllm.inputs import TokensPrompt
 
-    from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
+    from tunesmith.generation.stopping import guard_cut, newline_ids, repeat_start, stop_ids
 
     t0 = time.perf_counter()
     outs = vm.llm.generate(
