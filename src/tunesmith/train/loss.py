@@ -20,7 +20,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from tunesmith import UserError
+from tunesmith import UserError, arch
 from tunesmith.data.batches import IGNORE
 
 # -------------------------------------------------------------------------------- the attention
@@ -156,7 +156,7 @@ def use_varlen(model) -> None:
     """
     from transformers import AttentionInterface
 
-    cfg = model.config.get_text_config()
+    cfg = arch.text_config(model)
     family, fix = cfg.model_type, "fix: set train.packing=false (padded batches use the model's own attention)."
     refused = {
         "use_bidirectional_attention": "bidirectional attention (packed attention is causal)",
@@ -168,12 +168,9 @@ def use_varlen(model) -> None:
                 f"{family}: {feature} ({key}={getattr(cfg, key)}) is not supported by tunesmith's "
                 f"packed attention. {fix}"
             )
-    if any(hasattr(m, "sinks") for m in model.modules()):
+    if arch.has_sinks(model):
         raise UserError(f"{family}: attention sinks are not supported by tunesmith's packed attention. {fix}")
-    windowed = getattr(cfg, "sliding_window", None) and "sliding_attention" in (
-        getattr(cfg, "layer_types", None) or ["sliding_attention"]
-    )
-    if windowed and not getattr(model, "_supports_flash_attn", False):
+    if arch.sliding_window(cfg) and not getattr(model, "_supports_flash_attn", False):
         # transformers hands a layer's window to the attention function only in families that can run
         # flash attention (flash takes no mask); elsewhere the window lives in a mask we never build
         raise UserError(
@@ -186,23 +183,12 @@ def use_varlen(model) -> None:
 
 # ---------------------------------------------------------------------------------------- the loss
 
-# config key -> what the model's forward does to lm_head's output before its loss.
-# Cohere: logits * logit_scale; Granite: logits / logits_scaling; Gemma 2: c * tanh(logits / c).
-LOGIT_SCALES = {"logit_scale": lambda x: x, "logits_scaling": lambda x: 1.0 / x}
-UNSUPPORTED_HEADS = ("output_multiplier",)
-
 
 def logit_transform(config) -> tuple[float, float | None]:
     """(scale, softcap) the model's forward applies to its logits: logits * scale, then
     softcap * tanh(logits / softcap) when softcap is set. Raises for what tunesmith cannot reproduce."""
-    cfg = config.get_text_config()
-    scales = {
-        key: to_scale(getattr(cfg, key))
-        for key, to_scale in LOGIT_SCALES.items()
-        if getattr(cfg, key, None) not in (None, 1, 1.0)
-    }
-    softcap = getattr(cfg, "final_logit_softcapping", None) or None
-    unknown = [key for key in UNSUPPORTED_HEADS if getattr(cfg, key, None) not in (None, 1, 1.0)]
+    cfg = arch.text_config(config)
+    scales, softcap, unknown = arch.logit_scales(cfg), arch.final_softcap(cfg), arch.other_logit_scales(cfg)
     if unknown or len(scales) + bool(softcap) > 1:
         keys = unknown or [*scales, *(["final_logit_softcapping"] if softcap else [])]
         raise UserError(
