@@ -12,6 +12,7 @@ from tunesmith.data import check
 from tunesmith.data.check import REFERENCE_GPU, TokenCounter, estimate, run_check, token_lengths
 from tunesmith.data.formats import write_jsonl
 from tunesmith.models import render
+from tunesmith.train import probe as train_probe
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -135,7 +136,7 @@ def write_small(path, n=12, long_at=()):
 @pytest.mark.parametrize("policy", ["drop", "truncate", "error"])
 def test_too_long_policy_is_never_silent(tiny_model_dir, tmp_path, policy):
     path = write_small(tmp_path / "d.jsonl", long_at=(3,))
-    r = run_check(str(path), model=str(tiny_model_dir), max_len=128, too_long=policy, do_probe=False)
+    r = run_check(str(path), model=str(tiny_model_dir), max_len=128, too_long=policy)
     long = [i for i in r["issues"] if i["code"] == "too-long"]
     assert [(i["line"], i["severity"]) for i in long] == [(4, "error" if policy == "error" else "warning")]
     tokens = r["files"][0]["tokens"]
@@ -168,9 +169,9 @@ def test_estimate_arithmetic():
 
 
 def test_probe_measures_the_model_on_the_data(tiny_model, tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(check.PROBE, "budget_s", 3.0)
+    monkeypatch.setitem(train_probe.PROBE, "budget_s", 3.0)
     path = write_small(tmp_path / "d.jsonl")
-    r = run_check(str(path), model=str(tiny_model_dir), max_len=256, method="full")
+    r = run_check(str(path), model=str(tiny_model_dir), max_len=256, method="full", probe=train_probe.probe)
     e = r["estimate"]
     model, _ = tiny_model
     assert e["params"] == sum(p.numel() for p in model.parameters())
@@ -209,7 +210,7 @@ def test_probe_times_the_trainers_own_step(tiny_model_dir, tmp_path, monkeypatch
     and the loss that runs the LM head only on loss tokens — not transformers' full-logit loss."""
     import tunesmith.train.loss as loss
 
-    monkeypatch.setitem(check.PROBE, "budget_s", 2.0)
+    monkeypatch.setitem(train_probe.PROBE, "budget_s", 2.0)
     calls = {"attention": 0, "loss_rows": []}
     real_attn, real_ce = loss.varlen_attention, loss.linear_cross_entropy
 
@@ -224,7 +225,9 @@ def test_probe_times_the_trainers_own_step(tiny_model_dir, tmp_path, monkeypatch
 
     monkeypatch.setitem(AttentionInterface._global_mapping, loss.VARLEN, attention)
     monkeypatch.setattr(loss, "varlen_attention", attention)
-    r = run_check(str(write_small(tmp_path / "d.jsonl")), model=str(tiny_model_dir), max_len=256)
+    r = run_check(
+        str(write_small(tmp_path / "d.jsonl")), model=str(tiny_model_dir), max_len=256, probe=train_probe.probe
+    )
     assert r["estimate"]["here"]["tokens_per_s"] > 0
     assert calls["attention"] > 0  # packed rows of several examples
     row = r["estimate"]["here"]["tokens_per_step"]

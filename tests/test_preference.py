@@ -87,9 +87,7 @@ def test_check_reports_a_pair_over_length_by_its_longer_side(tmp_path, tiny_mode
     long_reply = " ".join(["pantry audit"] * 200)
     records = [{"prompt": q, "chosen": good, "rejected": bad} for q, good, bad in PAIRS * 3]
     records[4] = {"prompt": PAIRS[0][0], "chosen": "Short.", "rejected": long_reply}
-    report = run_check(
-        str(_write(tmp_path / "pairs.jsonl", records)), model=str(tiny_model_dir), max_len=128, do_probe=False
-    )
+    report = run_check(str(_write(tmp_path / "pairs.jsonl", records)), model=str(tiny_model_dir), max_len=128)
     over = [i for i in report["issues"] if i["code"] == "too-long"]
     assert [i["line"] for i in over] == [5]
 

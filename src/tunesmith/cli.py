@@ -25,7 +25,7 @@ DESCRIPTION = (
 VERBS = {
     "demo": ("tunesmith.demo", "the whole pipeline on the bundled example and the embedded model"),
     "import": ("tunesmith.data.repository", "a team's folder as it is → train/held-out chat JSONL, corpus, glossary"),
-    "check": ("tunesmith.data.check", "validate a dataset; token statistics; time and cost estimate"),
+    "check": ("tunesmith.train.probe", "validate a dataset; token statistics; time and cost estimate"),
     "train": ("tunesmith.train", "LoRA/DoRA/QLoRA or full fine-tune from a YAML config"),
     "compare": ("tunesmith.compare.run", "fine-tune vs prompt vs few-shot vs RAG on held-out data: the verdict"),
     "export": ("tunesmith.export", "a run → adapter, merged safetensors, or GGUF + Ollama Modelfile"),

@@ -264,7 +264,7 @@ def test_check_reports_instead_of_crashing(tok_model, blob, fmt):
         path.write_bytes(good_first + blob)  # good records first: a JSONL file, whatever the blob is
         TRIED["files through check"] += 1
         try:
-            report = run_check(str(path), model=tok_model, do_probe=False, max_len=64, fmt=fmt)
+            report = run_check(str(path), model=tok_model, max_len=64, fmt=fmt)
         except UserError as exc:  # about the whole file (a JSON array of something else)
             assert str(path) in str(exc)
             return

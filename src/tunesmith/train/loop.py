@@ -206,7 +206,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     if device == "cpu":
         cpu.use_heap()
         torch.set_num_threads(cpu.threads(t.threads))
-    weight_dtype, precision = _precision(cfg, device)
+    weight_dtype, precision = pick_precision(cfg, device)
     run_dir = Path(t.output_dir).expanduser().resolve()
     accelerator = Accelerator(
         cpu=device == "cpu", mixed_precision=precision, log_with=_trackers(t.trackers), project_dir=str(run_dir)
@@ -811,7 +811,7 @@ def _pick_device(device: str) -> str:
     return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
 
 
-def _precision(cfg: Config, device: str):
+def pick_precision(cfg: Config, device: str):
     """(weight dtype, accelerate mixed precision). Half-precision compute runs under autocast;
     full fine-tuning keeps float32 master weights (AdamW updates vanish in bfloat16)."""
     from tunesmith.models import pick_dtype

@@ -38,7 +38,7 @@ class Site:
     def __post_init__(self):
         from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-        from tunesmith.data.check import _duration
+        from tunesmith.data.check import duration
         from tunesmith.data.validate import CODES
         from tunesmith.workbench.views import Chat, num, pct
 
@@ -46,7 +46,7 @@ class Site:
         env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
         env.filters["pct"] = pct
         env.filters["num"] = num
-        env.globals["duration"] = _duration
+        env.globals["duration"] = duration
         env.globals["usd"] = lambda v: (
             "under $0.0001" if v < 1e-4 else f"about ${v:.4f}" if v < 1 else f"about ${v:,.2f}"
         )

@@ -21,10 +21,17 @@ def run_check(config: str, out: str) -> int:
     from tunesmith.config import load_config
     from tunesmith.data.check import format_report
     from tunesmith.data.check import run_check as check
+    from tunesmith.train.probe import probe
 
     cfg = load_config(config)
     report = check(
-        cfg.data.train, cfg.data.heldout or None, cfg.model.name, cfg.data.max_len, cfg.data.too_long, cfg.data.format
+        cfg.data.train,
+        cfg.data.heldout or None,
+        cfg.model.name,
+        cfg.data.max_len,
+        cfg.data.too_long,
+        cfg.data.format,
+        probe=probe,
     )
     report["text"] = format_report(report)
     print(report["text"])
