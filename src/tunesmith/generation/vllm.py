@@ -178,10 +178,10 @@ class AsyncBackend:
         early (the client went away) aborts the request in vLLM."""
         from vllm.inputs import TokensPrompt
 
-        from tunesmith.generation.stopping import newline_ids, repeat_start
+        from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
 
         rid, sent, reason, spent = f"tunesmith-{uuid.uuid4().hex}", "", "length", 0
-        newlines, stops = newline_ids(tok) if stop_on_repeat else set(), _stop_set(tok)
+        newlines, stops = newline_ids(tok) if stop_on_repeat else set(), set(stop_ids(tok))
         self.running += 1
         try:
             async for out in self.llm.generate(
@@ -205,9 +205,3 @@ class AsyncBackend:
         finally:
             self.running -= 1
         usage.update(prompt_tokens=len(prompt), completion_tokens=spent, finish_reason=reason)
-
-
-def _stop_set(tok) -> set[int]:
-    from tunesmith.generation.stopping import stop_ids
-
-    return set(stop_ids(tok))
