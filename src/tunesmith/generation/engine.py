@@ -60,7 +60,7 @@ from tunesmith.generation.kv import BatchKV
 from tunesmith.generation.prefix_cache import PrefixCache
 from tunesmith.generation.request import Request
 from tunesmith.generation.sampling import Sampler
-from tunesmith.generation.stopping import newline_ids, repeat_start, stop_ids
+from tunesmith.generation.stopping import newline_ids, reply_end, stop_ids
 
 __all__ = ["Engine", "EngineConfig", "Request"]
 
@@ -353,35 +353,19 @@ class Engine:
         req.tokens.append(token)
         if req.lookup:
             req.lookup.extend(req)
-        if token in self.stop:
-            req.kept = req.spent = len(req.tokens) - 1
-            self._finish(req, "stop")
-            return True
-        cut = repeat_start(req.tokens, newline_ids(self.tok)) if req.stop_on_repeat else None
-        if cut is not None:
-            req.kept, req.spent = cut, len(req.tokens)
-            self._finish(req, "repeat")
-            return True
-        req.kept = req.spent = len(req.tokens)
-        if len(req.tokens) >= req.max_new_tokens:
-            self._finish(req, "length")
-            return True
-        self._stream(req)
-        return False
+        newlines = newline_ids(self.tok) if req.stop_on_repeat else None
+        end = reply_end(req.tokens, req.max_new_tokens, self.stop, newlines)
+        if end is None:
+            req.kept = req.spent = len(req.tokens)
+            self._stream(req)
+            return False
+        reason, req.kept, req.spent = end
+        self._finish(req, reason)
+        return True
 
     def _stream(self, req: Request, final: bool = False) -> None:
-        """Hand the client the reply's new text once it is settled: up to the last space or line
-        break (a later token can still change how the last word decodes), all of it at the end."""
-        if req.on_text is None:
-            return
-        text = self.tok.decode(req.tokens[: req.kept], skip_special_tokens=True)
-        if not final:
-            if text.endswith("\ufffd"):  # half a multi-byte character
-                return
-            text = text if text.endswith("\n") else text[: text.rfind(" ") + 1]
-        if len(text) > req.printed:
-            req.on_text(text[req.printed :])
-            req.printed = len(text)
+        if req.on_text is not None and (piece := req.unsent(self.tok, final)):
+            req.on_text(piece)
 
     def _finish(self, req: Request, reason: str) -> None:
         if reason == "cancelled":

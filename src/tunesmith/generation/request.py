@@ -50,6 +50,18 @@ class Request:
         """Stop at the next step (a client went away); finish_reason "cancelled"."""
         self.cancelled = True
 
+    def unsent(self, tok, final: bool = False) -> str:
+        """The reply's text not yet streamed, once it is settled: up to the last space or line break
+        (a later token can still change how the last word decodes), all of it at the end."""
+        text = tok.decode(self.tokens[: self.kept], skip_special_tokens=True)
+        if not final:
+            if text.endswith("\ufffd"):  # half a multi-byte character
+                return ""
+            text = text if text.endswith("\n") else text[: text.rfind(" ") + 1]
+        piece = text[self.printed :]
+        self.printed = max(self.printed, len(text))
+        return piece
+
     def text(self, tok) -> str:
         return tok.decode(self.tokens[: self.kept], skip_special_tokens=True).strip()
 

@@ -41,6 +41,23 @@ def repeat_start(new: list[int], newlines: set[int], min_line: int = 5, min_span
     return None
 
 
+def reply_end(
+    tokens: list[int], max_new_tokens: int, stops: set[int], newlines: set[int] | None
+) -> tuple[str, int, int] | None:
+    """Whether a reply whose last token just came is finished: (finish reason, tokens that make the
+    reply, tokens generated), or None. A stop id ends it and is neither kept nor counted; a loop
+    (the loop guard, unless `newlines` is None) ends it and loses the repeat; so does its limit."""
+    n = len(tokens)
+    if tokens[-1] in stops:
+        return "stop", n - 1, n - 1
+    cut = repeat_start(tokens, newlines) if newlines is not None else None
+    if cut is not None:
+        return "repeat", cut, n
+    if n >= max_new_tokens:
+        return "length", n, n
+    return None
+
+
 def guard_cut(ids: list[int], newlines: set[int]) -> int | None:
     """The loop guard applied after the fact, to a reply generated without it (vLLM's, transformers'
     `generate`): the tokens generated when the engine, checking after every token, would have
