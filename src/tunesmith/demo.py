@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunesmith import UserError
+from tunesmith import UserError, rundir
 
 PANTRY = Path(__file__).resolve().parent / "examples" / "pantry"
 
@@ -123,7 +123,7 @@ def cli_demo(args) -> int:
 
     print(f"\ndone in {clock.elapsed()}.")
     print(f"  report:  {report / 'report.html'}   (and report.md, results.json, samples.jsonl)")
-    print(f"  model:   {run / 'final'}")
+    print(f"  model:   {run / rundir.FINAL}")
     print(
         f"  config:  {out / 'demo-config.yaml'}   "
         f"(rerun any stage with it, e.g. tunesmith compare {out / 'demo-config.yaml'} --run {run})"

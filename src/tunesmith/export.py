@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunesmith import UserError, __version__
+from tunesmith import UserError, __version__, rundir
 from tunesmith.arch import sliding_window, text_config
 from tunesmith.fsutil import atomic_dir
 
@@ -410,7 +410,7 @@ def _gguf_arch(config: dict) -> str:
 
 def _export_name(source) -> str:
     path = source.path if source.kind != "embedded" else Path(source.spec)
-    name = path.parent.name if path.name == "final" else path.stem if path.suffix == ".gguf" else path.name
+    name = path.parent.name if path.name == rundir.FINAL else path.stem if path.suffix == ".gguf" else path.name
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith import UserError
+from tunesmith import UserError, rundir
 from tunesmith.fsutil import atomic_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -133,8 +133,8 @@ def _resolve_path(spec: str, path: Path) -> ModelSource:
             f"that holds config.json and the *.safetensors files."
         )
     # A tunesmith run directory: its final model or adapter.
-    if (path / "final").is_dir() and not (path / "config.json").exists():
-        return _resolve_path(spec, path / "final")
+    if (path / rundir.FINAL).is_dir() and not (path / "config.json").exists():
+        return _resolve_path(spec, path / rundir.FINAL)
     if (path / "adapter_config.json").exists():
         cfg = json.loads((path / "adapter_config.json").read_text())
         base_spec = cfg.get("base_model_name_or_path")

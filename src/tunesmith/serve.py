@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith import UserError
+from tunesmith import UserError, rundir
 from tunesmith.config import ServeConfig
 from tunesmith.web import SSE_HEADERS, ApiError, Guard, allowed_hosts, key_matches, number, read_body, sampling
 from tunesmith.web import messages as _messages
@@ -576,7 +576,7 @@ def _served_name(spec) -> str:
     if not path.exists():
         return str(spec)
     path = path.resolve()
-    return path.parent.name if path.name == "final" else path.name
+    return path.parent.name if path.name == rundir.FINAL else path.name
 
 
 # ------------------------------------------------------------------------------ the server

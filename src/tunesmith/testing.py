@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tunesmith import rundir
+
 # family -> (config class, model class, what sets it apart from Llama). Small windows (8) and caps
 # that bite on a random model's small logits make the features matter in a tiny test.
 WINDOW = 8
@@ -173,7 +175,7 @@ def make_tiny_lora_run(run: str | Path, base_dir: str | Path, tokenizer, r: int 
         model,
         LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"),
     )
-    final = Path(run) / "final"
+    final = Path(run) / rundir.FINAL
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
     cfg = json.loads((final / "adapter_config.json").read_text())

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith import rundir
 from tunesmith.compare import side_effects
 from tunesmith.compare.metrics import METRICS
 
@@ -39,13 +40,13 @@ BASE_COLOUR, TUNED_COLOUR, PICK_COLOUR = "#5b7fa6", "#d9822b", "#2e8b57"
 def write_report(out_dir: Path, results: dict, samples: list[dict], run: Path | None) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(_clean(results), indent=2) + "\n")
-    with open(out_dir / "samples.jsonl", "w") as f:
+    (out_dir / rundir.RESULTS).write_text(json.dumps(_clean(results), indent=2) + "\n")
+    with open(out_dir / rundir.SAMPLES, "w") as f:
         for row in samples:
             f.write(json.dumps(_clean(row), ensure_ascii=False) + "\n")
-    losses = read_losses(run / "metrics.jsonl") if run is not None and (run / "metrics.jsonl").exists() else []
-    (out_dir / "report.md").write_text(markdown(results))
-    (out_dir / "report.html").write_text(render_html(results, samples, losses))
+    losses = read_losses(run / rundir.METRICS) if run is not None and (run / rundir.METRICS).exists() else []
+    (out_dir / rundir.REPORT_MD).write_text(markdown(results))
+    (out_dir / rundir.REPORT_HTML).write_text(render_html(results, samples, losses))
 
 
 def read_losses(path: Path) -> list[dict]:

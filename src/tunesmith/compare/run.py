@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunesmith import UserError, cpu
+from tunesmith import UserError, cpu, rundir
 from tunesmith.compare import stats
 from tunesmith.compare import verdict as verdict_prose
 from tunesmith.compare.arms import ARMS, TUNED, Context, Skipped, build_prompts, prompt_of, reference_of
@@ -95,7 +95,7 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     if tuned_wanted and run is not None and not _has_model(run):
         for n in tuned_wanted:
             skipped[n] = f"{run} holds no final model (RUN/final). fix: finish the training run, or pass another --run."
-    out_dir = Path(c.output_dir) if c.output_dir else (run / "compare" if run else Path("runs/compare"))
+    out_dir = Path(c.output_dir) if c.output_dir else (run / rundir.COMPARE if run else Path("runs/compare"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     base_spec = _base_model(cfg, run, log)
@@ -250,7 +250,7 @@ def arm_names(spec: str) -> list[str]:
 
 
 def _has_model(run: Path) -> bool:
-    final = run / "final" if (run / "final").is_dir() else run
+    final = run / rundir.FINAL if (run / rundir.FINAL).is_dir() else run
     return (final / "adapter_config.json").exists() or (final / "config.json").exists()
 
 
@@ -258,9 +258,9 @@ def _base_model(cfg: Config, run: Path | None, log) -> str:
     """The base model for the prompt-only arms: the run's own base when there is a run, so every
     arm starts from the same weights."""
     spec = cfg.model.name
-    if run is not None and (run / "config.yaml").exists():
+    if run is not None and (run / rundir.CONFIG).exists():
         try:
-            run_spec = load_config(run / "config.yaml").model.name
+            run_spec = load_config(run / rundir.CONFIG).model.name
         except UserError:
             return spec
         if run_spec and run_spec != spec:
@@ -658,9 +658,9 @@ def run_judge(
 
 
 def _training(run: Path | None, c) -> dict | None:
-    if run is None or not (run / "summary.json").exists():
+    if run is None or not (run / rundir.SUMMARY).exists():
         return None
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / rundir.SUMMARY).read_text())
     seconds = float(summary.get("train_seconds") or 0.0)
     return {**summary, "train_cost": seconds / 3600 * c.train_cost_per_hour}
 

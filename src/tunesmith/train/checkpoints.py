@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith import UserError
+from tunesmith import UserError, rundir
 from tunesmith.config import Config, load_config
 from tunesmith.fsutil import check_space, disk_full_error, is_disk_full
 
@@ -46,8 +46,8 @@ RESUME_KEYS = (
 
 def latest_checkpoint(run: Path) -> Path | None:
     """The newest checkpoint that finished saving (it carries COMPLETE); half-written ones never count."""
-    root = Path(run) / "checkpoints"
-    done = sorted(d for d in root.glob("step-*") if (d / "COMPLETE").exists()) if root.is_dir() else []
+    root = Path(run) / rundir.CHECKPOINTS
+    done = sorted(d for d in root.glob("step-*") if (d / rundir.COMPLETE).exists()) if root.is_dir() else []
     return done[-1] if done else None
 
 
@@ -58,7 +58,7 @@ def save_checkpoint(run: Path, state: dict, loss_model, optimizer, best, acceler
     Nothing non-finite is ever written. A full disk is a UserError naming the path and the space
     needed, raised before anything is written where the free space already says so.
     """
-    root = run / "checkpoints"
+    root = run / rundir.CHECKPOINTS
     final = root / f"step-{state['step']:06d}"
     tmp = root / f".tmp-step-{state['step']:06d}"
     weights = trainable_state(loss_model)
@@ -105,15 +105,15 @@ def save_checkpoint(run: Path, state: dict, loss_model, optimizer, best, acceler
         os.replace(tmp, final)
         _fsync(root)
         # COMPLETE appears whole or not at all (a rename), so a kill never leaves a torn manifest.
-        (final / "COMPLETE.tmp").write_text(json.dumps(manifest, indent=1) + "\n")
-        _fsync(final / "COMPLETE.tmp")
-        os.replace(final / "COMPLETE.tmp", final / "COMPLETE")
+        (final / f"{rundir.COMPLETE}.tmp").write_text(json.dumps(manifest, indent=1) + "\n")
+        _fsync(final / f"{rundir.COMPLETE}.tmp")
+        os.replace(final / f"{rundir.COMPLETE}.tmp", final / rundir.COMPLETE)
         _fsync(final)
-        complete = sorted(d for d in root.glob("step-*") if (d / "COMPLETE").exists())
+        complete = sorted(d for d in root.glob("step-*") if (d / rundir.COMPLETE).exists())
         for old in complete[: -max(1, keep_last)]:
             # The marker goes first: a removal cut short by a kill leaves an unfinished directory
             # (cleaned up on resume), never a half-deleted one that still says COMPLETE.
-            (old / "COMPLETE").unlink(missing_ok=True)
+            (old / rundir.COMPLETE).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -125,7 +125,7 @@ def verify_checkpoint(ckpt: Path) -> str | None:
     Checkpoints written before COMPLETE carried a manifest (it held "ok") cannot be checked and pass.
     """
     try:
-        text = (ckpt / "COMPLETE").read_text()
+        text = (ckpt / rundir.COMPLETE).read_text()
     except OSError as exc:
         return f"COMPLETE unreadable ({exc.strerror})"
     if text.strip() == "ok":
@@ -150,7 +150,7 @@ def resume_checkpoint(run: Path, say=print) -> Path | None:
     """The newest complete checkpoint whose files match their manifest. A damaged one is moved aside
     to corrupt-step-N (kept for inspection, never pruned or picked again) and the one before is tried,
     saying so."""
-    root = Path(run) / "checkpoints"
+    root = Path(run) / rundir.CHECKPOINTS
     while (ckpt := latest_checkpoint(run)) is not None:
         problem = verify_checkpoint(ckpt)
         if problem is None:
@@ -192,8 +192,8 @@ def load_checkpoint(ckpt: Path, loss_model, optimizer, rank: int) -> tuple[dict,
 
 def check_resumable(run: Path, cfg: Config, data_info: dict) -> None:
     """Refuse to resume when what defines a step changed: list every difference."""
-    old_cfg = load_config(run / "config.yaml")
-    old_data = json.loads((run / "data.json").read_text())
+    old_cfg = load_config(run / rundir.CONFIG)
+    old_data = json.loads((run / rundir.DATA).read_text())
     changes = []
     for key in RESUME_KEYS + tuple(f"lora.{k}" for k in ("r", "alpha", "dropout", "target_modules")):
         if key.startswith("lora.") and cfg.train.method == "full":
@@ -295,7 +295,7 @@ def _fsync(path: Path) -> None:
 def remove_unfinished(root: Path) -> None:
     if root.is_dir():
         for d in root.iterdir():
-            if d.name.startswith(".tmp-") or (d.name.startswith("step-") and not (d / "COMPLETE").exists()):
+            if d.name.startswith(".tmp-") or (d.name.startswith("step-") and not (d / rundir.COMPLETE).exists()):
                 shutil.rmtree(d, ignore_errors=True)
 
 

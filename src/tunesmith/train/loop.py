@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from tunesmith import UserError, cpu
+from tunesmith import UserError, cpu, rundir
 from tunesmith.config import Config, load_config, save_config, to_dict
 from tunesmith.data.batches import (
     collate,
@@ -223,14 +223,14 @@ def setup(cfg: Config, resume: bool = False) -> Run:
             resume_checkpoint(run_dir, say)  # checks the files against their manifest; sets damaged ones aside
         accelerator.wait_for_everyone()
         ckpt = latest_checkpoint(run_dir)
-        if ckpt is None and run_dir.is_dir() and not (run_dir / "final").exists():
+        if ckpt is None and run_dir.is_dir() and not (run_dir / rundir.FINAL).exists():
             # Stopped before its first save: nothing to lose, and continuing means starting again.
             _check_new_run_dir(run_dir)
             accelerator.wait_for_everyone()
             if main:
-                for name in ("metrics.jsonl", "examples.jsonl"):
+                for name in (rundir.METRICS, rundir.EXAMPLES):
                     (run_dir / name).unlink(missing_ok=True)
-                remove_unfinished(run_dir / "checkpoints")
+                remove_unfinished(run_dir / rundir.CHECKPOINTS)
             say(
                 f"{run_dir}: no complete checkpoint yet (the run stopped before its first save); "
                 f"starting again from step 0"
@@ -238,7 +238,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
             resume = False
         elif ckpt is None:
             raise UserError(f"{run_dir}: no complete checkpoint to resume from. fix: run without --resume.")
-    elif run_dir.exists() and any((run_dir / name).exists() for name in ("checkpoints", "final", "metrics.jsonl")):
+    elif run_dir.exists() and any(
+        (run_dir / name).exists() for name in (rundir.CHECKPOINTS, rundir.FINAL, rundir.METRICS)
+    ):
         raise UserError(
             f"{run_dir} already holds a run. fix: add --resume to continue it, or set "
             f"train.output_dir to a new directory."
@@ -278,8 +280,8 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         check_resumable(run_dir, cfg, data_info)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "data.json").write_text(json.dumps(data_info, indent=2) + "\n")
+        save_config(cfg, run_dir / rundir.CONFIG)
+        (run_dir / rundir.DATA).write_text(json.dumps(data_info, indent=2) + "\n")
     say(
         f"tunesmith train: {len(encoded)} examples ({train_report['tokens']:,} tokens, "
         f"{train_report['loss_tokens']:,} with loss; {_dropped(train_report)}), {len(held)} held out; "
@@ -318,9 +320,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         )
         run.state = LoopState.from_json(state)
         if main:
-            run.last = truncate_jsonl(run_dir / "metrics.jsonl", run.state.step)
-            truncate_jsonl(run_dir / "examples.jsonl", run.state.step)
-            remove_unfinished(run_dir / "checkpoints")
+            run.last = truncate_jsonl(run_dir / rundir.METRICS, run.state.step)
+            truncate_jsonl(run_dir / rundir.EXAMPLES, run.state.step)
+            remove_unfinished(run_dir / rundir.CHECKPOINTS)
         say(f"resumed from {ckpt} at step {run.state.step}")
     accelerator.wait_for_everyone()
     run.reference = preference.reference_table(run, resume)
@@ -473,7 +475,7 @@ def finish(run: Run) -> Path:
     preference.drop_reference(inner.model)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        save_final(run.dir / "final", inner.model, run.tok, run.cfg)
+        save_final(run.dir / rundir.FINAL, inner.model, run.tok, run.cfg)
         summary = {
             "steps": state.step,
             "train_seconds": round(state.train_seconds, 2),
@@ -493,11 +495,11 @@ def finish(run: Run) -> Path:
             "trainable_params": sum(p.numel() for p in run.trainable),
             "peak_memory_mb": _peak_memory_mb(acc.device),
         }
-        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run.dir / rundir.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         acc.print(
             f"done: {state.step} steps in {state.train_seconds:.0f} s, {summary['train_tokens_per_s']:.0f} tokens/s; "
             f"train loss {_fmt(last.get('loss'))}, held-out loss {_fmt(last.get('eval_loss'))}; "
-            f"final model in {run.dir / 'final'}"
+            f"final model in {run.dir / rundir.FINAL}"
         )
     if t.trackers:
         acc.end_training()
@@ -508,9 +510,9 @@ def finish(run: Run) -> Path:
 def _open_logs(run: Run) -> dict:
     if not run.accelerator.is_main_process:
         return {}
-    logs = {"metrics": open(run.dir / "metrics.jsonl", "a")}
+    logs = {"metrics": open(run.dir / rundir.METRICS, "a")}
     if run.cfg.train.log_examples:
-        logs["examples"] = open(run.dir / "examples.jsonl", "a")
+        logs["examples"] = open(run.dir / rundir.EXAMPLES, "a")
     return logs
 
 
@@ -641,7 +643,7 @@ def starting_point(cfg: Config) -> Path | None:
     model.name; a full model there becomes model.name (the base any new adapter is saved against)."""
     if not cfg.train.init_from:
         return None
-    final = Path(cfg.train.init_from).expanduser().resolve() / "final"
+    final = Path(cfg.train.init_from).expanduser().resolve() / rundir.FINAL
     if (final / "adapter_config.json").exists():
         base = json.loads((final / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if base != cfg.model.name:
@@ -775,26 +777,13 @@ def _check_options(cfg: Config) -> None:
     preference.check_options(t)
 
 
-# What a run directory holds; a directory with anything else in it is someone's, not a run.
-RUN_ENTRIES = {
-    "config.yaml",
-    "data.json",
-    "metrics.jsonl",
-    "examples.jsonl",
-    "checkpoints",
-    "final",
-    "summary.json",
-    "compare",
-    "reference",
-}
-
-
 def _check_new_run_dir(run: Path) -> None:
     """train.output_dir is written into (config.yaml, data.json, ...): refuse a file, or a directory
     that holds other things, rather than overwrite a user's own config.yaml or data."""
     if run.exists() and not run.is_dir():
         raise UserError(f"train.output_dir={run} is a file. fix: set train.output_dir to a new directory.")
-    ours = lambda name: name in RUN_ENTRIES or name.startswith((".", "export-"))  # noqa: E731 (export's default target)
+    # export-*: export's default target
+    ours = lambda name: name in rundir.ENTRIES or name.startswith((".", "export-"))  # noqa: E731
     others = sorted(p.name for p in run.iterdir() if not ours(p.name)) if run.is_dir() else []
     if others:
         raise UserError(

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from tunesmith import UserError
+from tunesmith import UserError, rundir
 from tunesmith.data.batches import IGNORE, collate, encode, example_name, micro_batches, n_targets, to_device
 from tunesmith.fsutil import atomic_dir
 
@@ -280,7 +280,7 @@ def reference_table(run, resume: bool) -> dict | None:
     t, acc = run.cfg.train, run.accelerator
     if t.objective != "dpo" or t.method != "full":
         return None
-    path = run.dir / REFERENCE / "logps.safetensors"
+    path = run.dir / rundir.REFERENCE / "logps.safetensors"
     if resume:
         if not path.exists():
             raise UserError(
@@ -305,7 +305,7 @@ def reference_table(run, resume: bool) -> dict | None:
             table[split] = rows
     inner.train()
     if acc.is_main_process:
-        with atomic_dir(run.dir / REFERENCE, what="the reference log-probabilities") as tmp:
+        with atomic_dir(run.dir / rundir.REFERENCE, what="the reference log-probabilities") as tmp:
             save_file(table, tmp / "logps.safetensors")
     acc.wait_for_everyone()
     return table

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from tunesmith import rundir
 from tunesmith.workbench import db
 from tunesmith.workbench.projects import project_dir
 
@@ -256,7 +257,7 @@ def has_checkpoint(run_dir: str | None) -> bool:
 def read_metrics(run_dir: str | Path, offset: int = 0) -> tuple[list[dict], int]:
     """Complete new lines of RUN/metrics.jsonl from byte `offset`: (rows, new offset). A half-written
     last line waits for the next read."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / rundir.METRICS
     try:
         with open(path, "rb") as f:
             f.seek(offset)

@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from tunesmith import rundir
 from tunesmith.workbench import db
 
 CHOICES = {"A": "A is better", "B": "B is better", "tie": "tie", "both_bad": "both bad"}
@@ -396,12 +397,12 @@ def join_report(compare_dir: Path, summary: dict) -> None:
     """Put the experts' results into results.json (key "expert_review"; the verdict gains "experts")
     and into report.html (a section after the verdict). Rewrites replace the previous section."""
     compare_dir = Path(compare_dir)
-    path = compare_dir / "results.json"
+    path = compare_dir / rundir.RESULTS
     results = json.loads(path.read_text())
     results["expert_review"] = json_safe(summary)
     results.setdefault("verdict", {})["experts"] = summary["sentence"]
     _atomic_write(path, json.dumps(results, indent=2) + "\n")
-    page = compare_dir / "report.html"
+    page = compare_dir / rundir.REPORT_HTML
     if page.exists():
         text = page.read_text(encoding="utf-8")
         start, end = text.find(MARK[0]), text.find(MARK[1])

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from tunesmith import rundir
 from tunesmith.workbench import db, jobs
 from tunesmith.workbench.contract import Policy
 from tunesmith.workbench.security import SESSION_COOKIE, Refused, Sessions, SignInLimit
@@ -107,11 +108,11 @@ class Site:
 
     def verdict_files(self, pid: str, jid: int):
         j = self.run_of(pid, jid)
-        cdir = Path(j["run_dir"]) / "compare"
-        if not (cdir / "results.json").exists():
+        cdir = Path(j["run_dir"]) / rundir.COMPARE
+        if not (cdir / rundir.RESULTS).exists():
             raise Refused(404, f"Run {jid} has no verdict yet: start Compare on the project page.")
-        results = json.loads((cdir / "results.json").read_text())
-        samples = [json.loads(x) for x in (cdir / "samples.jsonl").read_text().splitlines() if x.strip()]
+        results = json.loads((cdir / rundir.RESULTS).read_text())
+        samples = [json.loads(x) for x in (cdir / rundir.SAMPLES).read_text().splitlines() if x.strip()]
         return j, cdir, results, samples
 
     def check_report(self, folder: Path) -> dict | None:

@@ -12,6 +12,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from tunesmith import rundir
+
 
 def config_values(cfg) -> list[tuple[str, str, object, str]]:
     import dataclasses
@@ -29,7 +31,7 @@ def progress(job: dict, rows: list[dict]) -> dict:
     total = None
     if job.get("run_dir"):
         try:
-            total = json.loads((Path(job["run_dir"]) / "data.json").read_text()).get("steps")
+            total = json.loads((Path(job["run_dir"]) / rundir.DATA).read_text()).get("steps")
         except (FileNotFoundError, ValueError):
             pass
     train_rows = [r for r in rows if r.get("tokens_per_s")]
@@ -65,7 +67,7 @@ def glossary_marker(job: dict):
     from tunesmith.compare.metrics import load_glossary
     from tunesmith.config import load_config
 
-    cfg = load_config(Path(job["run_dir"]) / "config.yaml")
+    cfg = load_config(Path(job["run_dir"]) / rundir.CONFIG)
     terms = load_glossary(cfg.data.glossary) if cfg.data.glossary and Path(cfg.data.glossary).exists() else []
     kinds = {t.term.lower(): "pref" for t in terms}
     kinds.update({r.lower(): "rej" for t in terms for r in t.rejected})
@@ -147,7 +149,7 @@ class Chat:
         from tunesmith.config import load_config
         from tunesmith.generation.api import generate
 
-        base = load_config(Path(job["run_dir"]) / "config.yaml").model.name
+        base = load_config(Path(job["run_dir"]) / rundir.CONFIG).model.name
         out = {}
         with self.lock:
             for side, spec in (("base", base), ("tuned", job["run_dir"])):

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from tunesmith import UserError
+from tunesmith import UserError, rundir
 from tunesmith.workbench import db, jobs
 from tunesmith.workbench.contract import check_job_config, form_keys, form_value, redact, redact_upload
 from tunesmith.workbench.projects import DATASET_SUFFIXES, config_path, create_project, private_tree, project_dir
@@ -59,7 +59,7 @@ def project_page(site: Site, request, pid: str, error: str = "", status: int = 2
             and jobs.has_checkpoint(j["run_dir"])
         )
         j["finished"] = j["kind"] == "train" and j["status"] == "done"
-        j["compared"] = bool(j["run_dir"]) and (Path(j["run_dir"]) / "compare" / "results.json").exists()
+        j["compared"] = bool(j["run_dir"]) and (Path(j["run_dir"]) / rundir.COMPARE / rundir.RESULTS).exists()
         j["verified"] = (
             verified_line(jobs.job_dir(site.root, j) / "log.txt")
             if j["kind"] == "export" and j["status"] == "done"

@@ -5,7 +5,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-from tunesmith import UserError
+from tunesmith import UserError, rundir
 from tunesmith.workbench import jobs
 from tunesmith.workbench.contract import check_job_config, compare_overrides, redact
 from tunesmith.workbench.projects import project_dir
@@ -27,7 +27,10 @@ def router(site: Site) -> APIRouter:
         form = await read_form(request)
         folder = project_dir(site.root, pid)
         cfg_file = str(jobs.job_dir(site.root, run) / "config.yaml")
-        overrides = [f"compare.output_dir={Path(run['run_dir']) / 'compare'}", *compare_overrides(form, site.policy)]
+        overrides = [
+            f"compare.output_dir={Path(run['run_dir']) / rundir.COMPARE}",
+            *compare_overrides(form, site.policy),
+        ]
         try:  # refuse a bad value now, not in the job
             check_job_config(load_config(cfg_file, overrides), folder, site.policy)
         except UserError as exc:
@@ -67,7 +70,7 @@ def router(site: Site) -> APIRouter:
     def report_file(pid: str, jid: int):
         _, cdir, _, _ = site.verdict_files(pid, jid)
         return FileResponse(
-            cdir / "report.html",
+            cdir / rundir.REPORT_HTML,
             media_type="text/html",
             headers={
                 "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
