@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunesmith-installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# ruff: the formatter's layout and the lint rules (pyflakes, pycodestyle at 120 columns, import order)
+lint: install
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser"

@@ -556,7 +556,8 @@ def cli_export(args) -> int:
     else:
         m = report["merged_verify"]
         print(
-            f"verified: merged logits equal base + adapter (max |diff| {m['max_abs_logit_diff_vs_base_plus_adapter']:.1e}); "
+            "verified: merged logits equal base + adapter "
+            f"(max |diff| {m['max_abs_logit_diff_vs_base_plus_adapter']:.1e}); "
             f"GGUF logits within {v['relative_diff']:.1e} of merged (relative, {report['quant']} limit "
             f"{v['tolerance_relative']:g}), top-1 agreement {v['top1_agreement']:.0%}"
         )

@@ -401,7 +401,8 @@ def format_report(r: dict, per_code: int = 10) -> str:
     else:
         out.append("  here: not measured (--no-probe)")
     out.append(
-        f"  reference {ref['name']} ({FLOPS_PER_PARAM_TOKEN.get(e['method'], 6)}·N·tokens = {ref['flops_per_epoch']:.2e} FLOPs "
+        f"  reference {ref['name']} ({FLOPS_PER_PARAM_TOKEN.get(e['method'], 6)}·N·tokens "
+        f"= {ref['flops_per_epoch']:.2e} FLOPs "
         f"at {ref['mfu']:.0%} of {ref['peak_flops'] / 1e12:.0f} TFLOP/s {ref['precision']}): "
         f"{duration(ref['seconds_per_epoch'])} per epoch, ${ref['usd_per_epoch']:.4f} at ${ref['usd_per_hour']:.2f}/h"
     )
