@@ -23,19 +23,14 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tunesmith import UserError
+from tunesmith.endpoint import Client, Unusable
 
 STYLE_CHARS = 6000  # the style guide in the rubric is cut here: the judge is paid per token, every pair
 _VERDICT = re.compile(r"winner\s*[:=]\s*\**\s*(a|b|tie)\b", re.IGNORECASE)
 SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
-
-
-class JudgeUnusable(Exception):
-    """The endpoint refuses every request alike (bad URL, model or key): judging stops."""
 
 
 def check(j, arm_names: list[str]) -> None:
@@ -122,82 +117,6 @@ def parse(text: str) -> str | None:
     return v if v == "tie" else v.upper()
 
 
-class Client:
-    """POST /chat/completions with retries; counts requests, retries and tokens."""
-
-    def __init__(self, j):
-        import httpx
-
-        key = os.environ.get(j.api_key_env) if j.api_key_env else None
-        self.j = j
-        self.http = httpx.Client(timeout=j.timeout_s, headers={"Authorization": f"Bearer {key}"} if key else {})
-        self.url = j.url.rstrip("/") + "/chat/completions"
-        self.requests = self.retries = self.usage_missing = 0
-        self.prompt_tokens = self.completion_tokens = 0
-        self._lock = threading.Lock()  # pairs are judged concurrently; the counters are shared
-        self.refused = ""  # set by the first refusal: the requests still queued are not sent
-
-    def _count(self, **add):
-        with self._lock:
-            for k, v in add.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def ask(self, msgs: list[dict]) -> tuple[str | None, str | None]:
-        """(answer text, None) or (None, what went wrong after the last retry)."""
-        import httpx
-
-        error, wait = "", 0.0
-        for attempt in range(self.j.retries + 1):
-            if self.refused:
-                raise JudgeUnusable(self.refused)
-            if attempt:
-                self._count(retries=1)
-                time.sleep(max(wait, self.j.backoff_s * 2 ** (attempt - 1)))
-            self._count(requests=1)
-            try:
-                r = self.http.post(
-                    self.url,
-                    json={"model": self.j.model, "messages": msgs, "temperature": 0, "max_tokens": self.j.max_tokens},
-                )
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                continue
-            if r.status_code == 200:
-                try:
-                    body = r.json()
-                    text = body["choices"][0]["message"]["content"]
-                except (ValueError, KeyError, IndexError, TypeError):
-                    return None, f"HTTP 200 but not a chat completion: {r.text[:200]!r}"
-                usage = body.get("usage") or {}
-                if "prompt_tokens" in usage:
-                    self._count(
-                        prompt_tokens=int(usage["prompt_tokens"]),
-                        completion_tokens=int(usage.get("completion_tokens") or 0),
-                    )
-                else:
-                    self._count(usage_missing=1)
-                return str(text or ""), None
-            error = f"HTTP {r.status_code}: {r.text[:200]}"
-            wait = _retry_after(r.headers.get("retry-after"))
-            if r.status_code in (401, 403, 404):
-                self.refused = error
-                raise JudgeUnusable(error)
-            if r.status_code not in (408, 409, 429) and r.status_code < 500:
-                return None, error  # this request is refused (too long?): the next may not be
-        return None, error
-
-    def close(self):
-        self.http.close()
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds a 429/503 asks us to wait (capped at a minute); 0 when it says nothing usable."""
-    try:
-        return min(60.0, max(0.0, float(value))) if value else 0.0
-    except ValueError:  # an HTTP date: fall back to our own backoff
-        return 0.0
-
-
 def judge(
     j,
     examples: list[dict],
@@ -247,7 +166,7 @@ def judge(
             finally:
                 pool.shutdown(cancel_futures=True)
             out["arms"][arm] = _summary(pairs, resamples, seed, bootstrap_mean)
-    except JudgeUnusable as exc:
+    except Unusable as exc:
         out["status"], out["reason"] = (
             "failed",
             (

@@ -84,7 +84,7 @@ def passages(documents: list, held_groups: set) -> list[dict]:
 
 def teacher_examples(t, paras: list[dict], cache_dir: Path) -> tuple[list[dict], dict]:
     """(examples, stats) from the teacher on at most t.max_passages paragraphs."""
-    from tunesmith.compare.judge import Client, JudgeUnusable
+    from tunesmith.endpoint import Client, Unusable
 
     try:
         from datasketch import MinHash, MinHashLSH
@@ -150,7 +150,7 @@ def teacher_examples(t, paras: list[dict], cache_dir: Path) -> tuple[list[dict],
                         "meta": meta,
                     }
                 )
-    except JudgeUnusable as exc:
+    except Unusable as exc:
         raise UserError(
             f"the teacher at {t.url} refuses requests ({exc}). fix: check teacher.url, model and key."
         ) from None
