@@ -126,7 +126,7 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
                 skipped,
                 log,
                 tuned=position == 1,
-                done=len(outputs) + len(skipped),
+                done=sum(name in outputs for name in names) + len(skipped),  # arms only, not side effects
                 total=len(names),
                 extra=extra,
             )
