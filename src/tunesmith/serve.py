@@ -26,10 +26,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith import UserError, rundir
+from tunesmith import UserError, rundir, web
 from tunesmith.config import ServeConfig
 from tunesmith.web import SSE_HEADERS, ApiError, Guard, allowed_hosts, key_matches, number, read_body, sampling
-from tunesmith.web import messages as _messages
 
 # Parameters a client may send that this server cannot honour: refused (400), never silently ignored,
 # unless they carry the value that means "off".
@@ -314,7 +313,7 @@ def parse_chat_request(body: dict, served: str) -> ChatRequest:
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise ApiError(400, "`stop` must be a non-empty string or a list of up to 4 of them.", param="stop")
     return ChatRequest(
-        messages=_messages(body.get("messages")),
+        messages=web.messages(body.get("messages")),
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,

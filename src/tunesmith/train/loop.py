@@ -871,6 +871,6 @@ def _peak_memory_mb(device) -> float:
 
 
 if __name__ == "__main__":
-    from tunesmith.cli import main as _main
+    from tunesmith import cli
 
-    sys.exit(_main(["train", *sys.argv[1:]]))
+    sys.exit(cli.main(["train", *sys.argv[1:]]))
