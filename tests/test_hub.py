@@ -123,6 +123,30 @@ def test_a_training_run_records_the_commit_it_used(hub, model_files, tmp_path):
     assert hub.requests == []
 
 
+def test_serve_loads_the_revision_its_config_pins(hub, model_files, tmp_path):
+    import argparse
+
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve import create_app, model_to_serve
+
+    old = hub.add("acme/tiny", model_files, tags=["v1"])
+    hub.add("acme/tiny", dict(model_files, **{"generation_config.json": b'{"max_length": 7}'}))
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  name: acme/tiny\n  revision: v1\n")
+    args = argparse.Namespace(config=str(config), model=None, revision="", quant="")
+    from tunesmith.config import load_config
+
+    source = model_to_serve(args, load_config(str(config)))
+    assert source.spec == "acme/tiny" and source.revision == old  # not main's newer commit
+    # --model names another model: the config's pin is not applied to it
+    assert model_to_serve(argparse.Namespace(**{**vars(args), "model": "acme/tiny"}), load_config(str(config))) == (
+        "acme/tiny"
+    )
+    with TestClient(create_app(source), base_url="http://127.0.0.1") as client:  # a Host the app answers
+        assert client.get("/v1/models").json()["data"][0]["id"] == "acme/tiny"
+
+
 def test_a_dropped_connection_resumes_where_it_stopped(hub, model_files):
     from huggingface_hub import constants
 

@@ -87,6 +87,24 @@ def test_summary_names_the_lost_categories_and_the_recommendation_says_so():
     assert "**case (lost)**" in md and "**punctuation (lost)**" in md and "| length (8) | 100 % | 100 % | +0" in md
 
 
+def test_a_kind_with_too_few_checks_is_never_called_lost():
+    # one forbidden-comma check among many lowercase ones: its one failure is -100 with a zero-width
+    # interval, which must not read as a certain loss of the whole kind
+    lower, commas = {"checker": "lowercase", "args": {}}, {"checker": "no_commas", "args": {}}
+    few = S.MIN_CATEGORY_CHECKS - 1
+    items = [{"id": f"c{i}", "prompt": f"p{i}", "checks": [commas]} for i in range(few)]
+    items += [{"id": f"l{i}", "prompt": f"q{i}", "checks": [lower]} for i in range(12)]
+    base = ["plain words"] * (few + 12)
+    tuned = ["plain, words"] * few + ["plain words"] * 12
+    s = S.summarise(_plan(items), base, tuned, None, resamples=500, seed=0)
+    cat = s["categories"]["punctuation"]
+    assert cat["n"] == few and cat["hi"] < 0 and not cat["lost"] and s["lost"] == []
+    # one more check of the kind, failed the same way, and the loss is named
+    items.append({"id": "c-last", "prompt": "p-last", "checks": [commas]})
+    s = S.summarise(_plan(items), base + ["plain words"], tuned + ["plain, words"], None, resamples=500, seed=0)
+    assert s["categories"]["punctuation"]["n"] == S.MIN_CATEGORY_CHECKS and s["lost"] == ["punctuation"]
+
+
 def test_no_clear_loss_adds_nothing_to_the_recommendation():
     items = _items()
     same = ["plain short words"] * 24 + ["Paris."]

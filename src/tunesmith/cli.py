@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     v["generate"].add_argument("--prompt", default=None, help="the user message (default: read stdin)")
     v["generate"].add_argument("--json", action="store_true", help="print text and token counts as JSON")
-    for name in ("chat", "generate"):
+    for name in ("chat", "generate", "serve"):
         v[name].add_argument("--revision", default="", help="for a hub model: branch, tag or commit (default main)")
         v[name].add_argument(
             "--quant", default="", help="for a hub repository of GGUF files: the file or quantization, e.g. Q4_K_M"

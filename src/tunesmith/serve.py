@@ -80,7 +80,8 @@ def create_app(
     workbench: str | Path | None = None,
     hosts: frozenset[str] | None = None,
 ):
-    """A FastAPI app serving one model: a spec (run dir, model dir, embedded name) or a (model, tok) pair.
+    """A FastAPI app serving one model: a spec (run dir, model dir, embedded name, hub id, or a resolved
+    models.ModelSource) or a (model, tok) pair.
     engine: tunesmith | vllm | auto (generate.engine). system: a system prompt put in front of every
     conversation that brings none. workbench: a projects directory whose workbench (`tunesmith ui`)
     is served under /workbench/ as well, behind the same API key (or a workbench app). hosts: the Host
@@ -103,10 +104,12 @@ def create_app(
 
     kind = vllm_engine.choose(engine) if not isinstance(model_spec_or_loaded, tuple) else "tunesmith"
     if kind == "vllm":
-        from tunesmith.models import load_tokenizer
+        from tunesmith.models import ModelSource, converted_dir, load_tokenizer
 
         tok = load_tokenizer(model_spec_or_loaded)
-        backend = _VllmBackend(vllm_engine.AsyncBackend(model_spec_or_loaded, max_concurrency=max_concurrency), tok)
+        spec = model_spec_or_loaded
+        spec = str(converted_dir(spec)) if isinstance(spec, ModelSource) else spec  # vLLM reads the folder
+        backend = _VllmBackend(vllm_engine.AsyncBackend(spec, max_concurrency=max_concurrency), tok)
         context = int(tok.model_max_length) if tok.model_max_length < 1e9 else 2048
     else:
         if isinstance(model_spec_or_loaded, tuple):
@@ -571,6 +574,7 @@ def _served_name(spec) -> str:
 
     if spec is None or isinstance(spec, tuple):
         return DEFAULT_MODEL if spec is None else "tunesmith-model"
+    spec = getattr(spec, "spec", spec)  # a ModelSource: the name it was asked by
     path = Path(str(spec))
     if not path.exists():
         return str(spec)
@@ -632,6 +636,21 @@ def _slow_headers_protocol(timeout_s: float):
 # -------------------------------------------------------------------------------------- CLI
 
 
+def model_to_serve(args, cfg):
+    """The model spec `serve` loads: --model, else the config's model.name; a hub model's pinned
+    revision or GGUF file (--revision / --quant, else the config's when the model is the config's)
+    resolves it here, so the served weights are the ones the config names."""
+    model = args.model or (cfg.model.name if args.config else None)
+    from_config = not args.model and bool(args.config)
+    revision = getattr(args, "revision", "") or (cfg.model.revision if from_config else "")
+    gguf_file = getattr(args, "quant", "") or (cfg.model.gguf_file if from_config else "")
+    if not (revision or gguf_file):
+        return model
+    from tunesmith.models import resolve
+
+    return resolve(model, revision, gguf_file)
+
+
 def cli_serve(args) -> int:
     import uvicorn
 
@@ -664,7 +683,7 @@ def cli_serve(args) -> int:
         raise UserError(f"max_queue {s.max_queue}: must be 0 or more. fix: --max-queue N or serve.max_queue.")
     web.check_exposure(s.host, api_key, "serving")
     t0 = time.perf_counter()
-    model = args.model or (cfg.model.name if args.config else None)
+    model = model_to_serve(args, cfg)
     app = create_app(
         model,
         api_key=api_key,

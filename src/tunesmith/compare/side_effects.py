@@ -35,6 +35,9 @@ from tunesmith.compare import stats
 
 # run_arms' extra conversation groups: the instructions for each model, the drift prompts for the base
 BASE, TUNED, GENERAL = "side-effects:base", "side-effects:tuned", "side-effects:general"
+# a kind of instruction is called lost only over this many checks: a single failed check has a
+# zero-width bootstrap interval and would read as a certain loss
+MIN_CATEGORY_CHECKS = 5
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Plan:
     items: list[dict]  # instructions: {"id", "prompt", "checks"} or {"id", "prompt", "reference"}
     drift_prompts: list[str]  # general prompts the base model answers, then both models are scored on
     base_spec: str = ""
+    pinned: dict = field(default_factory=dict)  # a hub base model's revision and GGUF file (models.resolve)
     max_new_tokens: int = 256
     cached: dict = field(default_factory=dict)  # prompt -> the base model's reply, from the disk cache
     own: int = 0  # how many of `items` came from the user's file
@@ -58,8 +62,9 @@ def prepare(cfg, base_spec: str) -> Plan:
     prompts = drift_prompts()
     # replies to drift prompts are long and many tokens each: half as many prompts measure it as well
     prompts = spread(prompts, max(8, c.side_effects_size // 2)) if c.side_effects_size else prompts
-    plan = Plan(bundled + own, prompts, base_spec, cfg.generate.max_new_tokens, own=len(own))
-    plan.cached = {p: r for p, r in read_cache(cache_file(base_spec, plan.max_new_tokens)).items() if p in prompts}
+    plan = Plan(bundled + own, prompts, base_spec, _pinned(cfg, base_spec), cfg.generate.max_new_tokens, own=len(own))
+    path = cache_file(base_spec, plan.max_new_tokens, **plan.pinned)
+    plan.cached = {p: r for p, r in read_cache(path).items() if p in prompts}
     return plan
 
 
@@ -95,19 +100,25 @@ def keep_base_replies(plan: Plan, replies: list) -> None:
     """The base model's new replies to drift prompts, into the plan and the disk cache."""
     missing = [p for p in plan.drift_prompts if p not in plan.cached]
     plan.cached.update({p: r.text for p, r in zip(missing, replies)})
-    path = cache_file(plan.base_spec, plan.max_new_tokens)
+    path = cache_file(plan.base_spec, plan.max_new_tokens, **plan.pinned)
     write_cache(path, {**read_cache(path), **plan.cached})  # the replay prompts' replies stay
 
 
 # -------------------------------------------------------------------------------------- cache
 
 
-def cache_file(spec: str, max_new_tokens: int) -> Path:
+def _pinned(cfg, spec: str) -> dict:
+    """The config's hub revision and GGUF file, when `spec` is the config's model (as compare loads it)."""
+    return {"revision": cfg.model.revision, "gguf_file": cfg.model.gguf_file} if spec == cfg.model.name else {}
+
+
+def cache_file(spec: str, max_new_tokens: int, revision: str = "", gguf_file: str = "") -> Path:
     """One file per base model and reply length: its greedy replies to general prompts. A model is
-    known by its weights' names, sizes and times, so a retrained directory gets a new cache."""
+    known by its weights' names, sizes and times (and a hub model's commit, which is in its folder's
+    path), so a retrained directory or another revision gets a new cache."""
     from tunesmith.models import converted_dir, home, resolve
 
-    source = resolve(spec)
+    source = resolve(spec, revision, gguf_file)
     folder = converted_dir(source)
     weights = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.glob("*.safetensors"))
     key = hashlib.sha256(json.dumps([str(folder.resolve()), weights, max_new_tokens]).encode()).hexdigest()[:16]
@@ -143,12 +154,15 @@ def general_replies(cfg, prompts: list[str], log=print) -> dict[str, str]:
     from tunesmith.generation.api import generate
     from tunesmith.models import load
 
-    path = cache_file(cfg.model.name, cfg.generate.max_new_tokens)
+    pinned = _pinned(cfg, cfg.model.name)
+    path = cache_file(cfg.model.name, cfg.generate.max_new_tokens, **pinned)
     have = read_cache(path)
     missing = [p for p in prompts if p not in have]
     if missing:
         log(f"replay: the base model answers {len(missing)} general prompts once (cached in {path})")
-        model, tok = load(cfg.model.name, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+        model, tok = load(
+            cfg.model.name, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code, **pinned
+        )
         outs = generate(
             model,
             tok,
@@ -197,7 +211,7 @@ def drift(run: Path, plan: Plan, cfg) -> dict:
     from tunesmith.models import load
 
     tuned, tok = load(str(run), dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
-    base = None if isinstance(tuned, PeftModel) else load(plan.base_spec, dtype=cfg.model.dtype)[0]
+    base = None if isinstance(tuned, PeftModel) else load(plan.base_spec, dtype=cfg.model.dtype, **plan.pinned)[0]
     convs = [
         [{"role": "user", "content": p}, {"role": "assistant", "content": plan.cached[p]}]
         for p in plan.drift_prompts
@@ -324,7 +338,7 @@ def summarise(plan: Plan, base: list, tuned: list, drift_result: dict | None, re
             "diff": d,
             "lo": lo,
             "hi": hi,
-            "lost": hi < 0,
+            "lost": len(bv) >= MIN_CATEGORY_CHECKS and hi < 0,
         }
     refs = [i for i, row in enumerate(b) if row.get("reference")]
     if refs:
@@ -432,7 +446,7 @@ def markdown(s: dict | None) -> list[str]:
         "General instructions answered by the base model and by the fine-tuned one (the same replies serve both "
         "fine-tuned arms: the instructions carry no retrieved passages). Strict: the reply as it is; loose: also "
         "without its first or last line and markdown asterisks (IFEval's readings). A category is lost when the "
-        "95 % interval of its change lies below zero.",
+        f"95 % interval of its change lies below zero, over at least {MIN_CATEGORY_CHECKS} checks of that kind.",
         "",
         "| instructions | base | fine-tuned | change (points) | 95 % interval |",
         "|---|---|---|---|---|",
