@@ -28,7 +28,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from tunesmith import recommend
-    from tunesmith.data.check import probe
+    from tunesmith.train.probe import probe
     from tunesmith.models import DEFAULT_MODEL, load, load_tokenizer
 
     tok = load_tokenizer(DEFAULT_MODEL)

@@ -26,6 +26,39 @@ def test_every_module_imports_in_a_fresh_interpreter():
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+def test_every_name_imported_from_tunesmith_exists():
+    # imports inside functions run only when that path runs: a name moved to another module leaves
+    # them broken with every test green (bench scripts and `models --recommend` were, once)
+    files = [*ROOT.rglob("*.py"), *(ROOT.parents[1] / d for d in ("bench", "tests"))]
+    files = [p for f in files for p in ([f] if f.is_file() else sorted(f.rglob("*.py")))]
+    wanted = {
+        (node.module, alias.name, str(path))
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tunesmith"
+        for alias in node.names
+    }
+    code = (
+        "import importlib, json, sys\n"
+        "missing = []\n"
+        "for mod, name, where in json.loads(sys.stdin.read()):\n"
+        "    m = importlib.import_module(mod)\n"
+        "    if not hasattr(m, name):\n"
+        "        try:\n"
+        "            importlib.import_module(mod + '.' + name)\n"
+        "        except ImportError:\n"
+        "            missing.append(f'{where}: from {mod} import {name}')\n"
+        "print('\\n'.join(missing))\n"
+    )
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(sorted(wanted)), capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == ""
+
+
 def _edges(mods: dict[str, Path]) -> dict[str, set[str]]:
     """module -> the tunesmith modules it imports, imports inside functions included."""
     edges: dict[str, set[str]] = {m: set() for m in mods}

@@ -49,3 +49,9 @@ def test_the_table_names_every_model_and_what_fits():
     text = recommend.format_table(rows, MEASURED, "RAM available", 8e9)
     assert all(name in text for name in recommend.MODELS)
     assert "train + generate" in text and "no" in text.split()
+
+
+def test_the_measurement_runs_the_probe_and_the_decoder(tiny_model_dir):
+    # the anchor every row scales from: a real training probe and a real decode on a (tiny) model
+    m = recommend.measure(str(tiny_model_dir))
+    assert m["device"] == "cpu" and m["train_tokens_per_s"] > 0 and m["decode_tokens_per_s"] > 0

@@ -103,13 +103,14 @@ def memory(config, sizes: dict, weight_bytes: int) -> dict:
 # ------------------------------------------------------------------------------------- measure
 
 
-def measure() -> dict:
-    """The embedded model here: training tokens/s from check's probe (rows of WORKLOAD['row']), and
-    single-stream decode tokens/s."""
-    from tunesmith.data.check import probe
+def measure(spec: str | None = None) -> dict:
+    """A model here (the embedded one by default, the anchor every estimate scales from): training
+    tokens/s from check's probe (rows of WORKLOAD['row']), and single-stream decode tokens/s."""
     from tunesmith.models import DEFAULT_MODEL, load
+    from tunesmith.train.probe import probe
 
-    model, tok = load(DEFAULT_MODEL, device="cpu")
+    spec = spec or DEFAULT_MODEL
+    model, tok = load(spec, device="cpu")
     examples = [
         {
             "messages": [
@@ -119,7 +120,7 @@ def measure() -> dict:
         }
         for i in range(16)
     ]
-    trained = probe(DEFAULT_MODEL, tok, examples, WORKLOAD["row"], "lora")
+    trained = probe(spec, tok, examples, WORKLOAD["row"], "lora")
     return {"device": trained["device"], "train_tokens_per_s": trained["tokens_per_s"], **decode_rate(model, tok)}
 
 
