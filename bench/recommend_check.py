@@ -28,8 +28,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from tunesmith import recommend
-    from tunesmith.train.probe import probe
     from tunesmith.models import DEFAULT_MODEL, load, load_tokenizer
+    from tunesmith.train.probe import probe
 
     tok = load_tokenizer(DEFAULT_MODEL)
     base_name = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -1,6 +1,7 @@
 """An OpenAI-compatible chat endpoint: the client the compare judge and the import teacher share.
 
-    from tunesmith.endpoint import Client
+    from tunesmith.endpoint import Client, check
+    check(cfg.judge, "judge")             # before anything runs: url, model and key are usable
     client = Client(cfg.judge)            # any section with url, model, api_key_env, retries, backoff_s …
     text, error = client.ask([{"role": "user", "content": "Hi"}])
 
@@ -12,8 +13,32 @@ A failed request is retried with exponential backoff, or after the server's Retr
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+
+from tunesmith import UserError
+
+
+def check(j, section: str) -> None:
+    """A configured endpoint (`section`: judge or teacher) must be usable before anything is sent:
+    a model named, an http(s) URL, the key's environment variable set. No url: nothing to check."""
+    if not j.url:
+        return
+    if not j.model:
+        raise UserError(
+            f"{section}.url is set but {section}.model is not. "
+            f"fix: {section}.model=<the model name the endpoint serves>."
+        )
+    if not re.match(r"https?://", j.url):
+        raise UserError(
+            f"{section}.url={j.url!r} is not an http(s) URL. fix: e.g. {section}.url=http://127.0.0.1:8000/v1"
+        )
+    if j.api_key_env and not os.environ.get(j.api_key_env):
+        raise UserError(
+            f"{section}.api_key_env names {j.api_key_env}, which is not set in the environment. "
+            f"fix: export {j.api_key_env}=<key>, or leave {section}.api_key_env empty for an endpoint without a key."
+        )
 
 
 class Unusable(Exception):

@@ -21,11 +21,10 @@ is never guessed.
 
 from __future__ import annotations
 
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from tunesmith import UserError
+from tunesmith import UserError, endpoint
 from tunesmith.endpoint import Client, Unusable
 
 STYLE_CHARS = 6000  # the style guide in the rubric is cut here: the judge is paid per token, every pair
@@ -37,17 +36,7 @@ def check(j, arm_names: list[str]) -> None:
     """Before any training: a judge that is configured must be usable."""
     if not j.url:
         return
-    if not j.model:
-        raise UserError(
-            "judge.url is set but judge.model is not. fix: judge.model=<the model name the endpoint serves>."
-        )
-    if not re.match(r"https?://", j.url):
-        raise UserError(f"judge.url={j.url!r} is not an http(s) URL. fix: e.g. judge.url=http://127.0.0.1:8000/v1")
-    if j.api_key_env and not os.environ.get(j.api_key_env):
-        raise UserError(
-            f"judge.api_key_env names {j.api_key_env}, which is not set in the environment. "
-            f"fix: export {j.api_key_env}=<key>, or leave judge.api_key_env empty for an endpoint without a key."
-        )
+    endpoint.check(j, "judge")
     for key in ("concurrency", "max_tokens"):
         if getattr(j, key) < 1:
             raise UserError(f"judge.{key} must be at least 1, got {getattr(j, key)}. fix: set judge.{key}.")

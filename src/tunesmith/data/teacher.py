@@ -39,20 +39,11 @@ MIN_PASSAGE_WORDS = 25  # a shorter paragraph has too little to restyle or ask a
 
 def check(t) -> None:
     """A configured teacher must be usable before anything is sent."""
-    import os
+    from tunesmith import endpoint
 
     if not t.url:
         return
-    if not t.model:
-        raise UserError(
-            "teacher.url is set but teacher.model is not. fix: teacher.model=<the model the endpoint serves>."
-        )
-    if not re.match(r"https?://", t.url):
-        raise UserError(f"teacher.url={t.url!r} is not an http(s) URL. fix: e.g. http://127.0.0.1:8000/v1")
-    if t.api_key_env and not os.environ.get(t.api_key_env):
-        raise UserError(
-            f"teacher.api_key_env names {t.api_key_env}, which is not set. fix: export {t.api_key_env}=<key>."
-        )
+    endpoint.check(t, "teacher")
     unknown = set(_tasks(t)) - {"restyle", "question"}
     if unknown:
         raise UserError(f"teacher.tasks: unknown {', '.join(sorted(unknown))}. fix: restyle, question or both.")
