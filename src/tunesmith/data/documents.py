@@ -27,6 +27,9 @@ MIN_WORDS = 12  # a section shorter than this is a caption or a stub, not writin
 CONTEXT_WORDS = 60  # each other section, as context for writing one
 BODY_WORDS = 700  # the body given for a summary or a title
 
+# the project or study a row belongs to, the same in a highlights sheet and an insights sheet
+GROUP_HEADERS = ["project", "projecttitle", "projectname", "study", "studyid", "researchproject", "board", "collection"]
+
 # kind -> field -> the header names it goes by (normalised: lower case, letters and digits only).
 # A kind is recognised when its required fields are all found (see KIND_NEEDS).
 COLUMNS = {
@@ -56,16 +59,7 @@ COLUMNS = {
         "text": ["highlight", "highlighttext", "note", "notetext", "quote", "excerpt", "snippet", "text", "content"],
         "participant": ["participant", "participantname", "speaker", "interviewee", "respondent", "customer", "person"],
         "tags": ["tags", "tag", "labels", "codes", "themes"],
-        "group": [
-            "project",
-            "projecttitle",
-            "projectname",
-            "study",
-            "studyid",
-            "researchproject",
-            "board",
-            "collection",
-        ],
+        "group": GROUP_HEADERS,
         "date": ["created", "createdat", "createddate", "date", "timestamp"],
         "insight": ["insight", "insights", "linkedinsight", "linkedinsights", "insighttitle"],
     },
@@ -84,16 +78,7 @@ COLUMNS = {
             "notes",
             "quotes",
         ],
-        "group": [
-            "project",
-            "projecttitle",
-            "projectname",
-            "study",
-            "studyid",
-            "researchproject",
-            "board",
-            "collection",
-        ],
+        "group": GROUP_HEADERS,
         "tags": ["tags", "tag", "labels", "themes"],
     },
     "examples": {
