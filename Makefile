@@ -28,8 +28,10 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/tunesmith demo
 
+# the suite on every core (pytest-xdist), then the few tests that need the machine to themselves
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto -m "not soak and not serial"
+	$(PY) -m pytest -q -m "serial and not soak"
 
 # ruff: the formatter's layout and the lint rules (pyflakes, pycodestyle at 120 columns, import order)
 lint: install

@@ -12,6 +12,13 @@ import pytest
 # port. The hub tests point HF_ENDPOINT at their own server (tests/hub_server.py).
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 
+# Under pytest-xdist (`make test` runs `-n auto`) each worker gets its share of the cores before torch
+# starts: a pool on every core in every worker makes each op wait for threads that share a core
+# (docs/train.md). Subprocesses the tests start inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

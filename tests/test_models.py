@@ -58,6 +58,36 @@ def test_gguf_file_is_converted_once_and_cached(tiny_model_dir, tmp_path, monkey
     assert (cached / "model.safetensors").stat().st_mtime_ns == mtime  # not converted again
 
 
+def test_two_processes_converting_at_once_convert_once(tmp_path, monkeypatch):
+    # a fresh machine, two compares (or test workers) at once: the second waits for the first's
+    # folder instead of converting again and replacing it under the first one's reads
+    import threading
+    import time
+
+    from tunesmith import models
+
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    calls = []
+
+    def slow_convert(path, target):
+        calls.append(path)
+        time.sleep(0.5)
+        target.mkdir(parents=True)
+        (target / ".complete").write_text("ok\n")
+
+    monkeypatch.setattr(models, "_convert_gguf", slow_convert)
+    src = resolve(str(gguf))
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(converted_dir(src))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 2 and got[0] == got[1] and (got[0] / ".complete").exists()
+
+
 def test_directory_holding_one_gguf_resolves_to_it(tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     src = resolve(str(tmp_path))

@@ -187,7 +187,14 @@ def converted_dir(source: ModelSource) -> Path:
         key = hashlib.sha256(f"{source.path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
         target = home() / "models" / f"{source.path.stem}-{key}"
     if not (target / ".complete").exists():
-        _convert_gguf(source.path, target)
+        from filelock import FileLock
+
+        # Two processes starting on a fresh machine (two compares, test workers) would both convert,
+        # and the second to finish would replace the folder under the first one's reads.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if not (target / ".complete").exists():
+                _convert_gguf(source.path, target)
     return target
 
 
