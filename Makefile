@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/tunesmith demo
 
-# the suite on every core (pytest-xdist), then the few tests that need the machine to themselves
+# the suite on every core (pytest-xdist; a file's tests stay together and in order, so a file's fixtures
+# are built once and its closing figures see all its cases), then the tests that need the machine alone
 test: install
-	$(PY) -m pytest -q -n auto -m "not soak and not serial"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not soak and not serial"
 	$(PY) -m pytest -q -m "serial and not soak"
 
 # ruff: the formatter's layout and the lint rules (pyflakes, pycodestyle at 120 columns, import order)

@@ -211,13 +211,16 @@ def test_model_without_template_gets_chatml(tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_second_load_is_fast_and_answers():
+def test_embedded_model_second_load_reuses_the_conversion_and_answers(monkeypatch):
+    from tunesmith import models
     from tunesmith.generation.api import generate
 
     load()  # converts on a fresh machine; cached after
-    t0 = time.perf_counter()
+
+    def converting_again(*a):
+        raise AssertionError("the embedded model was converted a second time")
+
+    monkeypatch.setattr(models, "_convert_gguf", converting_again)
     model, tok = load()
-    seconds = time.perf_counter() - t0
-    assert seconds < 2.0, f"second load took {seconds:.2f} s"
     out = generate(model, tok, [[{"role": "user", "content": "What is a persona?"}]], max_new_tokens=40)[0]
     assert "persona" in out.text.lower() and out.completion_tokens > 10

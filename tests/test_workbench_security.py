@@ -247,6 +247,7 @@ def test_a_key_holder_cannot_run_code_on_the_server(tmp_path):
         ("judge.url", "http://attacker.example/v1", "not a setting the workbench offers"),
         ("judge.api_key_env", "TUNESMITH_API_KEY", "not a setting the workbench offers"),
         ("model.name", "/usr", "outside the project"),
+        ("model.gguf_file", "\x00", "control character"),  # a NUL made the path check fail with a 500
     ],
 )
 def test_config_keys_the_form_does_not_show_are_refused(tmp_path, key, value, why):

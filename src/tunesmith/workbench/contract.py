@@ -78,6 +78,10 @@ def form_overrides(form: dict, current: dict, shown: list[str]) -> list[str]:
                 f"{key}: not a setting the workbench offers (it offers {', '.join(FORM_SECTIONS)} and "
                 f"{', '.join(FORM_DATA_KEYS)}). fix: set it in the project's files, or run the CLI."
             )
+        if any(ord(ch) < 32 and ch not in "\t\n\r" for ch in str(value)):
+            # a NUL or another control character is never part of a setting, and a path with a NUL
+            # makes the operating system's calls fail instead of answering
+            raise UserError(f"{key}: the value holds a control character. fix: type the value again.")
         if str(value) != current[key]:
             out.append(f"{key}={value}")
     return out
@@ -106,7 +110,10 @@ def path_keys(cfg) -> list[str]:
 def inside(value: str, folder: Path) -> bool:
     path = Path(value).expanduser()
     path = path if path.is_absolute() else folder / path
-    return path.resolve().is_relative_to(folder.resolve())
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (ValueError, OSError):  # a NUL in the name, a name too long: no path the job could use
+        return False
 
 
 def check_job_config(cfg, folder: Path, policy: Policy) -> None:
