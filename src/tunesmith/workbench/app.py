@@ -49,9 +49,17 @@ def create_app(
     from tunesmith.models import DEFAULT_MODEL
     from tunesmith.workbench import jobs
     from tunesmith.workbench.contract import Policy, redact
-    from tunesmith.workbench.routes import chat, projects, review, signin, verdict
+    from tunesmith.workbench.routes import access, chat, collect, projects, review, signin, verdict
     from tunesmith.workbench.routes import jobs as job_routes
-    from tunesmith.workbench.security import FORM_LIMIT, Auth, MountedAt, Sessions, csrf_guard, secret_key
+    from tunesmith.workbench.security import (
+        FORM_LIMIT,
+        Auth,
+        MountedAt,
+        Sessions,
+        access_guard,
+        csrf_guard,
+        secret_key,
+    )
     from tunesmith.workbench.site import Site
 
     root = Path(projects_dir).expanduser().resolve()
@@ -73,6 +81,7 @@ def create_app(
     )
     for name in policy.secret_envs:
         env.pop(name, None)
+    key_in_use(root, Sessions.key_id_of(secret, api_key))
     site = Site(
         root=root,
         api_key=api_key,
@@ -92,6 +101,7 @@ def create_app(
 
     app = FastAPI(title="tunesmith workbench", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.runner, app.state.root, app.state.site = site.runner, root, site
+    app.router.dependencies.append(Depends(access_guard))  # a reviewer: their project's review pages only
     app.router.dependencies.append(Depends(csrf_guard))
     app.add_middleware(Auth, api_key=api_key, sessions=site.sessions)
     app.add_middleware(MountedAt)
@@ -122,9 +132,22 @@ def create_app(
         folder = root / "projects" / pid if pid and "/" not in pid and pid not in ("..", ".") else None
         return answer(request, 400, redact(str(exc), root, folder))
 
-    for module in (signin, projects, job_routes, verdict, review, chat):
+    for module in (signin, projects, job_routes, verdict, review, chat, access, collect):
         app.include_router(module.router(site))
     return app
+
+
+def key_in_use(root: Path, key_id: str) -> None:
+    """The audit log's "key rotation" line: the workbench started with a key other than last time's
+    (its fingerprint, never the key; starting with another key ended every session of the old one)."""
+    from tunesmith.workbench import db
+
+    con = db.connect(root)
+    last = db.one(con, "SELECT target FROM audit WHERE action IN ('key first used', 'key rotated') ORDER BY id DESC")
+    if last is None:
+        db.audit(con, "server", "key first used", key_id[:12])
+    elif last["target"] != key_id[:12]:
+        db.audit(con, "server", "key rotated", key_id[:12], "every session of the previous key ended")
 
 
 # -------------------------------------------------------------------------------------- CLI
