@@ -180,10 +180,6 @@ def sessions_purge(con, now: float, key_id: str) -> None:
     con.execute("DELETE FROM sessions WHERE expires < ? OR key_id != ?", (now, key_id))
 
 
-def sessions_of_invitation_end(con, invitation: int) -> None:
-    con.execute("DELETE FROM sessions WHERE invitation=?", (invitation,))
-
-
 # ------------------------------------------------------------------------------ invitations
 
 
@@ -218,8 +214,9 @@ def invitation_used(con, iid: int, at: float) -> None:
 
 
 def invitation_revoke(con, iid: int, at: float) -> None:
+    """Revoked now: the invitation's sessions admit nothing from their next request on, which is
+    answered with the page saying so (security.Sessions.invitation_of), then they are deleted."""
     con.execute("UPDATE invitations SET revoked=? WHERE id=? AND revoked IS NULL", (at, iid))
-    sessions_of_invitation_end(con, iid)
 
 
 # ------------------------------------------------------------------------------ the audit log

@@ -57,7 +57,7 @@ def router(site: Site) -> APIRouter:
         if inv is None or inv["project"] != pid:
             raise Refused(404, f"No invitation {iid} in project '{pid}'.")
         if not inv["revoked"]:
-            db.invitation_revoke(con, iid, time.time())  # and its sessions end now
+            db.invitation_revoke(con, iid, time.time())  # its sessions admit nothing from now on
             db.audit(con, who(request), "invitation revoked", f"project {pid}", f"#{iid} for {inv['name']}")
         if "application/json" in request.headers.get("accept", ""):
             return {"revoked": iid}
@@ -123,7 +123,7 @@ def router(site: Site) -> APIRouter:
         state = request.scope.get("state", {})
         name = state["reviewer"]["name"] if state.get("auth") == "reviewer" else None
         found = await asyncio.to_thread(reviews_of, pid, name)
-        return site.page(request, "reviews.html", p=p, name=name, **found)
+        return site.page(request, "reviews.html", p=p, reviewer=name, **found)
 
     @r.get("/audit", response_class=HTMLResponse)
     def audit(request: Request, before: int | None = None):
