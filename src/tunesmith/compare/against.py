@@ -68,14 +68,15 @@ def sentence(a: dict, deciding: list[str]) -> str:
     m = a["metrics"].get(a["primary"])
     if m is None or any(math.isnan(m[k]) for k in ("diff", "lo", "hi")):
         return f"Against {a['arm']}: no held-out example has a {a['primary']} score for both, so this cannot tell."
+    label = METRICS[a["primary"]].label if a["primary"] in METRICS else a["primary"]
     stat = (
-        f"{a['primary']} {m['diff']:+.2f} (paired 95 % interval {m['lo']:+.2f} to {m['hi']:+.2f}, "
-        f"{m['n']} held-out examples)"
+        f"{label} {m['diff']:+.2f} (paired 95 % interval {m['lo']:+.2f} to {m['hi']:+.2f}, {m['n']} held-out examples)"
     )
+    shown = [k for k in deciding if k != a["primary"] and k in a["metrics"] and not math.isnan(a["metrics"][k]["diff"])]
     others = [
-        f"{k} {a['metrics'][k]['diff']:+.2f} [{a['metrics'][k]['lo']:+.2f}, {a['metrics'][k]['hi']:+.2f}]"
-        for k in deciding
-        if k != a["primary"] and k in a["metrics"] and not math.isnan(a["metrics"][k]["diff"])
+        f"{METRICS[k].label} {d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
+        for k in shown
+        for d in [a["metrics"][k]]
     ]
     tail = f"; also {', '.join(others)}" if others else ""
     if m["lo"] > 0:

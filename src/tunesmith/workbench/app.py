@@ -115,8 +115,10 @@ def create_app(
 
     def answer(request, status: int, message: str, headers: dict | None = None):
         if "text/html" in request.headers.get("accept", ""):
-            title = "That did not work" if status == 400 else f"{status}"
-            resp = site.page(request, "message.html", status=status, title=title, message=message)
+            titles = {400: "That did not work", 403: "Not open to you", 404: "Not found"}
+            ended = request.scope.get("state", {}).get("auth") == "ended"  # a reviewer whose invitation ended
+            title = "This invitation has ended" if ended else titles.get(status, f"{status}")
+            resp = site.page(request, "message.html", status=status, title=title, message=message, ended=ended)
         else:
             resp = JSONResponse({"error": message}, status_code=status)
         resp.headers.update(headers or {})

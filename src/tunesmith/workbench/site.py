@@ -53,6 +53,7 @@ class Site:
         )
         env.globals["fixes"] = {code: fix for code, (_, fix) in CODES.items()}
         env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
+        env.filters["when_s"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
         self.env = env
 
     @property
@@ -77,8 +78,9 @@ class Site:
         viewer = state.get("reviewer") if state.get("auth") == "reviewer" else None  # a reviewer's invitation
         html = self.env.get_template(name).render(
             csrf=session["csrf"],
-            signed_in=bool(self.api_key) or viewer is not None,
+            signed_in=(bool(self.api_key) and state.get("auth") != "ended") or viewer is not None,
             viewer=viewer,
+            owner=state.get("auth") in ("open", "bearer", "session"),
             request=request,
             base=request.scope.get("root_path", ""),
             **ctx,

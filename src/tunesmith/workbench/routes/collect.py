@@ -26,6 +26,7 @@ PREFER_DEFAULTS = {
     "train.lr": "5e-5",
     "train.beta": "0.1",
     "compare.arms": "all",
+    "compare.side_effects": "true",
     **COMPARE_DEFAULTS,
 }
 

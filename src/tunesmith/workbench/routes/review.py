@@ -131,9 +131,9 @@ async def store_rating(site: Site, request, run_job: int) -> tuple[str, dict]:
         raise Refused(404, f"No pair {pair_id} in run {run_job}.")
     choice = str(form.get("choice", ""))
     row = review.rate(con, pair_id, reviewer, choice, [str(t) for t in tags], str(form.get("comment", "")), invitation)
-    db.audit(
-        con, who(request) if invitation else f"owner as {reviewer}", "rating", f"job {run_job} pair {pair_id}", choice
-    )
+    rater_name = who(request) if invitation else f"owner as {reviewer}"
+    picked = f"{choice}: {row['winner']} preferred" if row["winner"] else choice  # the side shown, and what won
+    db.audit(con, rater_name, "rating", f"job {run_job} pair {pair_id}", picked)
     if invitation is not None:
         db.invitation_used(con, invitation, time.time())
     return reviewer, row
