@@ -288,6 +288,9 @@ def test_a_training_pair_never_answers_a_heldout_prompt(bench):
     bad = fake_collection(root, "mine-000001", bench["jid"], [sneaky[1]["prompt"]])
     r = bench["owner"].get(f"/p/mine-000001/collect/{bad}?reviewer=Ana")
     assert r.status_code == 400 and "held-out prompts judge the model and must never train it" in r.json()["error"]
+    home = bench["owner"].get("/p/mine-000001/reviews", headers={"Accept": "text/html"})  # still lists the rest
+    assert home.status_code == 200 and f"Collection #{bad}: collection {bad}: 1 pair(s) answer a held-out" in home.text
+    assert f"/p/mine-000001/collect/{cid}" in home.text
     # the good collection's pairs are kind "train"; the evaluation export never carries them
     assert bench["owner"].get(f"/p/mine-000001/collect/{cid}?reviewer=Ana").status_code == 200
     kinds = {r["kind"] for r in db.all_(con, "SELECT kind FROM pairs WHERE run_job=?", cid)}

@@ -81,7 +81,7 @@ def create_app(
     )
     for name in policy.secret_envs:
         env.pop(name, None)
-    key_in_use(root, Sessions.key_id_of(secret, api_key))
+    key_in_use(root, Sessions.key_id_of(secret, api_key)[:12] if api_key else "no key")
     site = Site(
         root=root,
         api_key=api_key,
@@ -139,17 +139,17 @@ def create_app(
     return app
 
 
-def key_in_use(root: Path, key_id: str) -> None:
+def key_in_use(root: Path, fingerprint: str) -> None:
     """The audit log's "key rotation" line: the workbench started with a key other than last time's
-    (its fingerprint, never the key; starting with another key ended every session of the old one)."""
+    (its fingerprint, never the key, or "no key"; another key ends every session of the old one)."""
     from tunesmith.workbench import db
 
     con = db.connect(root)
     last = db.one(con, "SELECT target FROM audit WHERE action IN ('key first used', 'key rotated') ORDER BY id DESC")
     if last is None:
-        db.audit(con, "server", "key first used", key_id[:12])
-    elif last["target"] != key_id[:12]:
-        db.audit(con, "server", "key rotated", key_id[:12], "every session of the previous key ended")
+        db.audit(con, "server", "key first used", fingerprint)
+    elif last["target"] != fingerprint:
+        db.audit(con, "server", "key rotated", fingerprint, "every session of the previous key ended")
 
 
 # -------------------------------------------------------------------------------------- CLI

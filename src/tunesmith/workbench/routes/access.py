@@ -78,7 +78,10 @@ def router(site: Site) -> APIRouter:
                 title="This link no longer works",
                 message=problem + " Ask the project's owner for a new link; ratings made with it are kept.",
             )
-        return site.page(request, "invite.html", inv=inv, p=site.project(inv["project"]), token=token)
+        owner_here = request.scope.get("state", {}).get("auth") == "session"  # the owner's own browser
+        return site.page(
+            request, "invite.html", inv=inv, p=site.project(inv["project"]), token=token, owner_here=owner_here
+        )
 
     @r.post("/invite/{token}")
     async def start_reviewing(request: Request, token: str):
@@ -107,7 +110,11 @@ def router(site: Site) -> APIRouter:
                 pairs = review.ensure_pairs(con, j["id"], samples, results)
                 evaluations.append({"job": j, "pairs": len(pairs), "done": rated(con, j["id"], name)})
             elif j["kind"] == "collect" and j["status"] == "done":
-                _, samples, pairs = site.collection_files(pid, j["id"])
+                try:
+                    _, samples, pairs = site.collection_files(pid, j["id"])
+                except UserError as exc:  # refused (a held-out prompt): shown as such, the others still listed
+                    collections.append({"job": j, "refused": str(exc)})
+                    continue
                 collections.append({"job": j, "pairs": len(pairs), "done": rated(con, j["id"], name)})
         return {"evaluations": evaluations, "collections": collections}
 
