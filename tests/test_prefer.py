@@ -40,7 +40,9 @@ def _prompts(path) -> set[str]:
     return {prompt_key(json.loads(x)["messages"][:-1]) for x in path.read_text().splitlines()}
 
 
-def test_a_collection_samples_training_prompts_only_and_prefer_closes_the_loop(tmp_path, sft, one_thread):
+def test_a_collection_samples_training_prompts_only_and_prefer_closes_the_loop(
+    tmp_path, sft, one_thread, tiny_model_dir, tokenizer
+):
     from tunesmith.workbench import collect, review
 
     out = tmp_path / "collection.jsonl"
@@ -50,6 +52,13 @@ def test_a_collection_samples_training_prompts_only_and_prefer_closes_the_loop(t
     assert len(rows) == 5 and keys <= _prompts(tmp_path / "train.jsonl")
     assert not keys & _prompts(tmp_path / "held.jsonl")
     assert any(r["outputs"]["reply-1"]["text"] != r["outputs"]["reply-2"]["text"] for r in rows)  # two draws
+    # or one reply of the run and one of another run: the same first replies, other second ones
+    other = make_tiny_lora_run(tmp_path / "other", tiny_model_dir, tokenizer, seed=1)
+    both = tmp_path / "two-runs.jsonl"
+    assert collect.sample(str(sft), str(sft / "config.yaml"), str(both), 5, 1.0, 6, other_run_dir=str(other)) == 0
+    mixed = [json.loads(x) for x in both.read_text().splitlines()]
+    assert [r["outputs"]["reply-1"] for r in mixed] == [r["outputs"]["reply-1"] for r in rows]
+    assert [r["outputs"]["reply-2"] for r in mixed] != [r["outputs"]["reply-2"] for r in rows]
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(

@@ -325,6 +325,8 @@ def test_collected_ratings_export_as_pairs_that_train_and_errors_are_clear(bench
     # the evaluation export says what it is, and holds no training pair
     r = owner.get(f"/p/mine-000001/review/{jid}/preferences.jsonl")
     assert "eval-only" in r.headers["content-disposition"] and "first reply" not in r.text
+    r = owner.post(f"/p/mine-000001/collect/{jid}/start", data={"prompts": "4", "against": str(jid)})
+    assert r.status_code == 400 and f"run {jid} is not another finished run" in r.json()["error"]
     # a collection on a run without a training split: a clear refusal, no job
     config = root / "projects" / "mine-000001" / "jobs" / str(jid) / "config.yaml"
     held = root / "projects" / "mine-000001" / "data" / "heldout.jsonl"

@@ -5,12 +5,13 @@
     text = review.to_dpo(con, collection, samples, kind="train")         # what `tunesmith prefer` reads
 
 A collection is a job of kind "collect" on a finished training run: for prompts of the run's
-*training* split, the fine-tune answers twice (the same temperature, two seeds), through the
-engine (tunesmith.generation). Its pairs sit beside the evaluation pairs in workbench.db with kind
-"train"; reviewers rate them on the same blind screen. Evaluation pairs answer held-out prompts
-and never train: the held-out split must stay unseen by the model it judges. So the one function
-that writes training pairs refuses any pair whose prompt is a held-out prompt (compared as
-normalised text: case and white space aside), whatever produced it.
+*training* split, the fine-tune answers twice (the same temperature, two seeds) — or once, and
+another run of the project once — through the engine (tunesmith.generation). Its pairs sit beside
+the evaluation pairs in workbench.db with kind "train"; reviewers rate them on the same blind
+screen. Evaluation pairs answer held-out prompts and never train: the held-out split must stay
+unseen by the model it judges. So the one function that writes training pairs refuses any pair
+whose prompt is a held-out prompt (compared as normalised text: case and white space aside),
+whatever produced it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from tunesmith.workbench import db
 
 SAMPLES = "samples.jsonl"  # in the collection's job directory: what the job sampled, read by the pages
 REPLIES = ("reply-1", "reply-2")  # a collection's two "arms": the same fine-tune, two samples
+# The collection form's settings: prompts drawn from the run's training split, and how they are answered.
+DEFAULTS = {"prompts": "20", "temperature": "0.9", "max_new_tokens": "256"}
+LIMITS = {"prompts": (1, 2000), "temperature": (0.05, 2.0), "max_new_tokens": (1, 2048)}
 
 
 def prompt_key(messages: list[dict]) -> str:
@@ -119,9 +123,18 @@ def summary(con, collection: int) -> dict:
 # ------------------------------------------------------------------------------------ the job
 
 
-def sample(run_dir: str, config: str, out: str, prompts: int, temperature: float, max_new_tokens: int) -> int:
-    """The collection job: two sampled replies of the run's fine-tune to `prompts` training prompts,
-    written to `out` (samples.jsonl rows as compare writes them, the two replies as its arms)."""
+def sample(
+    run_dir: str,
+    config: str,
+    out: str,
+    prompts: int,
+    temperature: float,
+    max_new_tokens: int,
+    other_run_dir: str | None = None,
+) -> int:
+    """The collection job: two sampled replies of the run's fine-tune to `prompts` training prompts
+    (or one of it and one of `other_run_dir`, another run on the same data), written to `out`
+    (samples.jsonl rows as compare writes them, the two replies as its arms)."""
     from tunesmith.compare.arms import prompt_of
     from tunesmith.compare.run import load_model
     from tunesmith.config import load_config
@@ -136,21 +149,24 @@ def sample(run_dir: str, config: str, out: str, prompts: int, temperature: float
     examples = [train[i] for i in picked]
     convs = [prompt_of(ex) for ex in examples]
     print(f"collect: {len(convs)} training prompts of {len(train)}, two replies each, temperature {temperature}")
-    model, tok = load_model(cfg, run_dir, tuned=True)
-    replies = [
-        generate(
-            model,
-            tok,
-            convs,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=cfg.generate.top_p,
-            batch_size=cfg.generate.batch_size,
-            seed=cfg.data.seed + k,  # the same temperature, another seed: two draws of one model
-            stop_on_repeat=cfg.generate.stop_on_repeat,
+    replies = []
+    for k, run in enumerate([run_dir, other_run_dir or run_dir]):
+        if k == 0 or other_run_dir:  # one model in memory at a time
+            model, tok = load_model(cfg, run, tuned=True)
+        replies.append(
+            generate(
+                model,
+                tok,
+                convs,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=cfg.generate.top_p,
+                batch_size=cfg.generate.batch_size,
+                seed=cfg.data.seed + k,  # the same temperature, another seed: two draws, never one twice
+                stop_on_repeat=cfg.generate.stop_on_repeat,
+            )
         )
-        for k in range(len(REPLIES))
-    ]
+    del model
     rows = [
         {
             "index": i,

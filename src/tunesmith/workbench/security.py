@@ -80,7 +80,7 @@ class Sessions:
 
     def new(self, signed_in: bool, invitation: dict | None = None) -> tuple[str, dict]:
         """A new session: anonymous, the owner's (signed in with the key), or a reviewer's (from an
-        invitation; it ends with the invitation, if not before)."""
+        invitation; it ends with the invitation)."""
         token = secrets.token_urlsafe(32)
         hours = SESSION_HOURS if signed_in else ANONYMOUS_HOURS
         row = {
@@ -93,8 +93,8 @@ class Sessions:
             "role": "reviewer" if invitation else "owner",
             "invitation": invitation["id"] if invitation else None,
         }
-        if invitation:
-            row["expires"] = min(row["expires"], invitation["expires"])
+        if invitation:  # it lasts as long as the invitation: revoking it ends the session sooner
+            row["expires"] = invitation["expires"]
         con = db.connect(self.root)
         if secrets.randbelow(64) == 0:  # now and then, drop the expired ones
             db.sessions_purge(con, time.time(), self.key_id)

@@ -8,6 +8,7 @@ pages); revoking the invitation or its expiry ends that session at the next requ
 """
 
 import asyncio
+import math
 import secrets
 import time
 from pathlib import Path
@@ -94,8 +95,8 @@ def router(site: Site) -> APIRouter:
         db.invitation_used(con, inv["id"], time.time())
         db.audit(con, f"reviewer {inv['name']}", "invitation used", f"project {inv['project']}", f"#{inv['id']}")
         resp = RedirectResponse(f"/p/{inv['project']}/reviews", status_code=303)
-        hours = max(1, round((inv["expires"] - time.time()) / 3600))
-        resp.set_cookie(SESSION_COOKIE, cookie, **cookie_flags(request, hours=min(hours, 12)))
+        hours = max(1, math.ceil((inv["expires"] - time.time()) / 3600))
+        resp.set_cookie(SESSION_COOKIE, cookie, **cookie_flags(request, hours=hours))
         return resp
 
     def reviews_of(pid: str, name: str | None) -> dict:

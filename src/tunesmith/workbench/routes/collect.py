@@ -16,9 +16,6 @@ from tunesmith.workbench.routes.review import answer_rating, screen, store_ratin
 from tunesmith.workbench.security import rater, read_form, who
 from tunesmith.workbench.site import Site
 
-# The collection form: prompts sampled from the run's training split, and how.
-COLLECT_DEFAULTS = {"prompts": "20", "temperature": "0.9", "max_new_tokens": "256"}
-COLLECT_LIMITS = {"prompts": (1, 2000), "temperature": (0.05, 2.0), "max_new_tokens": (1, 2048)}
 # The close-the-loop form: the preference run's settings, then the compare's (as the compare form's).
 PREFER_DEFAULTS = {
     "train.objective": "dpo",
@@ -32,13 +29,13 @@ PREFER_DEFAULTS = {
 
 
 def _number(form: dict, key: str, cast, lo, hi):
-    raw = form.get(key) or COLLECT_DEFAULTS[key]
+    raw = form.get(key) or collect.DEFAULTS[key]
     try:
         value = cast(raw)
     except ValueError:
         value = None
     if value is None or not lo <= value <= hi:
-        raise UserError(f"{key}: '{raw}' is not a number from {lo} to {hi}. fix: e.g. {COLLECT_DEFAULTS[key]}.")
+        raise UserError(f"{key}: '{raw}' is not a number from {lo} to {hi}. fix: e.g. {collect.DEFAULTS[key]}.")
     return value
 
 
@@ -56,10 +53,19 @@ def router(site: Site) -> APIRouter:
             raise UserError(f"run {jid} is {run['status']}; a collection samples a finished run.")
         form = await read_form(request)
         params = {
-            "prompts": _number(form, "prompts", int, *COLLECT_LIMITS["prompts"]),
-            "temperature": _number(form, "temperature", float, *COLLECT_LIMITS["temperature"]),
-            "max_new_tokens": _number(form, "max_new_tokens", int, *COLLECT_LIMITS["max_new_tokens"]),
+            "prompts": _number(form, "prompts", int, *collect.LIMITS["prompts"]),
+            "temperature": _number(form, "temperature", float, *collect.LIMITS["temperature"]),
+            "max_new_tokens": _number(form, "max_new_tokens", int, *collect.LIMITS["max_new_tokens"]),
         }
+        other = None
+        if form.get("against"):  # the second reply from another finished run of this project
+            try:
+                other = site.run_of(pid, int(form["against"]))
+            except ValueError:
+                raise UserError(f"against: '{form['against']}' is not a run number.") from None
+            if other["status"] != "done" or other["id"] == jid:
+                raise UserError(f"against: run {other['id']} is not another finished run of this project.")
+            params["against"] = other["id"]
         config = jobs.job_dir(site.root, run) / "config.yaml"
         folder = project_dir(site.root, pid)
         try:
@@ -68,9 +74,10 @@ def router(site: Site) -> APIRouter:
             raise UserError(f"run {jid}: " + redact(str(exc), site.root, folder)) from None
 
         def spec(cid, d):
-            return {
-                "collect": {"run_dir": run["run_dir"], "config": str(config), "out": str(d / collect.SAMPLES), **params}
-            }, None
+            job = {"run_dir": run["run_dir"], "config": str(config), "out": str(d / collect.SAMPLES)}
+            job.update(prompts=params["prompts"], temperature=params["temperature"])
+            job.update(max_new_tokens=params["max_new_tokens"], other_run_dir=other["run_dir"] if other else None)
+            return {"collect": job}, None
 
         cid = jobs.submit(site.root, pid, "collect", spec, parent=jid, params=params)
         db.audit(site.con(), who(request), "collection created", f"project {pid}", f"job {cid} on run {jid}")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tunesmith import UserError, rundir
-from tunesmith.workbench import db, jobs
+from tunesmith.workbench import collect, db, jobs
 from tunesmith.workbench.contract import check_job_config, form_keys, form_value, redact, redact_upload
 from tunesmith.workbench.projects import DATASET_SUFFIXES, config_path, create_project, private_tree, project_dir
 from tunesmith.workbench.security import Refused, who
@@ -90,7 +90,7 @@ def project_page(site: Site, request, pid: str, error: str = "", status: int = 2
         judge_urls=site.policy.allowed_urls,
         skip_keys=(),
         invitations=db.invitations_of(site.con(), pid),
-        collect_defaults={"prompts": "20", "temperature": "0.9", "max_new_tokens": "256"},
+        collect_defaults=collect.DEFAULTS,
         now=time.time(),
     )
 
