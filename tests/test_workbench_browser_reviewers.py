@@ -83,6 +83,10 @@ def test_invite_collect_train_compare_review_in_a_browser(tmp_path, tiny_model_d
         ana = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
         ana.goto(link)
         expect(ana.locator("#start-reviewing")).to_have_text("Start reviewing as Ana Lopez")
+        # styled before any session exists (the stylesheet needs one, so the page carries its own)
+        assert (
+            ana.locator("#start-reviewing").evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(46, 107, 79)"
+        )
         shot(ana, "12c-invitation-landing")
         ana.click("#start-reviewing")
         expect(ana.locator("h1")).to_have_text("Reviews for Research notes")
@@ -163,4 +167,8 @@ def test_invite_collect_train_compare_review_in_a_browser(tmp_path, tiny_model_d
         assert r.status == 403
         expect(ana.locator(".error-box")).to_contain_text("was revoked by the project's owner")
         shot(ana, "19-revoked")
+        stranger = browser.new_context().new_page()  # the link itself, opened anew, opens nothing
+        assert stranger.goto(link).status == 403
+        expect(stranger.locator("#invite-problem")).to_contain_text("was revoked by the project's owner")
+        shot(stranger, "19b-dead-link")
         browser.close()

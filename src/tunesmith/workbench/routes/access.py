@@ -71,17 +71,16 @@ def router(site: Site) -> APIRouter:
     @r.get("/invite/{token}", response_class=HTMLResponse)
     def invitation_page(request: Request, token: str):
         inv, problem = valid(token)
-        if problem:
-            return site.page(
-                request,
-                "message.html",
-                status=403,
-                title="This link no longer works",
-                message=problem + " Ask the project's owner for a new link; ratings made with it are kept.",
-            )
         owner_here = request.scope.get("state", {}).get("auth") == "session"  # the owner's own browser
         return site.page(
-            request, "invite.html", inv=inv, p=site.project(inv["project"]), token=token, owner_here=owner_here
+            request,
+            "invite.html",
+            status=403 if problem else 200,
+            inv=inv,
+            p=site.project(inv["project"]) if inv else None,
+            token=token,
+            problem=problem,
+            owner_here=owner_here,
         )
 
     @r.post("/invite/{token}")
