@@ -9,10 +9,10 @@
 
 Steps, top to bottom: check the settings → load the data → pick the held-out examples to score →
 (train) → build each arm's prompts, recording what went in → generate with the base model, then
-with the fine-tuned one (one model in memory at a time) → score every output → flag arms whose
-prompts equal another's → bootstrap the differences → apply the decision rule (stats.decide: numbers)
-→ separate the two levers (2x2) → cost → say it all in words (compare/verdict.py) → the judge, if
-any → report.
+with the fine-tuned one (one model in memory at a time), then compare.against_run's (against.py)
+→ score every output → flag arms whose prompts equal another's → bootstrap the differences →
+apply the decision rule (stats.decide: numbers) → separate the two levers (2x2) → cost → say it
+all in words (compare/verdict.py) → the against-run sentence → the judge, if any → report.
 """
 
 from __future__ import annotations
@@ -134,7 +134,18 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
     extras = {k: outputs.pop(k) for k in list(outputs) if k.startswith("side-effects:")}
     other = against.arm_name(c.against_run) if c.against_run else None
     if other:  # a second fine-tuned run answers the fine-tuned arm's prompts, as an arm of its own
-        outs = run_arms(cfg, c.against_run, ["fine-tuned"], examples, ctx, {}, log, True, len(names), len(names) + 1)
+        outs = run_arms(
+            cfg,
+            c.against_run,
+            ["fine-tuned"],
+            examples,
+            ctx,
+            {},
+            log,
+            tuned=True,
+            done=len(names),
+            total=len(names) + 1,
+        )
         outputs[other] = outs["fine-tuned"]
 
     replies = sum(len(outs) for outs in [*outputs.values(), *extras.values()])

@@ -90,11 +90,9 @@ def router(site: Site) -> APIRouter:
         j, samples, _ = await asyncio.to_thread(site.collection_files, pid, cid)
         reviewer, _ = rater(request, reviewer)
         if not reviewer:
-            return site.page(request, "review_start.html", p=p, job=j, mode="train", reviewers=reviewers_of(cid))
+            reviewers = db.reviewers(site.con(), cid)
+            return site.page(request, "review_start.html", p=p, job=j, mode="train", reviewers=reviewers)
         return await asyncio.to_thread(screen, site, request, p, j, reviewer, samples, skip, "train")
-
-    def reviewers_of(cid: int) -> list[str]:
-        return db.reviewers(site.con(), cid)
 
     @r.post("/p/{pid}/collect/{cid}")
     async def collect_rate(request: Request, pid: str, cid: int):
