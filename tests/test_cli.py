@@ -13,6 +13,7 @@ ORDERS = {
     "check": (["--max-len", "512", "--no-probe", "--json"], ["train.jsonl", "heldout.jsonl"]),
     "train": (["--resume"], ["config.yaml", "train.lr=1e-4", "lora.r=32"]),
     "compare": (["--run", "runs/run"], ["config.yaml", "compare.max_examples=0", "generate.max_new_tokens=8"]),
+    "prefer": (["--resume", "--out", "runs/dpo"], ["runs/sft", "pairs.jsonl", "train.max_steps=60"]),
     "export": (["--format", "gguf", "--quant", "q8_0"], ["runs/run"]),
     "serve": (["--port", "8123", "--api-key", "k"], ["runs/run"]),
     "ui": (["--port", "8711", "--max-upload-mb", "5"], ["projects"]),

@@ -28,6 +28,10 @@ VERBS = {
     "check": ("tunesmith.train.probe", "validate a dataset; token statistics; time and cost estimate"),
     "train": ("tunesmith.train", "LoRA/DoRA/QLoRA or full fine-tune from a YAML config"),
     "compare": ("tunesmith.compare.run", "fine-tune vs prompt vs few-shot vs RAG on held-out data: the verdict"),
+    "prefer": (
+        "tunesmith.prefer",
+        "preference-tune an SFT run on the experts' pairs (DPO), then compare the two on held-out data",
+    ),
     "export": ("tunesmith.export", "a run → adapter, merged safetensors, or GGUF + Ollama Modelfile"),
     "serve": ("tunesmith.serve", "OpenAI-compatible HTTP API for a run or a model"),
     "ui": (
@@ -139,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v["train"].add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
     v["train"].add_argument("--resume", action="store_true", help="continue exactly from the last complete checkpoint")
+
+    # --- prefer
+    v["prefer"].add_argument("run", help="the SFT run to start from (its config and held-out split are reused)")
+    v["prefer"].add_argument("pairs", help="preference pairs (JSONL), e.g. a workbench collection's export")
+    v["prefer"].add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=60")
+    v["prefer"].add_argument("--out", default=None, help="the new run's directory (default: SFT_RUN-prefer)")
+    v["prefer"].add_argument("--resume", action="store_true", help="continue the training exactly, then compare")
 
     # --- compare
     v["compare"].add_argument("config", nargs="?", default=None, help="YAML config")

@@ -189,6 +189,11 @@ class CompareConfig:
     side_effects_file: str = opt(
         "", "your own general checks (JSONL: prompt + checks named from the bundled checkers, or a reference)"
     )
+    against_run: str = opt(
+        "",
+        "another fine-tuned run (e.g. the SFT run a preference run started from) answering the fine-tuned arm's "
+        "prompts as its own arm, run:<folder>; the verdict says whether the fine-tuned run beats it",
+    )
 
 
 @dataclass

@@ -9,10 +9,10 @@
 
 Steps, top to bottom: check the settings → load the data → pick the held-out examples to score →
 (train) → build each arm's prompts, recording what went in → generate with the base model, then
-with the fine-tuned one (one model in memory at a time) → score every output → flag arms whose
-prompts equal another's → bootstrap the differences → apply the decision rule (stats.decide: numbers)
-→ separate the two levers (2x2) → cost → say it all in words (compare/verdict.py) → the judge, if
-any → report.
+with the fine-tuned one (one model in memory at a time), then compare.against_run's (against.py)
+→ score every output → flag arms whose prompts equal another's → bootstrap the differences →
+apply the decision rule (stats.decide: numbers) → separate the two levers (2x2) → cost → say it
+all in words (compare/verdict.py) → the against-run sentence → the judge, if any → report.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from tunesmith import UserError, cpu, rundir
-from tunesmith.compare import stats
+from tunesmith.compare import against, stats
 from tunesmith.compare import verdict as verdict_prose
 from tunesmith.compare.arms import ARMS, TUNED, Context, Skipped, build_prompts, prompt_of, reference_of
 from tunesmith.compare.metrics import METRICS, load_glossary, load_templates, points, score
@@ -132,6 +132,21 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
             )
         )
     extras = {k: outputs.pop(k) for k in list(outputs) if k.startswith("side-effects:")}
+    other = against.arm_name(c.against_run) if c.against_run else None
+    if other:  # a second fine-tuned run answers the fine-tuned arm's prompts, as an arm of its own
+        outs = run_arms(
+            cfg,
+            c.against_run,
+            ["fine-tuned"],
+            examples,
+            ctx,
+            {},
+            log,
+            tuned=True,
+            done=len(names),
+            total=len(names) + 1,
+        )
+        outputs[other] = outs["fine-tuned"]
 
     replies = sum(len(outs) for outs in [*outputs.values(), *extras.values()])
     seconds_per_reply = (time.time() - t_generate) / replies if replies else None
@@ -153,6 +168,9 @@ def compare(cfg: Config, run: str | Path | None = None, log=None) -> Path:
         scorable=len(scored),
         seconds_per_reply=seconds_per_reply,
     )
+    if other:
+        results["arms"][other] = arm_entry(cfg, outputs[other], scores[other], True, ctx.prompt_stats.get("fine-tuned"))
+        against.add(results, other, c.against_run, scores, c.bootstrap, cfg.data.seed)
     if effects:
         results["side_effects"] = side_effects.section(cfg, effects, run, extras, log)
         if "instructions" in _split(c.decide_on):
@@ -214,6 +232,8 @@ def check_settings(cfg: Config, names: list[str]) -> None:
 
         load_instructions(c.side_effects_file)
     judge.check(cfg.judge, names)
+    if c.against_run:
+        against.check(c.against_run, names)
     from tunesmith.generation import vllm as vllm_engine
 
     vllm_engine.choose(cfg.generate.engine)  # generate.engine=vllm without CUDA or vllm: say so now
@@ -415,8 +435,6 @@ def summarise(
     arms.build_prompts recorded; `scores` what score_all gives (computed here when not given);
     `scorable` the held-out examples of the scored tasks (compare.tasks), and `seconds_per_reply` the
     measured generation time per reply: what scoring more examples would give and take."""
-    import numpy as np
-
     c = cfg.compare
     prompt_stats = prompt_stats or {}
     primary, fits = primary_metric(c.primary_metric, examples)
@@ -427,32 +445,7 @@ def summarise(
         if name not in outputs:
             arms[name] = {"status": "skipped", "reason": skipped.get(name, "not run"), "tuned": name in TUNED}
             continue
-        outs = outputs[name]
-        lat = np.array([o.latency_s for o in outs])
-        prompt_tokens = float(np.mean([o.prompt_tokens for o in outs]))
-        completion_tokens = float(np.mean([o.completion_tokens for o in outs]))
-        per_request = (prompt_tokens + completion_tokens) / 1000 * c.price_per_1k_tokens
-        metrics = {}
-        for key in METRICS:
-            vals = [s[key] for s in scores[name] if s[key] is not None]
-            mean, lo, hi = stats.bootstrap_mean(vals, c.bootstrap, cfg.data.seed) if vals else (math.nan,) * 3
-            metrics[key] = {"mean": mean, "lo": lo, "hi": hi, "n": len(vals)}
-        arms[name] = {
-            "status": "ok",
-            "tuned": name in TUNED,
-            "metrics": metrics,
-            "prompts": prompt_stats.get(name),
-            "cost": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "latency_p50_s": float(np.percentile(lat, 50)),
-                "latency_p95_s": float(np.percentile(lat, 95)),
-                "cost_per_1k_requests": per_request * 1000,
-                "cost_per_month": per_request * c.requests_per_month,
-                "cut_at_limit": sum(o.finish_reason == "length" for o in outs) / len(outs),
-                "stopped_looping": sum(o.finish_reason == "repeat" for o in outs) / len(outs),
-            },
-        }
+        arms[name] = arm_entry(cfg, outputs[name], scores[name], name in TUNED, prompt_stats.get(name))
     ran = [n for n in names if n in outputs]
     for n, (twin, why_same) in same_prompts(ran, prompt_stats, c.max_prompt_tokens).items():
         arms[n]["same_as"], arms[n]["same_why"] = twin, why_same
@@ -529,6 +522,38 @@ def summarise(
     }
     verdict_prose.write(results)
     return results
+
+
+def arm_entry(cfg: Config, outs: list, scores: list[dict], tuned: bool, prompts: dict | None) -> dict:
+    """One arm's entry in results.json: every metric's mean with its interval, and its cost."""
+    import numpy as np
+
+    c = cfg.compare
+    lat = np.array([o.latency_s for o in outs])
+    prompt_tokens = float(np.mean([o.prompt_tokens for o in outs]))
+    completion_tokens = float(np.mean([o.completion_tokens for o in outs]))
+    per_request = (prompt_tokens + completion_tokens) / 1000 * c.price_per_1k_tokens
+    metrics = {}
+    for key in METRICS:
+        vals = [s[key] for s in scores if s[key] is not None]
+        mean, lo, hi = stats.bootstrap_mean(vals, c.bootstrap, cfg.data.seed) if vals else (math.nan,) * 3
+        metrics[key] = {"mean": mean, "lo": lo, "hi": hi, "n": len(vals)}
+    return {
+        "status": "ok",
+        "tuned": tuned,
+        "metrics": metrics,
+        "prompts": prompts,
+        "cost": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "latency_p50_s": float(np.percentile(lat, 50)),
+            "latency_p95_s": float(np.percentile(lat, 95)),
+            "cost_per_1k_requests": per_request * 1000,
+            "cost_per_month": per_request * c.requests_per_month,
+            "cut_at_limit": sum(o.finish_reason == "length" for o in outs) / len(outs),
+            "stopped_looping": sum(o.finish_reason == "repeat" for o in outs) / len(outs),
+        },
+    }
 
 
 def primary_metric(setting: str, examples: list[dict]) -> tuple[str, dict]:

@@ -49,9 +49,17 @@ def create_app(
     from tunesmith.models import DEFAULT_MODEL
     from tunesmith.workbench import jobs
     from tunesmith.workbench.contract import Policy, redact
-    from tunesmith.workbench.routes import chat, projects, review, signin, verdict
+    from tunesmith.workbench.routes import access, chat, collect, projects, review, signin, verdict
     from tunesmith.workbench.routes import jobs as job_routes
-    from tunesmith.workbench.security import FORM_LIMIT, Auth, MountedAt, Sessions, csrf_guard, secret_key
+    from tunesmith.workbench.security import (
+        FORM_LIMIT,
+        Auth,
+        MountedAt,
+        Sessions,
+        access_guard,
+        csrf_guard,
+        secret_key,
+    )
     from tunesmith.workbench.site import Site
 
     root = Path(projects_dir).expanduser().resolve()
@@ -73,6 +81,7 @@ def create_app(
     )
     for name in policy.secret_envs:
         env.pop(name, None)
+    key_in_use(root, Sessions.key_id_of(secret, api_key)[:12] if api_key else "no key")
     site = Site(
         root=root,
         api_key=api_key,
@@ -92,6 +101,7 @@ def create_app(
 
     app = FastAPI(title="tunesmith workbench", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.runner, app.state.root, app.state.site = site.runner, root, site
+    app.router.dependencies.append(Depends(access_guard))  # a reviewer: their project's review pages only
     app.router.dependencies.append(Depends(csrf_guard))
     app.add_middleware(Auth, api_key=api_key, sessions=site.sessions)
     app.add_middleware(MountedAt)
@@ -105,8 +115,10 @@ def create_app(
 
     def answer(request, status: int, message: str, headers: dict | None = None):
         if "text/html" in request.headers.get("accept", ""):
-            title = "That did not work" if status == 400 else f"{status}"
-            resp = site.page(request, "message.html", status=status, title=title, message=message)
+            titles = {400: "That did not work", 403: "Not open to you", 404: "Not found"}
+            ended = request.scope.get("state", {}).get("auth") == "ended"  # a reviewer whose invitation ended
+            title = "This invitation has ended" if ended else titles.get(status, f"{status}")
+            resp = site.page(request, "message.html", status=status, title=title, message=message, ended=ended)
         else:
             resp = JSONResponse({"error": message}, status_code=status)
         resp.headers.update(headers or {})
@@ -122,9 +134,22 @@ def create_app(
         folder = root / "projects" / pid if pid and "/" not in pid and pid not in ("..", ".") else None
         return answer(request, 400, redact(str(exc), root, folder))
 
-    for module in (signin, projects, job_routes, verdict, review, chat):
+    for module in (signin, projects, job_routes, verdict, review, chat, access, collect):
         app.include_router(module.router(site))
     return app
+
+
+def key_in_use(root: Path, fingerprint: str) -> None:
+    """The audit log's "key rotation" line: the workbench started with a key other than last time's
+    (its fingerprint, never the key, or "no key"; another key ends every session of the old one)."""
+    from tunesmith.workbench import db
+
+    con = db.connect(root)
+    last = db.one(con, "SELECT target FROM audit WHERE action IN ('key first used', 'key rotated') ORDER BY id DESC")
+    if last is None:
+        db.audit(con, "server", "key first used", fingerprint)
+    elif last["target"] != fingerprint:
+        db.audit(con, "server", "key rotated", fingerprint, "every session of the previous key ended")
 
 
 # -------------------------------------------------------------------------------------- CLI

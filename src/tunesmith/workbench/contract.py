@@ -36,7 +36,9 @@ PATH_KEYS = (
     "data.style",
     "data.prompt",
     "train.output_dir",
+    "train.init_from",
     "compare.output_dir",
+    "compare.against_run",
 )
 
 

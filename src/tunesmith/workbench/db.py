@@ -41,7 +41,31 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, csrf TEXT NOT NULL, signed_in INTEGER NOT NULL, key_id TEXT NOT NULL,
     created REAL NOT NULL, expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS invitations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL, token TEXT NOT NULL UNIQUE, created REAL NOT NULL, expires REAL NOT NULL,
+    revoked REAL, last_used REAL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+
+# Columns added after a table's first release: a workbench.db from before gains them on first connect.
+# pairs.kind: "eval" (held-out outputs of compare's arms; never train) or "train" (a collection's
+# sampled replies to training-split prompts). sessions.role: "owner" or "reviewer", with the
+# invitation it came from. ratings.invitation: the invitation a reviewer rated through.
+ADDED_COLUMNS = [
+    ("pairs", "kind", "TEXT NOT NULL DEFAULT 'eval'"),
+    ("sessions", "role", "TEXT NOT NULL DEFAULT 'owner'"),
+    ("sessions", "invitation", "INTEGER"),
+    ("ratings", "invitation", "INTEGER"),
+]
 
 _local = threading.local()
 
@@ -63,6 +87,9 @@ def connect(projects_dir: str | Path) -> sqlite3.Connection:
         con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commit, never corrupts
         con.execute("PRAGMA foreign_keys=ON")
         con.executescript(SCHEMA)
+        for table, column, decl in ADDED_COLUMNS:
+            if column not in {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         cache[path] = con
     return con
 
@@ -136,9 +163,10 @@ def session(con, sid: str) -> dict | None:
 
 
 def session_insert(con, row: dict) -> None:
+    row = {"role": "owner", "invitation": None, **row}
     con.execute(
-        "INSERT INTO sessions (id, csrf, signed_in, key_id, created, expires) "
-        "VALUES (:id, :csrf, :signed_in, :key_id, :created, :expires)",
+        "INSERT INTO sessions (id, csrf, signed_in, key_id, created, expires, role, invitation) "
+        "VALUES (:id, :csrf, :signed_in, :key_id, :created, :expires, :role, :invitation)",
         row,
     )
 
@@ -150,3 +178,63 @@ def session_delete(con, sid: str) -> None:
 def sessions_purge(con, now: float, key_id: str) -> None:
     """Drop expired sessions and those of another key."""
     con.execute("DELETE FROM sessions WHERE expires < ? OR key_id != ?", (now, key_id))
+
+
+# ------------------------------------------------------------------------------ invitations
+
+
+def invitation_insert(con, project: str, name: str, token_hash: str, created: float, expires: float) -> int:
+    return con.execute(
+        "INSERT INTO invitations (project, name, token, created, expires) VALUES (?,?,?,?,?)",
+        (project, name, token_hash, created, expires),
+    ).lastrowid
+
+
+def invitation(con, iid: int) -> dict | None:
+    return one(con, "SELECT * FROM invitations WHERE id=?", iid)
+
+
+def invitation_by_token(con, token_hash: str) -> dict | None:
+    return one(con, "SELECT * FROM invitations WHERE token=?", token_hash)
+
+
+def invitations_of(con, project: str) -> list[dict]:
+    """A project's invitations, newest first, each with how many ratings came through it."""
+    return all_(
+        con,
+        "SELECT i.id, i.project, i.name, i.created, i.expires, i.revoked, i.last_used, "
+        "(SELECT COUNT(*) FROM ratings r WHERE r.invitation=i.id) AS ratings "
+        "FROM invitations i WHERE i.project=? ORDER BY i.id DESC",
+        project,
+    )
+
+
+def invitation_used(con, iid: int, at: float) -> None:
+    con.execute("UPDATE invitations SET last_used=? WHERE id=?", (at, iid))
+
+
+def invitation_revoke(con, iid: int, at: float) -> None:
+    """Revoked now: the invitation's sessions admit nothing from their next request on, which is
+    answered with the page saying so (security.Sessions.invitation_of), then they are deleted."""
+    con.execute("UPDATE invitations SET revoked=? WHERE id=? AND revoked IS NULL", (at, iid))
+
+
+# ------------------------------------------------------------------------------ the audit log
+
+# The only statement that writes the audit table; its triggers refuse UPDATE and DELETE.
+
+
+def audit(con, who: str, action: str, target: str = "", detail: str = "", at: float | None = None) -> None:
+    import time
+
+    con.execute(
+        "INSERT INTO audit (at, who, action, target, detail) VALUES (?,?,?,?,?)",
+        (time.time() if at is None else at, who, action, str(target), detail[:500]),
+    )
+
+
+def audit_rows(con, limit: int = 500, before: int | None = None) -> list[dict]:
+    """The newest `limit` entries (older than id `before`, when given)."""
+    if before is None:
+        return all_(con, "SELECT * FROM audit ORDER BY id DESC LIMIT ?", limit)
+    return all_(con, "SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?", before, limit)

@@ -109,11 +109,13 @@ def fleiss_kappa(counts: list[list[int]]) -> float | None:
 
 
 def review_arms(results: dict, limit: int = 3) -> list[str]:
-    """The arms reviewers compare: the best fine-tuned arm, the best arm that needs no training (the
-    verdict's reference), the recommendation, then zero-shot as a floor — at most `limit`, all that ran."""
+    """The arms reviewers compare: the best fine-tuned arm, the run it is compared against (compare.against_run:
+    the SFT run a preference run started from), the best arm that needs no training (the verdict's
+    reference), the recommendation, then zero-shot as a floor — at most `limit`, all that ran."""
     ok = [n for n, a in results["arms"].items() if a.get("status") == "ok"]
     v = results.get("verdict") or {}
-    wanted = [v.get("best_tuned"), v.get("reference"), v.get("recommend"), "zero-shot", *ok]
+    other = (results.get("against_run") or {}).get("arm")
+    wanted = [v.get("best_tuned"), other, v.get("reference"), v.get("recommend"), "zero-shot", *ok]
     return list(dict.fromkeys(n for n in wanted if n in ok))[:limit]
 
 
@@ -165,8 +167,17 @@ def next_pair(con, run_job: int, reviewer: str, skip: int | None = None) -> tupl
     return pairs[pick], len(rated), len(pairs)
 
 
-def rate(con, pair_id: int, reviewer: str, choice: str, tags: list[str] = (), comment: str = "") -> dict:
-    """Store (or replace) this reviewer's rating of the pair; returns the stored row."""
+def rate(
+    con,
+    pair_id: int,
+    reviewer: str,
+    choice: str,
+    tags: list[str] = (),
+    comment: str = "",
+    invitation: int | None = None,
+) -> dict:
+    """Store (or replace) this reviewer's rating of the pair; returns the stored row. `invitation`:
+    the invitation a reviewer signed in with (their name is the invitation's)."""
     from tunesmith import UserError
 
     if choice not in CHOICES:
@@ -180,11 +191,11 @@ def rate(con, pair_id: int, reviewer: str, choice: str, tags: list[str] = (), co
     a, b = sides(reviewer, pair)
     winner = {"A": a, "B": b}.get(choice)
     con.execute(
-        "INSERT INTO ratings (pair, reviewer, shown_a, choice, winner, tags, comment, created) "
-        "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pair, reviewer) DO UPDATE SET shown_a=excluded.shown_a, "
+        "INSERT INTO ratings (pair, reviewer, shown_a, choice, winner, tags, comment, created, invitation) "
+        "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (pair, reviewer) DO UPDATE SET shown_a=excluded.shown_a, "
         "choice=excluded.choice, winner=excluded.winner, tags=excluded.tags, comment=excluded.comment, "
-        "created=excluded.created",
-        (pair_id, reviewer, a, choice, winner, ",".join(tags), comment[:2000], time.time()),
+        "created=excluded.created, invitation=excluded.invitation",
+        (pair_id, reviewer, a, choice, winner, ",".join(tags), comment[:2000], time.time(), invitation),
     )
     return db.one(con, "SELECT * FROM ratings WHERE pair=? AND reviewer=?", pair_id, reviewer)
 
@@ -192,7 +203,7 @@ def rate(con, pair_id: int, reviewer: str, choice: str, tags: list[str] = (), co
 def ratings(con, run_job: int) -> list[dict]:
     return db.all_(
         con,
-        "SELECT r.*, p.example, p.arm_x, p.arm_y FROM ratings r JOIN pairs p ON p.id=r.pair "
+        "SELECT r.*, p.example, p.arm_x, p.arm_y, p.kind FROM ratings r JOIN pairs p ON p.id=r.pair "
         "WHERE p.run_job=? ORDER BY r.id",
         run_job,
     )
@@ -242,7 +253,40 @@ def summarise(con, run_job: int, samples: list[dict], results: dict) -> dict:
     strengths = bradley_terry(wins, arms) if rows else {a: 1 / len(arms) for a in arms} if arms else {}
     ranking = sorted(({"arm": a, "strength": s} for a, s in strengths.items()), key=lambda d: -d["strength"])
 
-    # agreement between reviewers, on the pairs they both (all) rated
+    cohen, fleiss = agreement(rows)
+
+    # agreement with the automatic metric: does the expert's winner score higher on it?
+    agree = n = 0
+    for r in rows:
+        if r["winner"] is None:
+            continue
+        loser = r["arm_y"] if r["winner"] == r["arm_x"] else r["arm_x"]
+        outs = by_example[r["example"]]["outputs"]
+        sw, sl = (outs[a]["metrics"].get(primary) for a in (r["winner"], loser))
+        if sw is None or sl is None or sw == sl:
+            continue
+        n += 1
+        agree += sw > sl
+    share, lo, hi = wilson(agree, n)
+    summary = {
+        "reviewers": sorted({r["reviewer"] for r in rows}),
+        "ratings": len(rows),
+        "pairs": db.one(con, "SELECT COUNT(*) AS n FROM pairs WHERE run_job=?", run_job)["n"],
+        "arms": arms,
+        "matchups": matchups,
+        "bradley_terry": ranking,
+        "cohen": cohen,
+        "fleiss": fleiss,
+        "metric_agreement": {"metric": primary, "decisive": n, "agree": agree, "share": share, "lo": lo, "hi": hi},
+        "tags": {t: sum(t in r["tags"].split(",") for r in rows) for t in TAGS},
+    }
+    summary["sentence"] = verdict_sentence(summary, results)
+    return summary
+
+
+def agreement(rows: list[dict]) -> tuple[list[dict], dict | None]:
+    """(Cohen's kappa for every two reviewers on the pairs both rated, Fleiss' kappa over all of
+    them on the pairs all rated, or None) from rating rows as ratings() returns them."""
     by_rater: dict[str, dict[int, str]] = {}
     for r in rows:
         by_rater.setdefault(r["reviewer"], {})[r["pair"]] = _label(r)
@@ -267,34 +311,7 @@ def summarise(con, run_job: int, samples: list[dict], results: dict) -> dict:
             cats = ["x", "y", "tie", "both_bad"]
             table = [[sum(v[p] == c for v in by_rater.values()) for c in cats] for p in common]
             fleiss = {"raters": len(by_rater), "pairs": len(common), "kappa": fleiss_kappa(table)}
-
-    # agreement with the automatic metric: does the expert's winner score higher on it?
-    agree = n = 0
-    for r in rows:
-        if r["winner"] is None:
-            continue
-        loser = r["arm_y"] if r["winner"] == r["arm_x"] else r["arm_x"]
-        outs = by_example[r["example"]]["outputs"]
-        sw, sl = (outs[a]["metrics"].get(primary) for a in (r["winner"], loser))
-        if sw is None or sl is None or sw == sl:
-            continue
-        n += 1
-        agree += sw > sl
-    share, lo, hi = wilson(agree, n)
-    summary = {
-        "reviewers": sorted(by_rater),
-        "ratings": len(rows),
-        "pairs": db.one(con, "SELECT COUNT(*) AS n FROM pairs WHERE run_job=?", run_job)["n"],
-        "arms": arms,
-        "matchups": matchups,
-        "bradley_terry": ranking,
-        "cohen": cohen,
-        "fleiss": fleiss,
-        "metric_agreement": {"metric": primary, "decisive": n, "agree": agree, "share": share, "lo": lo, "hi": hi},
-        "tags": {t: sum(t in r["tags"].split(",") for r in rows) for t in TAGS},
-    }
-    summary["sentence"] = verdict_sentence(summary, results)
-    return summary
+    return cohen, fleiss
 
 
 def verdict_sentence(summary: dict, results: dict) -> str:
@@ -359,13 +376,16 @@ def to_csv(con, run_job: int, samples: list[dict]) -> str:
     return buf.getvalue()
 
 
-def to_dpo(con, run_job: int, samples: list[dict]) -> str:
+def to_dpo(con, run_job: int, samples: list[dict], kind: str = "eval") -> str:
     """Preference pairs in TRL's conversational DPO format, one per pair the reviewers decided:
     {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}.
-    A pair counts when more of its ratings pick one arm than the other (ties and 'both bad' decide nothing)."""
+    A pair counts when more of its ratings pick one arm than the other (ties and 'both bad' decide nothing).
+    kind: "eval" pairs (held-out prompts: for judging, never for training) or "train" pairs (a collection's)."""
     by_example = {s["index"]: s for s in samples}
     votes: dict[int, dict] = {}
     for r in ratings(con, run_job):
+        if r["kind"] != kind:
+            continue
         v = votes.setdefault(r["pair"], {"row": r, r["arm_x"]: 0, r["arm_y"]: 0})
         if r["winner"]:
             v[r["winner"]] += 1

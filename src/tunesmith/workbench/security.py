@@ -32,6 +32,7 @@ from tunesmith.workbench import db
 SESSION_COOKIE = "ts_session"
 SESSION_HOURS, ANONYMOUS_HOURS = 12, 2
 PUBLIC = ("/login", "/health")
+INVITE = "/invite/"  # an invitation link's landing page and its form: open to anyone holding the link
 FORM_LIMIT = 1 << 20  # bytes in a form or JSON body (uploads have their own limit)
 
 
@@ -52,7 +53,7 @@ def secret_key(root: Path) -> bytes:
     return path.read_text().strip().encode()
 
 
-def _digest(token: str) -> str:
+def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -61,28 +62,39 @@ class Sessions:
 
     def __init__(self, root: Path, secret: bytes, api_key: str | None):
         self.root = root
-        self.key_id = hmac.new(secret, (api_key or "").encode(), hashlib.sha256).hexdigest()[:32]
+        self.key_id = self.key_id_of(secret, api_key)
         db.sessions_purge(db.connect(root), time.time(), self.key_id)  # a new key ends every old session
+
+    @staticmethod
+    def key_id_of(secret: bytes, api_key: str | None) -> str:
+        """The key's fingerprint: an HMAC under this workbench's secret, never the key."""
+        return hmac.new(secret, (api_key or "").encode(), hashlib.sha256).hexdigest()[:32]
 
     def get(self, token: str) -> dict | None:
         if not token:
             return None
-        row = db.session(db.connect(self.root), _digest(token))
+        row = db.session(db.connect(self.root), digest(token))
         if row is None or row["expires"] < time.time() or row["key_id"] != self.key_id:
             return None
         return row
 
-    def new(self, signed_in: bool) -> tuple[str, dict]:
+    def new(self, signed_in: bool, invitation: dict | None = None) -> tuple[str, dict]:
+        """A new session: anonymous, the owner's (signed in with the key), or a reviewer's (from an
+        invitation; it ends with the invitation)."""
         token = secrets.token_urlsafe(32)
         hours = SESSION_HOURS if signed_in else ANONYMOUS_HOURS
         row = {
-            "id": _digest(token),
+            "id": digest(token),
             "csrf": secrets.token_urlsafe(32),
             "signed_in": int(signed_in),
             "key_id": self.key_id,
             "created": time.time(),
             "expires": time.time() + hours * 3600,
+            "role": "reviewer" if invitation else "owner",
+            "invitation": invitation["id"] if invitation else None,
         }
+        if invitation:  # it lasts as long as the invitation: revoking it ends the session sooner
+            row["expires"] = invitation["expires"]
         con = db.connect(self.root)
         if secrets.randbelow(64) == 0:  # now and then, drop the expired ones
             db.sessions_purge(con, time.time(), self.key_id)
@@ -91,7 +103,29 @@ class Sessions:
 
     def end(self, token: str) -> None:
         if token:
-            db.session_delete(db.connect(self.root), _digest(token))
+            db.session_delete(db.connect(self.root), digest(token))
+
+    def invitation_of(self, session: dict) -> tuple[dict | None, str]:
+        """(the reviewer session's invitation, why it no longer admits anyone, or "")."""
+        con = db.connect(self.root)
+        inv = db.invitation(con, session["invitation"]) if session["invitation"] is not None else None
+        ended = invitation_problem(inv)
+        if not ended:
+            return inv, ""
+        db.session_delete(con, session["id"])  # ended at once: the next request is anonymous
+        return inv, ended + " Ask the project's owner for a new link; your ratings so far are kept."
+
+
+def invitation_problem(inv: dict | None) -> str:
+    """Why an invitation admits no one (revoked, expired, unknown), or "" while it is good."""
+    if inv is None:
+        return "This invitation link is not one this workbench made (or it was mistyped)."
+    if inv["revoked"]:
+        return f"The invitation for {inv['name']} was revoked by the project's owner."
+    if inv["expires"] < time.time():
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(inv["expires"]))
+        return f"The invitation for {inv['name']} expired on {when}."
+    return ""
 
 
 class SignInLimit:
@@ -146,14 +180,18 @@ class Auth:
 
         request = Request(scope)
         state = scope.setdefault("state", {})
-        state["session"] = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        state["session"] = session = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
         if self.api_key and key_matches(request, self.api_key):
             state["auth"] = "bearer"
+        elif session and session["role"] == "reviewer":
+            invitation, ended = self.sessions.invitation_of(session)
+            state["auth"] = "ended" if ended else "reviewer"  # access_guard answers an ended one with its page
+            state["reviewer"], state["ended"] = invitation, ended
         elif not self.api_key:
             state["auth"] = "open"
         elif state["session"] and state["session"]["signed_in"]:
             state["auth"] = "session"
-        elif route_path(scope) not in PUBLIC:
+        elif route_path(scope) not in PUBLIC and not route_path(scope).startswith(INVITE):
             if scope["method"] == "GET" and "text/html" in request.headers.get("accept", ""):
                 resp = RedirectResponse(f"{scope.get('root_path', '')}/login", status_code=303)
             else:
@@ -162,6 +200,61 @@ class Auth:
                 )
             return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+# What a reviewer (a session opened from an invitation) may reach, by route and method: the review
+# pages of the invitation's project. Everything else answers 403; tests/test_workbench_reviewers.py
+# walks every route of the app, so a route added without a decision here fails it.
+REVIEWER_ROUTES = {
+    ("GET", "/health"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("GET", "/invite/{token}"),
+    ("GET", "/p/{pid}/reviews"),
+    ("GET", "/p/{pid}/review/{jid}"),
+    ("POST", "/p/{pid}/review/{jid}"),
+    ("GET", "/p/{pid}/collect/{cid}"),
+    ("POST", "/p/{pid}/collect/{cid}"),
+}
+OPEN_WHEN_ENDED = {("GET", "/health"), ("GET", "/login"), ("POST", "/login"), ("GET", "/invite/{token}")}
+
+
+async def access_guard(request: Request) -> None:
+    """A reviewer reaches REVIEWER_ROUTES of their own project only; a reviewer whose invitation was
+    revoked or expired gets the page saying so (their session has ended)."""
+    state = request.scope.setdefault("state", {})
+    auth = state.get("auth")
+    if auth not in ("reviewer", "ended"):
+        return
+    route = request.scope.get("route")
+    key = (request.method if request.method != "HEAD" else "GET", getattr(route, "path", ""))
+    if auth == "ended":
+        if key not in OPEN_WHEN_ENDED:
+            raise Refused(403, state["ended"])
+        return
+    pid = request.path_params.get("pid")
+    if key not in REVIEWER_ROUTES or (pid is not None and pid != state["reviewer"]["project"]):
+        raise Refused(
+            403,
+            f"As a reviewer ({state['reviewer']['name']}) you can open the review pages of your project only: "
+            f"{request.scope.get('root_path', '')}/p/{state['reviewer']['project']}/reviews",
+        )
+
+
+def who(request: Request) -> str:
+    """Who made the request, as the audit log and the ratings name them."""
+    state = request.scope.get("state", {})
+    return f"reviewer {state['reviewer']['name']}" if state.get("auth") == "reviewer" else "owner"
+
+
+def rater(request: Request, typed: str) -> tuple[str, int | None]:
+    """(the name a rating is stored under, the invitation it came through): a reviewer's is their
+    invitation's, whatever the form says; the owner's is the name typed on the review page."""
+    state = request.scope.get("state", {})
+    if state.get("auth") == "reviewer":
+        return state["reviewer"]["name"], state["reviewer"]["id"]
+    return " ".join(str(typed).split())[:80], None
 
 
 async def csrf_guard(request: Request) -> None:

@@ -53,6 +53,7 @@ class Site:
         )
         env.globals["fixes"] = {code: fix for code, (_, fix) in CODES.items()}
         env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
+        env.filters["when_s"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
         self.env = env
 
     @property
@@ -74,9 +75,12 @@ class Site:
         if session is None:
             token, session = self.sessions.new(signed_in=False)
             state["session"] = session
+        viewer = state.get("reviewer") if state.get("auth") == "reviewer" else None  # a reviewer's invitation
         html = self.env.get_template(name).render(
             csrf=session["csrf"],
-            signed_in=bool(self.api_key),
+            signed_in=(bool(self.api_key) and state.get("auth") != "ended") or viewer is not None,
+            viewer=viewer,
+            owner=state.get("auth") in ("open", "bearer", "session"),
             request=request,
             base=request.scope.get("root_path", ""),
             **ctx,
@@ -105,6 +109,28 @@ class Site:
         if j["kind"] != "train" or not j["run_dir"]:
             raise Refused(404, f"Job {jid} is not a training run.")
         return j
+
+    def collection(self, pid: str, cid: int) -> dict:
+        j = self.job(cid, pid)
+        if j["kind"] != "collect":
+            raise Refused(404, f"Job {cid} is not a collection of preference pairs.")
+        return j
+
+    def collection_files(self, pid: str, cid: int) -> tuple[dict, list[dict], list[dict]]:
+        """(the collection's job, its samples, its training pairs): pairs stored on first use through
+        collect.store_train_pairs, which refuses a held-out prompt."""
+        from tunesmith.workbench import collect
+
+        j = self.collection(pid, cid)
+        if j["status"] != "done":
+            raise Refused(409, f"Collection {cid} is {j['status']}; its pairs are there once the job is done.")
+        samples = collect.read_samples(jobs.job_dir(self.root, j))
+        con = self.con()
+        pairs = db.all_(con, "SELECT * FROM pairs WHERE run_job=? AND kind='train' ORDER BY id", cid)
+        if not pairs:
+            config = jobs.job_dir(self.root, self.job(j["parent"])) / "config.yaml"  # the run's, as it trained
+            pairs = collect.store_train_pairs(con, cid, samples, collect.heldout_keys(config))
+        return j, samples, pairs
 
     def verdict_files(self, pid: str, jid: int):
         j = self.run_of(pid, jid)

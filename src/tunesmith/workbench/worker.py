@@ -3,7 +3,8 @@
     python -m tunesmith.workbench.worker JOB_DIR        # JOB_DIR/job.json says what
 
 job.json is {"argv": [verb, ...]} — exactly what `tunesmith VERB ...` would run — or, for check,
-{"check": {"config": PATH, "out": PATH}} (check's report as JSON in `out`, not on stdout). The rc file
+{"check": {"config": PATH, "out": PATH}} (check's report as JSON in `out`, not on stdout), or for a
+collection of preference pairs {"collect": {...}} (workbench/collect.py's sample). The rc file
 is how the server learns how a job ended after it restarted and is no longer the job's parent: an rc
 of 143 is a SIGTERM stop (training saved a checkpoint first); no rc at all means the process died.
 """
@@ -68,6 +69,10 @@ def main(job_dir: str) -> int:
     try:
         if "check" in job:
             rc = run_check(**job["check"])
+        elif "collect" in job:
+            from tunesmith.workbench.collect import sample
+
+            rc = sample(**job["collect"])
         else:
             from tunesmith.cli import main as cli
 

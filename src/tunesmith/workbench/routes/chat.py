@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tunesmith import UserError, web
-from tunesmith.workbench import jobs
-from tunesmith.workbench.security import read_form, read_json
+from tunesmith.workbench import db, jobs
+from tunesmith.workbench.security import read_form, read_json, who
 from tunesmith.workbench.site import Site
 from tunesmith.workbench.views import markdown
 
@@ -46,7 +46,7 @@ def router(site: Site) -> APIRouter:
             raise UserError(f"unknown export format '{fmt}'; one of {', '.join(FORMATS)}.")
         if run["status"] != "done":
             raise UserError(f"run {jid} is {run['status']}; export needs a finished run.")
-        jobs.submit(
+        eid = jobs.submit(
             site.root,
             pid,
             "export",
@@ -54,6 +54,7 @@ def router(site: Site) -> APIRouter:
             parent=jid,
             params={"format": fmt},
         )
+        db.audit(site.con(), who(request), "export", f"project {pid}", f"job {eid}: run {jid} as {fmt}")
         site.runner.wake()
         return RedirectResponse(f"/p/{pid}#jobs", status_code=303)
 

@@ -9,11 +9,11 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, StreamingResp
 
 from tunesmith import UserError
 from tunesmith.web import SSE_HEADERS
-from tunesmith.workbench import jobs
+from tunesmith.workbench import db, jobs
 from tunesmith.workbench.contract import check_job_config, form_keys, form_overrides, form_value, redact
 from tunesmith.workbench.projects import config_path, project_dir
 from tunesmith.workbench.routes.projects import PRESETS, project_page
-from tunesmith.workbench.security import read_form
+from tunesmith.workbench.security import read_form, who
 from tunesmith.workbench.site import Site
 from tunesmith.workbench.views import config_values, progress
 
@@ -65,7 +65,8 @@ def router(site: Site) -> APIRouter:
             save_config(cfg, d / "config.yaml")
             return {"argv": ["train", str(d / "config.yaml")]}, cfg.train.output_dir
 
-        jobs.submit(site.root, pid, "train", spec, params={"preset": preset, "overrides": overrides})
+        jid = jobs.submit(site.root, pid, "train", spec, params={"preset": preset, "overrides": overrides})
+        db.audit(site.con(), who(request), "job started", f"project {pid}", f"job {jid}: train ({preset})")
         site.runner.wake()
         return RedirectResponse(f"/p/{pid}", status_code=303)
 
@@ -73,6 +74,7 @@ def router(site: Site) -> APIRouter:
     async def stop_job(request: Request, jid: int):
         j = site.job(jid)
         site.runner.stop(j)
+        db.audit(site.con(), who(request), "job stopped", f"project {j['project']}", f"job {jid}: {j['kind']}")
         return _back(request, f"/p/{j['project']}", {"status": "stopping"})
 
     @r.post("/jobs/{jid}/resume")
@@ -86,6 +88,7 @@ def router(site: Site) -> APIRouter:
                 f"from. fix: start a new training run (with train.save_every set)."
             )
         site.runner.resume(j)
+        db.audit(site.con(), who(request), "job resumed", f"project {j['project']}", f"job {jid}: {j['kind']}")
         return _back(request, f"/p/{j['project']}", {"status": "queued"})
 
     @r.get("/api/jobs/{jid}")

@@ -3,16 +3,17 @@
 import asyncio
 import os
 import secrets
+import time
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tunesmith import UserError, rundir
-from tunesmith.workbench import db, jobs
+from tunesmith.workbench import collect, db, jobs
 from tunesmith.workbench.contract import check_job_config, form_keys, form_value, redact, redact_upload
 from tunesmith.workbench.projects import DATASET_SUFFIXES, config_path, create_project, private_tree, project_dir
-from tunesmith.workbench.security import Refused
+from tunesmith.workbench.security import Refused, who
 from tunesmith.workbench.site import Site
 from tunesmith.workbench.views import config_values, verified_line
 
@@ -88,6 +89,9 @@ def project_page(site: Site, request, pid: str, error: str = "", status: int = 2
         compare_defaults=COMPARE_DEFAULTS,
         judge_urls=site.policy.allowed_urls,
         skip_keys=(),
+        invitations=db.invitations_of(site.con(), pid),
+        collect_defaults=collect.DEFAULTS,
+        now=time.time(),
     )
 
 
@@ -149,6 +153,7 @@ def router(site: Site) -> APIRouter:
             raise
         private_tree(project_dir(site.root, row["id"]))
         db.project_insert(site.con(), row)
+        db.audit(site.con(), who(request), "project created", f"project {row['id']}", Path(filename).name)
         submit_check(site, row["id"])
         return {"id": row["id"], "url": f"{request.scope.get('root_path', '')}/p/{row['id']}"}
 

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from tunesmith import UserError, rundir
-from tunesmith.workbench import jobs
+from tunesmith.workbench import db, jobs
 from tunesmith.workbench.contract import check_job_config, compare_overrides, redact
 from tunesmith.workbench.projects import project_dir
-from tunesmith.workbench.security import read_form
+from tunesmith.workbench.security import read_form, who
 from tunesmith.workbench.site import Site
 from tunesmith.workbench.views import glossary_marker
 
@@ -35,13 +35,14 @@ def router(site: Site) -> APIRouter:
             check_job_config(load_config(cfg_file, overrides), folder, site.policy)
         except UserError as exc:
             raise UserError(redact(str(exc), site.root, folder)) from None
-        jobs.submit(
+        cid = jobs.submit(
             site.root,
             pid,
             "compare",
             lambda cid, d: ({"argv": ["compare", cfg_file, *overrides, "--run", run["run_dir"]]}, None),
             parent=jid,
         )
+        db.audit(site.con(), who(request), "job started", f"project {pid}", f"job {cid}: compare of run {jid}")
         site.runner.wake()
         return RedirectResponse(f"/p/{pid}", status_code=303)
 
