@@ -215,19 +215,12 @@ def linear_cross_entropy(
     (softmax - onehot is the gradient of the logits), so nothing of size (N, V) is kept for backward.
     scale and softcap reshape the logits as the model's own forward does (logit_transform).
     """
-    if chunk is None:  # float32 logits per chunk: ~16 MB on a CPU (stays in cache), ~256 MB on a GPU
-        chunk = max(1, (1 << (26 if hidden.is_cuda else 22)) // weight.shape[0])
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0
-    if torch.is_grad_enabled() and (
-        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
+    chunk = chunk or _chunk_rows(hidden, weight)
+    if _wants_grad(hidden, weight, bias):
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, scale, softcap)
-    total = torch.zeros((), dtype=_wide(hidden).dtype, device=hidden.device)
-    for a in range(0, hidden.shape[0], chunk):
-        logits, _ = _head(F.linear(hidden[a : a + chunk], weight, bias), scale, softcap)  # (chunk, V)
-        total += F.cross_entropy(logits, targets[a : a + chunk], reduction="sum")
-    return total
+    return -token_log_probs(hidden, weight, targets, bias, chunk, scale, softcap).sum()
 
 
 def token_log_probs(
@@ -248,21 +241,36 @@ def token_log_probs(
     """
     from torch.utils.checkpoint import checkpoint
 
-    if chunk is None:
-        chunk = max(1, (1 << (26 if hidden.is_cuda else 22)) // weight.shape[0])
-
-    def piece(h, t):
-        logits, _ = _head(F.linear(h, weight, bias), scale, softcap)  # (chunk, V), at least float32
-        return logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-
     if hidden.shape[0] == 0:  # still in the graph: DDP expects a gradient for every parameter
         return hidden.new_zeros(0, dtype=torch.float32) + (hidden.sum() * 0.0 + weight.sum() * 0.0)
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    chunk = chunk or _chunk_rows(hidden, weight)
+
+    def piece(h, t):
+        return _chunk_log_probs(h, t, weight, bias, scale, softcap)[0]
+
+    grad = _wants_grad(hidden, weight, bias)
     parts = [
         checkpoint(piece, h, t, use_reentrant=False) if grad else piece(h, t)
         for h, t in zip(hidden.split(chunk), targets.split(chunk))
     ]
     return torch.cat(parts)
+
+
+def _chunk_rows(hidden: torch.Tensor, weight: torch.Tensor) -> int:
+    """Rows per chunk: float32 logits of ~16 MB on a CPU (they stay in cache), ~256 MB on a GPU."""
+    return max(1, (1 << (26 if hidden.is_cuda else 22)) // weight.shape[0])
+
+
+def _wants_grad(hidden, weight, bias) -> bool:
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (hidden, weight, bias))
+
+
+def _chunk_log_probs(h, t, weight, bias, scale, softcap):
+    """One chunk of the LM head: (log p(t) (n,), the (n, V) logits at least float32, tanh(logits /
+    softcap) or None, logsumexp (n,)). Both kernels walk the vocabulary through here."""
+    logits, capped = _head(F.linear(h, weight, bias), scale, softcap)
+    lse = torch.logsumexp(logits, dim=-1)
+    return logits.gather(1, t[:, None]).squeeze(1) - lse, logits, capped, lse
 
 
 def _head(raw: torch.Tensor, scale: float, softcap: float | None):
@@ -286,9 +294,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         d_bias = torch.zeros_like(_wide(bias)) if need_b else None
         for a in range(0, hidden.shape[0], chunk):
             h, t = hidden[a : a + chunk], targets[a : a + chunk]
-            logits, capped = _head(F.linear(h, weight, bias), scale, softcap)  # (chunk, V), at least float32
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            logp, logits, capped, lse = _chunk_log_probs(h, t, weight, bias, scale, softcap)  # logits (chunk, V)
+            total -= logp.sum()
             # d(sum CE)/d logits = softmax - onehot, computed in place of the logits
             grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(len(t), device=t.device), t] -= 1.0
