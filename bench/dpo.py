@@ -102,6 +102,7 @@ def run_tunesmith(args, data: Path, out: Path) -> dict:
             f"lora.alpha={2 * args.rank}",
             "lora.target_modules=all-linear",
             "train.save_every=-1",
+            f"train.gradient_checkpointing={args.gradient_checkpointing == 'on'}",
         ],
     )
     marks = step_clock()
@@ -127,8 +128,9 @@ def run_trl(args, data: Path, out: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         converted_dir(resolve(args.model)), dtype=torch.bfloat16 if cuda else torch.float32
     )
-    config = DPOConfig(  # TRL's defaults otherwise (gradient checkpointing on, as TRL ships it)
+    config = DPOConfig(  # TRL's defaults otherwise
         output_dir=str(out),
+        gradient_checkpointing=args.gradient_checkpointing == "on",
         per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=1,
         max_length=args.max_length,
@@ -204,6 +206,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="pairs per optimizer step")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument(
+        "--gradient-checkpointing", choices=("on", "off"), default="on", help="both systems (on: as TRL ships)"
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both systems (default: each its own)")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -224,7 +229,8 @@ def main() -> None:
         print(
             f"data: {n} Pantry glossary pairs; setup: {args.model}, LoRA r{args.rank} all-linear, {args.batch} pairs a "
             f"step, max_length {args.max_length}, {args.warmup} warmup + {args.steps} timed steps, {args.rounds} "
-            f"round(s), threads: {args.threads or 'each system its own'}"
+            f"round(s), threads: {args.threads or 'each system its own'}, gradient checkpointing "
+            f"{args.gradient_checkpointing} in both"
         )
         results = {s: [] for s in SYSTEMS}
         for r in range(args.rounds):
@@ -248,7 +254,7 @@ def main() -> None:
 
 
 def _passthrough(args) -> list[str]:
-    flags = ("--model", "--steps", "--warmup", "--batch", "--max-length", "--rank")
+    flags = ("--model", "--steps", "--warmup", "--batch", "--max-length", "--rank", "--gradient-checkpointing")
     return [x for f in flags for x in (f, str(getattr(args, f[2:].replace("-", "_"))))]
 
 
