@@ -2,6 +2,7 @@
 
     python bench/dpo.py                           # embedded model, LoRA r16 all-linear, 4 pairs a step, max_length 512
     python bench/dpo.py --steps 6 --rounds 1 --threads 2
+    python bench/dpo.py --gradient-checkpointing off  # both systems without it (default: both with it)
 
 Each measurement runs in its own process (peak memory is that run's alone), the systems interleaved
 round by round as in bench/throughput.py, timed by the same hook after every optimizer step. Both
@@ -9,8 +10,10 @@ start DPO from the base model with a fresh adapter, so both take the reference w
 switched off (no second copy of the weights); beta 0.1, the sigmoid loss. Reported per system: real
 (non-padding) tokens per second, chosen and rejected sides together, per second of wall time and of
 the process's own CPU time, peak memory (RSS on CPU, torch.cuda.max_memory_allocated on a GPU), and
-the ratios against TRL. Each runs as it ships: TRL with its defaults (gradient checkpointing on),
-tunesmith with its own; --threads N gives both N threads.
+the ratios against TRL. Gradient checkpointing is the same on both sides (--gradient-checkpointing,
+on by default as TRL ships it; tunesmith's own default is off): it trades a forward pass for most of
+the activations, so a comparison across settings measures the setting. Otherwise each runs with its
+own defaults; --threads N gives both N threads.
 
 Pairs: the glossary pairs of the bundled Pantry repository (glossary_pairs below): every training
 example whose reply uses a preferred term, chosen as written, rejected with the term swapped for
