@@ -1,15 +1,17 @@
 """Does DPO from an SFT run move the one property its pairs teach, on held-out prompts?
 
-    python bench/dpo_property.py                          # embedded model: SFT, DPO from it, both scored
-    python bench/dpo_property.py --sft-steps 30 --dpo-steps 40 --prompts 48 --json out.json
+    python bench/dpo_property.py --sft RUN                # DPO from RUN (`tunesmith demo`'s run/), both scored
+    python bench/dpo_property.py                          # first trains that SFT run, as the demo does
+    python bench/dpo_property.py --sft RUN --dpo-steps 24 --dpo-lr 1e-4 --json out.json
 
 The pairs are bench/dpo.py's glossary pairs of the bundled Pantry repository: chosen is a reply as
 the team wrote it, rejected the same reply with one preferred term (e.g. "signal") swapped for its
 rejected variant ("data point"); nothing else differs. The held-out pairs come from the held-out
-studies, so their prompts were never trained on, by SFT or DPO.
+studies, so their prompts were never trained on, by SFT or DPO. Pairs of at most --max-tokens
+tokens a side, so that the whole run fits in minutes on a shared CPU.
 
-1. SFT: LoRA on the repository's training split (as `tunesmith demo` trains), or --sft RUN, such a
-   run made before (`tunesmith demo`'s run/).
+1. SFT: --sft RUN, or LoRA on the repository's training split with `tunesmith demo`'s settings
+   (tunesmith.demo.PROFILES, its data and train keys).
 2. DPO from that run (train.init_from): the reference is the SFT adapter, held frozen beside the
    trained one.
 3. Both runs on the held-out pairs, paired per prompt, with 95 % paired-bootstrap intervals
@@ -19,6 +21,8 @@ studies, so their prompts were never trained on, by SFT or DPO.
    - greedy replies to the held-out prompts: whether they use the preferred term, whether they use
      its rejected variant, and chrF against the team's reply (the SFT task metric, which should not
      fall by more than its interval).
+The defaults are the setting docs/train.md reports: large enough a move to settle the margin,
+small enough not to cost chrF (at a learning rate 2.5x higher the replies repeat the term).
 """
 
 from __future__ import annotations
@@ -40,35 +44,30 @@ def train_runs(args, root: Path) -> tuple[Path, Path, Path]:
 
     pantry = root / "pantry"
     pairs, held_pairs = pantry_pairs(pantry)
-    sft_train, sft_held = pantry / "train.jsonl", pantry / "heldout.jsonl"
-    if args.max_tokens:  # short examples only: minutes, not hours, on a shared CPU
-        sft_train, sft_held, pairs, held_pairs = (
-            shortest(path, args.model, args.max_tokens) for path in (sft_train, sft_held, pairs, held_pairs)
-        )
-    common = [
-        f"model.name={args.model}",
-        f"data.max_len={args.max_length}",
-        "data.too_long=truncate",
-        f"train.batch_size={args.batch}",
-        "train.save_every=-1",
-        f"lora.r={args.rank}",
-        f"lora.alpha={2 * args.rank}",
-    ]
+    if args.max_tokens:  # short pairs only: minutes, not hours, on a shared CPU
+        pairs, held_pairs = (shortest(path, args.model, args.max_tokens) for path in (pairs, held_pairs))
     sft = Path(args.sft) if args.sft else root / "sft"
     t0 = time.time()
-    if not args.sft:
-        overrides = [f"data.train={sft_train}", f"data.heldout={sft_held}", f"train.max_steps={args.sft_steps}"]
-        train(load_config(None, [*common, *overrides, "train.lr=2e-4", f"train.output_dir={sft}"]))
-        print(f"SFT: {args.sft_steps} steps in {time.time() - t0:.0f} s", flush=True)
+    if not args.sft:  # as `tunesmith demo` trains it: the demo's data and train settings, its training split
+        from tunesmith.demo import PROFILES
+
+        demo = [o for o in PROFILES["full"] if o.split(".")[0] in ("data", "train")]
+        overrides = [f"data.train={pantry / 'train.jsonl'}", "data.heldout_fraction=0", f"train.output_dir={sft}"]
+        train(load_config(None, [f"model.name={args.model}", *demo, *overrides]))
+        print(f"SFT: {time.time() - t0:.0f} s", flush=True)
     dpo = root / "dpo"
     t0 = time.time()
     train(
         load_config(
             None,
             [
-                *common,
+                f"model.name={args.model}",
+                f"data.max_len={args.max_length}",
+                "data.too_long=truncate",
+                f"train.batch_size={args.batch}",
+                "train.save_every=-1",
                 f"data.train={pairs}",
-                f"data.heldout={held_pairs}",
+                "data.heldout_fraction=0",  # the held-out pairs are scored below, for both runs alike
                 "train.objective=dpo",
                 f"train.beta={args.beta}",
                 f"train.init_from={sft}",
@@ -136,28 +135,34 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--sft", default="", help="an SFT run of this model on the Pantry training split to start from")
-    p.add_argument("--sft-steps", type=int, default=30, help="without --sft: the SFT run's steps")
-    p.add_argument("--dpo-steps", type=int, default=30)
-    p.add_argument("--dpo-lr", type=float, default=1e-4)
+    p.add_argument("--dpo-steps", type=int, default=16)
+    p.add_argument("--dpo-lr", type=float, default=2e-4)
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--batch", type=int, default=4, help="DPO pairs per step")
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--max-tokens", type=int, default=0, help="only examples and pairs this short (0: all)")
+    p.add_argument("--max-tokens", type=int, default=256, help="only pairs this short a side (0: all)")
     p.add_argument("--prompts", type=int, default=48, help="held-out pairs scored (the first N)")
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--json", default="", help="also write the results here")
     args = p.parse_args()
 
     from tunesmith.compare.metrics import chrf, uses
     from tunesmith.compare.stats import paired_bootstrap
 
+    start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         sft, dpo, held_path = train_runs(args, Path(tmp))
         held = [json.loads(line) for line in held_path.read_text().splitlines()][: args.prompts]
         result = {"args": vars(args), "pairs": len(held), "metrics": {}}
+        t0 = time.time()
         m_sft, m_dpo = margins(sft, held, args.max_length), margins(dpo, held, args.max_length)
         outs = {name: replies(run, held, args.max_new_tokens) for name, run in (("sft", sft), ("dpo", dpo))}
+        result.update(seconds=round(time.time() - start), cpu_seconds=round(time.process_time()))
+        print(
+            f"scoring: {time.time() - t0:.0f} s; in all {result['seconds']} s of wall time, {result['cpu_seconds']} s "
+            f"of this process's CPU time",
+            flush=True,
+        )
         result["dpo_run_last"] = json.loads((dpo / "metrics.jsonl").read_text().splitlines()[-1])
     scores = {
         "preference margin, nats": (m_sft, m_dpo),
@@ -178,6 +183,11 @@ def main() -> None:
         mean = lambda x: sum(x) / len(x)  # noqa: E731
         result["metrics"][name] = {"sft": mean(a), "dpo": mean(b), "diff": diff, "low": lo, "high": hi}
         print(f"| {name} | {mean(a):.3f} | {mean(b):.3f} | {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+    margin, quality = (result["metrics"][k] for k in ("preference margin, nats", "chrF against the team's reply"))
+    print(
+        f"the property moved (margin interval clear of zero): {'yes' if margin['low'] > 0 else 'no'}; "
+        f"chrF fell by more than its interval: {'yes' if quality['high'] < 0 else 'no'}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({**result, "replies": outs}, indent=2))
 
