@@ -262,3 +262,26 @@ def test_two_by_two_by_hand():
     assert "The fine-tune works against chrF (-7.0 points of chrF" in levers_paragraph(
         {"metrics": two_by_two(scores, ["chrf"], 200, 0)}
     )
+
+
+def test_with_several_metrics_the_estimate_says_it_is_holm_corrected():
+    # the bundled example's case: 96 examples, the fine-tune +2.6 on chrF with sd 11 (+2.6 [+0.4, +4.8]):
+    # its plain 95 % interval clears zero, the Holm-corrected one across three decision metrics does not,
+    # and the sentence must say which interval it means
+    rng = np.random.default_rng(8)
+    base = rng.uniform(20, 50, 96)
+    make = lambda vals: {str(i): float(v) for i, v in enumerate(vals)}  # noqa: E731
+    flat = make(base)
+
+    def arm(tuned, cost, chrf):
+        return {"tuned": tuned, "cost": cost, "scores": {"chrf": make(chrf), "glossary": flat, "template": flat}}
+
+    arms = {
+        "few-shot-retrieved": arm(False, 600, base),
+        "fine-tuned": arm(True, 180, base + 2.6 + rng.normal(0, 11, base.size)),
+    }
+    v = decide(arms, ["chrf", "glossary", "template"], {"chrf": 2.0, "glossary": 2.0, "template": 2.0})
+    assert v["diffs"]["fine-tuned"][1] > 0 and v["fine_tune"] is False  # plain interval above zero, not settled
+    assert v["needed"]["holm"] == 3 and v["needed"]["examples"] > 96
+    text = say(v, arms={n: {"status": "ok"} for n in arms})
+    assert "the interval on chrF, Holm-corrected across the 3 decision metrics, would likely clear zero" in text

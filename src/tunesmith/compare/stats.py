@@ -141,7 +141,8 @@ def decide(
             estimates = []
             for r in unsettled:
                 a, b = paired(arms[r["tuned"]]["scores"][r["metric"]], arms[r["reference"]]["scores"][r["metric"]])
-                estimates.append(_needed(r["metric"], [x - y for x, y in zip(a, b)], 0.0, ALPHA / len(several["rows"])))
+                diffs = [x - y for x, y in zip(a, b)]
+                estimates.append(_needed(r["metric"], diffs, 0.0, ALPHA / len(several["rows"]), len(several["rows"])))
             estimates = [e for e in estimates if e]
             out["needed"] = min(estimates, key=lambda e: e["examples"]) if estimates else None
     else:
@@ -174,9 +175,11 @@ def decide(
     return out
 
 
-def _needed(metric: str, diffs: list[float], bound: float, alpha: float) -> dict | None:
+def _needed(metric: str, diffs: list[float], bound: float, alpha: float, holm: int = 1) -> dict | None:
+    """`holm`: how many decision metrics alpha was divided among (the sentence says so: the plain 95 %
+    interval in the table may already clear zero where the Holm-corrected one does not)."""
     n = examples_needed(diffs, bound, alpha)
-    return None if n is None else {"metric": metric, "examples": n, "have": len(diffs), "bound": bound}
+    return None if n is None else {"metric": metric, "examples": n, "have": len(diffs), "bound": bound, "holm": holm}
 
 
 # ------------------------------------------------------------------ several metrics (Holm)

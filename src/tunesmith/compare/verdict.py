@@ -230,9 +230,12 @@ def needed_sentence(results: dict, needed: dict, what: str) -> str:
     split = results.get("scorable") or results.get("heldout_total") or have
     of_tasks = " of the scored tasks" if split < (results.get("heldout_total") or split) else ""
     bound = "zero" if needed["bound"] == 0 else f"{needed['bound']:+g}"
+    holm = needed.get("holm", 1)
+    interval = f"the interval on {label(needed['metric'])}" + (
+        f", Holm-corrected across the {holm} decision metrics," if holm > 1 else ""
+    )
     text = (
-        f"At about {n:,} held-out examples the interval on {label(needed['metric'])} would likely clear {bound}, "
-        f"settling {what} ({have} scored here)"
+        f"At about {n:,} held-out examples {interval} would likely clear {bound}, settling {what} ({have} scored here)"
     )
     if n > split:
         return text + f"; the held-out split has only {split}{of_tasks}: it takes more held-out data to settle."
