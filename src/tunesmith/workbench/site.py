@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from tunesmith import rundir
+from tunesmith import UserError, rundir
 from tunesmith.workbench import db, jobs
 from tunesmith.workbench.contract import Policy
 from tunesmith.workbench.security import SESSION_COOKIE, Refused, Sessions, SignInLimit
@@ -104,10 +104,14 @@ class Site:
             raise Refused(404, f"No job {jid}.")
         return j
 
-    def run_of(self, pid: str, jid: int) -> dict:
+    def run_of(self, pid: str, jid: int, finished_for: str = "") -> dict:
+        """The training job `jid` of project `pid`; with `finished_for` (what the caller does with it,
+        e.g. "chat needs"), refused unless the run has finished."""
         j = self.job(jid, pid)
         if j["kind"] != "train" or not j["run_dir"]:
             raise Refused(404, f"Job {jid} is not a training run.")
+        if finished_for and j["status"] != "done":
+            raise UserError(f"run {jid} is {j['status']}; {finished_for} a finished run.")
         return j
 
     def collection(self, pid: str, cid: int) -> dict:

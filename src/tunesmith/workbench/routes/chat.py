@@ -25,9 +25,7 @@ def router(site: Site) -> APIRouter:
 
     @r.post("/api/p/{pid}/chat/{jid}")
     async def chat_reply(request: Request, pid: str, jid: int):
-        j = site.run_of(pid, jid)
-        if j["status"] != "done":
-            raise UserError(f"run {jid} is {j['status']}; chat needs a finished run.")
+        j = site.run_of(pid, jid, finished_for="chat needs")
         body = await read_json(request)
         tuned = web.messages(body.get("messages"))
         base = web.messages(body.get("base_messages") or body.get("messages"), "base_messages")

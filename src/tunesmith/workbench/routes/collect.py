@@ -48,9 +48,7 @@ def router(site: Site) -> APIRouter:
 
     @r.post("/p/{pid}/collect/{jid}/start")
     async def start_collection(request: Request, pid: str, jid: int):
-        run = site.run_of(pid, jid)
-        if run["status"] != "done":
-            raise UserError(f"run {jid} is {run['status']}; a collection samples a finished run.")
+        run = site.run_of(pid, jid, finished_for="a collection samples")
         form = await read_form(request)
         params = {
             "prompts": _number(form, "prompts", int, *collect.LIMITS["prompts"]),

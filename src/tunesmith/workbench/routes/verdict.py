@@ -21,9 +21,7 @@ def router(site: Site) -> APIRouter:
     async def start_compare(request: Request, pid: str, jid: int):
         from tunesmith.config import load_config
 
-        run = site.run_of(pid, jid)
-        if run["status"] != "done":
-            raise UserError(f"run {jid} is {run['status']}; compare needs a finished training run.")
+        run = site.run_of(pid, jid, finished_for="compare needs")
         form = await read_form(request)
         folder = project_dir(site.root, pid)
         cfg_file = str(jobs.job_dir(site.root, run) / "config.yaml")
