@@ -235,6 +235,38 @@ def test_varlen_attention_equals_a_written_out_mask_in_value_and_gradient(window
         assert (plain - ref).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("window,softcap", [(None, None), (4, None), (None, 0.7)])
+def test_a_shared_prefix_is_attended_as_if_it_stood_before_the_example(window, softcap):
+    """Packed preference pairs: the second example of each pair also sees the first n tokens of the
+    one before it (its prompt, computed once). Its output must equal attention over the sequence
+    written out whole, prefix and all, in value and gradient, gradients reaching the prefix's keys."""
+    from tunesmith.train.loss import varlen_attention
+
+    torch.manual_seed(0)
+    cu, shared = [0, 10, 16, 23, 27], (0, 6, 0, 2)  # pairs (10 tokens, then 6 reading 6 of them), (7, then 4 reading 2)
+    q = torch.randn(1, 4, 27, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 2, 27, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    ours, _ = varlen_attention(
+        None, q, k, v, None, scaling=0.3, cu_seqlens=cu, shared_prefix=shared, sliding_window=window, softcap=softcap
+    )
+    ours.square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    parts = []
+    for i, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+        n, prev = shared[i], cu[i - 1] if i else 0
+        whole = [torch.cat([x[:, :, prev : prev + n], x[:, :, a:b]], dim=2) for x in (q, k, v)]
+        parts.append(reference_attention(*whole, 0.3, window, softcap)[:, :, n:])  # the example's own queries
+    ref = torch.cat(parts, dim=2).transpose(1, 2)
+    ref.square().sum().backward()
+    assert (ours - ref).abs().max().item() < 1e-12
+    assert all((g - t.grad).abs().max().item() < 1e-12 for g, t in zip(grads, (q, k, v)))
+    alone, _ = varlen_attention(None, q, k, v, None, scaling=0.3, cu_seqlens=cu, sliding_window=window, softcap=softcap)
+    assert (alone[:, 10:16] - ours[:, 10:16]).abs().max().item() > 1e-3  # the prefix changed what it sees
+    assert (alone[:, :10] - ours[:, :10]).abs().max().item() == 0  # and nothing else of the first pair
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("window", [None, 5])

@@ -169,6 +169,45 @@ def _our_loss(model, pairs, t, tokenizer, packing=True):
     return pair_loss(t, policy, ref, len(pairs), sum(n_targets(p["chosen"]) for p in pairs))[0]
 
 
+def test_a_packed_pair_computes_its_prompt_once_and_keeps_every_log_probability(tiny_model_dir, tokenizer):
+    """The packed row holds each pair's prompt once: shorter than the two sides laid end to end by
+    the prompt, yet each reply's log-probability (and its gradient) equals the padded batch's, where
+    each side is a sequence of its own. The first pair's replies share their first word, which is a
+    loss token, so the shared part must stop before it."""
+    from tunesmith.models import load
+    from tunesmith.train.loss import CausalLMLoss, use_varlen
+    from tunesmith.train.preference import encode_pairs, pair_batch, sequence_logps, shared_prompt
+
+    model, tok = load(str(tiny_model_dir), device="cpu")
+    use_varlen(model)
+    examples = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": good}],
+         "rejected": {"role": "assistant", "content": bad}}
+        for q, good, bad in PAIRS
+    ]  # fmt: skip
+    encoded, _ = encode_pairs(tok, examples, 256)
+    prompts = [shared_prompt(p["chosen"], p["rejected"]) for p in encoded]
+    first_reply = [p["chosen"]["targets"].index(1) for p in encoded]
+    assert prompts == first_reply  # the whole prompt, and not the replies' common first word
+    assert encoded[0]["chosen"]["ids"][first_reply[0]] == encoded[0]["rejected"]["ids"][first_reply[0]]
+    lm = CausalLMLoss(model)
+    packed, padded = (pair_batch(encoded, packing, tok.pad_token_id) for packing in (True, False))
+    both_sides = sum(len(p["ids"]) for p in encoded)
+    assert packed["input_ids"].shape[1] == both_sides - sum(n - 1 for n in prompts)
+    results = []
+    for batch in (packed, padded):
+        model.zero_grad()
+        lp = sequence_logps(lm(**batch, reduce=False), batch, len(encoded))
+        (lp.chosen.sum() - 2 * lp.rejected.sum()).backward()
+        results.append((lp, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ours, our_grads), (alone, their_grads) = results
+    for a, b in zip(ours, alone):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert (ours.chosen - ours.rejected).abs().min() > 1e-3  # the sides differ: a swap would show
+    for name, grad in their_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("variant", ["sigmoid", "ipo", "hinge"])
 def test_dpo_loss_and_gradients_equal_trls_on_the_same_batch(trl_setup, tokenizer, variant, monkeypatch):
     from tunesmith.train import preference

@@ -39,6 +39,7 @@ def varlen_attention(
     cu_seqlens=None,
     sliding_window=None,
     softcap=None,
+    shared_prefix=None,
     **_,
 ):
     """Causal attention that never crosses an example boundary.
@@ -49,10 +50,17 @@ def varlen_attention(
     sum of per-example squares, not the square of the row. Without cu_seqlens the batch is
     right-padded and causal attention per row is exact for every real token.
 
+    shared_prefix (one count per example, with cu_seqlens): example i also sees the first
+    shared_prefix[i] tokens of example i - 1, as if they stood before it, its positions continuing
+    theirs. A preference pair's rejected reply reads the prompt computed once with its chosen one
+    (preference.pair_batch). The fused kernel takes one causal band per example, so such a row
+    takes the per-example path on every device.
+
     transformers passes each layer's own settings: `sliding_window` (a token sees itself and the
     window - 1 before it; None on a global layer of a local/global model) and `softcap` (Gemma 2's
     scores -> softcap * tanh(scores / softcap), before the mask).
     """
+    shared = shared_prefix if shared_prefix is not None and any(shared_prefix) else None
     bounds = list(cu_seqlens) if cu_seqlens is not None else [0, query.shape[2]]
     kernel = (
         _cuda_varlen()
@@ -62,6 +70,7 @@ def varlen_attention(
             and not dropout
             and not softcap
             and len(bounds) > 2
+            and shared is None
         )
         else None
     )
@@ -86,31 +95,37 @@ def varlen_attention(
     # split, not slicing: its backward is one concatenation, where each slice's backward would
     # write into a zero-filled copy of the whole row
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-    outs = [
-        _causal(q, k, v, scaling, dropout, sliding_window, softcap)
-        for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))
-    ]
+    qs, ks, vs = (t.split(lengths, dim=2) for t in (query, key, value))
+    outs = []
+    for i, q in enumerate(qs):
+        k, v = ks[i], vs[i]
+        if shared is not None and shared[i]:
+            n = shared[i]
+            k, v = torch.cat([ks[i - 1][:, :, :n], k], dim=2), torch.cat([vs[i - 1][:, :, :n], v], dim=2)
+        outs.append(_causal(q, k, v, scaling, dropout, sliding_window, softcap))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
 def _causal(q, k, v, scale, dropout, window, softcap):
-    """Causal attention of one example (or right-padded rows): q (B, H, L, D), k/v (B, Hkv, L, D) -> (B, H, L, D)."""
-    length = q.shape[2]
+    """Causal attention of one example (or right-padded rows): q (B, H, Lq, D), k/v (B, Hkv, L, D) ->
+    (B, H, Lq, D). Keys longer than the queries (by a shared prefix) put the queries at the end."""
+    length, offset = k.shape[2], k.shape[2] - q.shape[2]
     banded = window is not None and length > window  # a window as long as the example changes nothing
     if not softcap:
-        if not banded:
+        if not banded and not offset:
             return F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, scale=scale, dropout_p=dropout, enable_gqa=True
             )
+        allowed = _band(length, window if banded else length, q.device)[offset:]
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=_band(length, window, q.device), scale=scale, dropout_p=dropout, enable_gqa=True
+            q, k, v, attn_mask=allowed, scale=scale, dropout_p=dropout, enable_gqa=True
         )
     # SDPA cannot cap scores: written out as the model's eager attention does it, one example at a time
     groups = q.shape[1] // k.shape[1]
     k, v = (x.repeat_interleave(groups, dim=1) for x in (k, v))
     scores = (q @ k.transpose(2, 3)) * (scale if scale is not None else q.shape[-1] ** -0.5)  # (B, H, L, L)
     scores = torch.tanh(scores / softcap) * softcap
-    allowed = _band(length, window if banded else length, q.device)
+    allowed = _band(length, window if banded else length, q.device)[offset:]
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(_wide(scores), dim=-1).to(q.dtype)  # float32 at least, as the eager attention
     if dropout:
@@ -351,10 +366,11 @@ class CausalLMLoss(torch.nn.Module):
         self.model = model
         self.scale, self.softcap = logit_transform(model.config)
 
-    def forward(self, input_ids, position_ids, labels, cu_seqlens=None, reduce=True):
+    def forward(self, input_ids, position_ids, labels, cu_seqlens=None, reduce=True, shared_prefix=None):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        extra = {"shared_prefix": shared_prefix} if shared_prefix is not None else {}  # varlen_attention's
         hidden = base.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, use_cache=False
+            input_ids=input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, use_cache=False, **extra
         ).last_hidden_state  # (B, T, d)
         keep = labels != IGNORE  # (B, T): the only positions that reach the LM head
         head = base.get_output_embeddings()

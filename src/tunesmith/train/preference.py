@@ -8,9 +8,10 @@ The loop (loop.py) is the same as for SFT; what is here is what differs: how a p
 a step's backward, the held-out loss, and the reference.
 
   * Both replies of every pair in a micro-batch go through the packed path together: one row of
-    [chosen..., rejected...] sequences, no padding, attention never crossing a sequence, the LM
-    head only on reply tokens (CausalLMLoss(reduce=False) -> token_log_probs). A reply's
-    log-probability is the sum of its tokens'.
+    [prompt, chosen, rejected] per pair, the prompt computed once for both sides (pair_batch), no
+    padding, attention never crossing a pair or from one reply to the other, the LM head only on
+    reply tokens (CausalLMLoss(reduce=False) -> token_log_probs). A reply's log-probability is the
+    sum of its tokens'.
   * The reference (DPO) is where training started, never a second copy of the weights. With
     LoRA, the starting adapter is loaded a second time, frozen, beside the trained one on the
     same base weights and switched in for the reference pass; from the base model the adapter is
@@ -173,8 +174,36 @@ def encode_pairs(
 
 
 def pair_batch(pairs: list[dict], packing: bool, pad_id: int) -> dict:
-    """One micro-batch of pairs: the chosen replies' sequences, then the rejected ones' (2P rows)."""
-    return collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], packing, pad_id)
+    """One micro-batch of pairs, each pair's chosen sequence then its rejected one (2P sequences).
+
+    Packed, the two sides of a pair share their prompt: the row holds the chosen sequence whole and
+    the rejected one from the last prompt token on, which attends to the prompt before it in the
+    chosen sequence (shared_prefix, loss.varlen_attention) at the positions it has alone. Every
+    token's hidden state is what it would be in its own sequence, so the log-probabilities are
+    unchanged, and the prompt goes through the model once instead of twice. The last prompt token
+    is computed on both sides: its hidden state predicts each reply's first token.
+    """
+    if not packing:
+        return collate([p[side] for p in pairs for side in ("chosen", "rejected")], False, pad_id)
+    segments, shared = [], []
+    for p in pairs:
+        n = max(shared_prompt(p["chosen"], p["rejected"]) - 1, 0)
+        segments += [p["chosen"], {"ids": p["rejected"]["ids"][n:], "targets": p["rejected"]["targets"][n:]}]
+        shared += [0, n]
+    batch = collate(segments, True, pad_id)
+    cu = batch["cu_seqlens"]
+    positions = [t for a, b, n in zip(cu[:-1], cu[1:], shared) for t in range(n, n + b - a)]
+    return {**batch, "position_ids": torch.tensor([positions]), "shared_prefix": tuple(shared)}
+
+
+def shared_prompt(chosen: dict, rejected: dict) -> int:
+    """Leading tokens the two sides have in common, none of them a loss token."""
+    n = 0
+    for a, b, ta, tb in zip(chosen["ids"], rejected["ids"], chosen["targets"], rejected["targets"]):
+        if a != b or ta or tb:
+            break
+        n += 1
+    return n
 
 
 def sequence_logps(token_logps: torch.Tensor, batch: dict, pairs: int) -> Logps:
@@ -190,7 +219,7 @@ def sequence_logps(token_logps: torch.Tensor, batch: dict, pairs: int) -> Logps:
     counts = torch.zeros(2 * pairs, dtype=torch.float32, device=labels.device).index_add(
         0, seq, torch.ones_like(seq, dtype=torch.float32)
     )
-    return Logps(sums[:pairs], sums[pairs:], counts[:pairs], counts[pairs:])
+    return Logps(sums[0::2], sums[1::2], counts[0::2], counts[1::2])  # sequences alternate chosen, rejected
 
 
 # ------------------------------------------------------------------------------------ the step
