@@ -99,8 +99,8 @@ def varlen_attention(
     outs = []
     for i, q in enumerate(qs):
         k, v = ks[i], vs[i]
-        if shared is not None and shared[i]:
-            n = shared[i]
+        n = shared[i] if shared is not None else 0
+        if n:
             k, v = torch.cat([ks[i - 1][:, :, :n], k], dim=2), torch.cat([vs[i - 1][:, :, :n], v], dim=2)
         outs.append(_causal(q, k, v, scaling, dropout, sliding_window, softcap))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
@@ -111,21 +111,18 @@ def _causal(q, k, v, scale, dropout, window, softcap):
     (B, H, Lq, D). Keys longer than the queries (by a shared prefix) put the queries at the end."""
     length, offset = k.shape[2], k.shape[2] - q.shape[2]
     banded = window is not None and length > window  # a window as long as the example changes nothing
+    if not softcap and not banded and not offset:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout, enable_gqa=True)
+    allowed = _band(length, window if banded else length, q.device)[offset:]  # (Lq, L)
     if not softcap:
-        if not banded and not offset:
-            return F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=scale, dropout_p=dropout, enable_gqa=True
-            )
-        allowed = _band(length, window if banded else length, q.device)[offset:]
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, scale=scale, dropout_p=dropout, enable_gqa=True
         )
     # SDPA cannot cap scores: written out as the model's eager attention does it, one example at a time
     groups = q.shape[1] // k.shape[1]
     k, v = (x.repeat_interleave(groups, dim=1) for x in (k, v))
-    scores = (q @ k.transpose(2, 3)) * (scale if scale is not None else q.shape[-1] ** -0.5)  # (B, H, L, L)
+    scores = (q @ k.transpose(2, 3)) * (scale if scale is not None else q.shape[-1] ** -0.5)  # (B, H, Lq, L)
     scores = torch.tanh(scores / softcap) * softcap
-    allowed = _band(length, window if banded else length, q.device)[offset:]
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(_wide(scores), dim=-1).to(q.dtype)  # float32 at least, as the eager attention
     if dropout:
@@ -368,9 +365,12 @@ class CausalLMLoss(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, labels, cu_seqlens=None, reduce=True, shared_prefix=None):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        extra = {"shared_prefix": shared_prefix} if shared_prefix is not None else {}  # varlen_attention's
         hidden = base.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, use_cache=False, **extra
+            input_ids=input_ids,
+            position_ids=position_ids,
+            cu_seqlens=cu_seqlens,
+            shared_prefix=shared_prefix,
+            use_cache=False,
         ).last_hidden_state  # (B, T, d)
         keep = labels != IGNORE  # (B, T): the only positions that reach the LM head
         head = base.get_output_embeddings()
